@@ -1,0 +1,1 @@
+"""The ``gpf`` command line: thin click wrappers around the library."""
