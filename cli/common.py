@@ -1,0 +1,66 @@
+"""Options and error handling shared by the gpf sub-commands."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+DATASET_KINDS = ("ava", "photonet", "folder")
+
+
+def dataset_options(fn):
+    """Options that say how a dataset's splits are made; stage 1 and preprocess must agree on them."""
+    options = [
+        click.option("--val-size", type=float, default=None,
+                     help="Validation split carved from train: a count (>= 1) or a fraction (< 1). "
+                          "Default: the dataset's (see docs/datasets.md)."),
+        click.option("--split-seed", type=int, default=None,
+                     help="Seed of the deterministic train/val split (default 0)."),
+        click.option("--image-root", type=click.Path(file_okay=False), default=None,
+                     help="folder datasets: where relative image paths in the CSV point (default: the CSV's folder)."),
+        click.option("--threshold", type=float, default=None,
+                     help="High/low cut on the mean score (default: AVA 5, Photo.net see docs, CSV the scale midpoint)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def collect_dataset_options(kind: str, val_size, split_seed, image_root, threshold) -> dict:
+    """Keyword arguments for ``gpf.pipeline.sources.open_dataset`` from the CLI values given."""
+    opts: dict = {}
+    if val_size is not None:
+        opts["val_size"] = int(val_size) if val_size >= 1 else float(val_size)
+    if split_seed is not None:
+        opts["seed"] = split_seed
+    if threshold is not None:
+        opts["threshold"] = threshold
+    if image_root is not None:
+        if kind != "folder":
+            raise click.UsageError("--image-root applies to folder (CSV) datasets only")
+        opts["image_root"] = image_root
+    return opts
+
+
+def friendly_errors(*error_types):
+    """Turn the library's expected errors into one clear line and a non-zero exit, no traceback."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            from gpf.errors import GPFError
+
+            try:
+                return fn(*args, **kwargs)
+            except (GPFError, FileNotFoundError, *error_types) as exc:
+                raise click.ClickException(str(exc)) from None
+        return wrapper
+    return decorate
+
+
+def echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,642 @@
+"""The stage-1 pass: decode once, attention, optimal crop, shards (DESIGN.md, "What the system does").
+
+Per image: full-resolution decode (EXIF applied, RGB, pixel limit) -> peripheral
+view (longest side = view size) -> Excitation Backprop map on the peripheral
+view (paper Eq. 2-3) -> ``best_box`` on the map upsampled to the view (Eq. 4,
+tau = 0.7) -> box mapped to original pixels (rounded outward) -> foveal view =
+that region of the original resized to view size x view size.
+
+Throughput design: decoding, resizing and JPEG encoding run in a thread pool
+(PIL releases the GIL in its C loops, so threads scale and the full-resolution
+image never has to be pickled between processes); the stage-1 network runs in
+the main thread on the device, one batch of equal peripheral shape at a time;
+the crop search runs batched in numba; finished shards are written by a writer
+thread while the next shard is computed.
+
+Determinism: images are assigned to shards by a seeded hash of their id,
+batches are formed in a fixed order and never span shards, and the tar writer
+fixes mtimes, so the same input, config and environment give byte-identical
+shards. A shard is done once its stats file exists; a rerun skips done shards.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from gpf.errors import GPFError
+from gpf.pipeline.progress import Progress
+
+DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default bomb limit (2 x 89.5 MP)
+
+# Config keys that decide the bytes of the shards: a rerun with a different
+# value for any of them must not mix outputs in one folder.
+IDENTITY_KEYS = (
+    "dataset", "root", "dataset_options", "stage1", "stage1_digest", "backbone", "weights",
+    "tau", "view_size", "eb_layer", "contrastive", "samples_per_shard", "split", "limit",
+    "batch_size", "jpeg_quality", "random_crops", "store_features", "seed", "max_pixels",
+)
+
+
+class PreprocessError(GPFError):
+    """A preprocess run cannot start or go on; the message says what to do."""
+
+
+@dataclass
+class PreprocessConfig:
+    dataset: str                      # ava | photonet | folder
+    root: str                         # dataset root (folder: the CSV file)
+    out: str
+    stage1: str | None = None         # stage-1 checkpoint file or run folder
+    backbone: str | None = None       # ImageNet attention path (no stage-1 model)
+    weights: str = "imagenet"
+    tau: float = 0.7
+    view_size: int = 224
+    eb_layer: str | None = None
+    contrastive: bool = False
+    samples_per_shard: int = 1000
+    split: str = "all"
+    limit: int | None = None
+    workers: int = 0                  # decode/encode threads; 0 = one per core
+    batch_size: int = 32
+    device: str = "auto"
+    jpeg_quality: int = 95
+    random_crops: int = 0
+    store_features: bool = False
+    seed: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_failure_rate: float = 0.05
+    overwrite: bool = False
+    num_nodes: int | None = None      # None = from torchrun's WORLD_SIZE/RANK, else 1
+    node_rank: int | None = None
+    dataset_options: dict = field(default_factory=dict)
+    stage1_digest: str | None = None  # filled in from the checkpoint
+    progress: bool = True
+
+    def identity(self) -> dict:
+        data = dataclasses.asdict(self)
+        return {k: data[k] for k in IDENTITY_KEYS}
+
+
+@dataclass
+class Summary:
+    counts: Counter
+    written_shards: int
+    skipped_shards: int
+    total_shards: int
+    zero_attention: int
+    out: Path
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def failures(self) -> int:
+        return self.total - self.counts.get("ok", 0)
+
+    def lines(self) -> list[str]:
+        per_status = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+        return [
+            f"images: {self.total} ({per_status})",
+            f"shards: {self.written_shards} written, {self.skipped_shards} already done, "
+            f"{self.total_shards} in this run's share",
+            f"all-zero attention maps (whole image used): {self.zero_attention}",
+            f"output: {self.out}",
+        ]
+
+
+@dataclass
+class _Item:
+    """One input image on its way through the pass."""
+    image_id: str
+    split: str
+    record: Any | None = None         # sources.Record (None for label problems)
+    status: str = "ok"
+    error: str | None = None
+    image: Any = None                 # full-resolution PIL image (released after finish)
+    periph: Any = None                # peripheral view (PIL)
+    box: tuple[int, int, int, int] | None = None   # x0, y0, x1, y1 in original pixels
+    attn: np.ndarray | None = None    # float16 map at EB resolution
+    attn_fraction: float | None = None
+    feature: np.ndarray | None = None
+    sample: dict | None = None
+    source: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+# ----------------------------------------------------------------------------- setup
+
+def resolve_world(cfg: PreprocessConfig) -> tuple[int, int]:
+    """(rank, world size): explicit --num-nodes/--node-rank, else torchrun's env, else (0, 1)."""
+    if cfg.num_nodes is not None:
+        world, rank = int(cfg.num_nodes), int(cfg.node_rank or 0)
+    else:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    if world < 1 or not 0 <= rank < world:
+        raise PreprocessError(f"node rank {rank} is outside 0..{world - 1} (--num-nodes {world})")
+    return rank, world
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise PreprocessError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PreprocessError(f"--device {name} asked for CUDA but none is available; use --device cpu")
+    return device
+
+
+@dataclass
+class AttentionModel:
+    model: Any
+    eb_layer: str
+    digest: str
+    stride: int
+    min_side: int
+    normalize: Any                    # uint8 [B,3,H,W] -> float input on the model's device
+    split_spec: dict | None
+    description: dict
+
+
+def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
+    """The network whose EB maps choose the crops: a stage-1 checkpoint or an ImageNet classifier."""
+    from gpf.model import checkpoint as ckpt_mod
+
+    if cfg.stage1 and cfg.backbone:
+        raise PreprocessError("give either --stage1 (a trained peripheral subnet) or --backbone/--weights, not both")
+    if cfg.stage1:
+        path = ckpt_mod.resolve_checkpoint_path(cfg.stage1, prefer="best")
+        ckpt = ckpt_mod.load_checkpoint(path, expect="stage1")
+        model = ckpt_mod.model_from_checkpoint(ckpt)
+        digest = ckpt_mod.state_dict_digest(ckpt["state_dict"])
+        backbone = model.backbone
+        split_spec = ckpt.get("split_spec")
+        description = {"kind": "stage1", "path": str(path), "digest": digest,
+                       "backbone": backbone.name, "model_config": ckpt["model_config"]}
+    elif cfg.backbone:
+        from gpf.model.gpf import imagenet_classifier
+
+        model = imagenet_classifier(cfg.backbone, weights=cfg.weights)
+        digest = ckpt_mod.state_dict_digest(model.state_dict())
+        backbone = model.backbone
+        split_spec = None
+        description = {"kind": "imagenet", "backbone": backbone.name, "weights": cfg.weights,
+                       "digest": digest}
+    else:
+        raise PreprocessError(
+            "no attention model: pass --stage1 CKPT (from `gpf train stage1`) or "
+            "--backbone NAME --weights imagenet|PATH")
+    model = model.to(device).eval()
+    eb_layer = cfg.eb_layer or backbone.default_eb_layer
+    _check_layer(model, eb_layer)
+
+    def normalize(x_uint8):
+        return backbone.normalize(x_uint8.to(device, non_blocking=True))
+
+    return AttentionModel(model=model, eb_layer=eb_layer, digest=digest, stride=backbone.stride,
+                          min_side=backbone.min_input, normalize=normalize, split_spec=split_spec,
+                          description=description)
+
+
+def _check_layer(model, layer: str) -> None:
+    names = [n for n, _ in model.named_modules() if n]
+    if layer not in names:
+        import difflib
+
+        close = difflib.get_close_matches(layer, names, n=5)
+        raise PreprocessError(
+            f"--eb-layer {layer!r} is not a module of the attention model"
+            + (f"; close matches: {', '.join(close)}" if close else "")
+            + f". Layers: {', '.join(n for n in names if n.count('.') <= 1)}")
+
+
+def load_inputs(cfg: PreprocessConfig, att: AttentionModel | None):
+    """The dataset, with the split chosen; refuses a split spec the stage-1 model was not trained with."""
+    from gpf.pipeline.sources import open_dataset
+
+    dataset = open_dataset(cfg.dataset, cfg.root, strict=False, check_images=False, **cfg.dataset_options)
+    if att is not None and att.split_spec is not None and att.split_spec != dataset.split_spec:
+        diff = _dict_diff(att.split_spec, dataset.split_spec)
+        raise PreprocessError(
+            "the dataset's split differs from the one the stage-1 checkpoint was trained with "
+            f"({diff}); a validation or test image may have trained the attention model. "
+            "Use the same dataset options (e.g. --val-size/--seed) as `gpf train stage1`, or retrain stage 1.")
+    return dataset
+
+
+def _dict_diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(diffs) or "no difference"
+
+
+def select_items(cfg: PreprocessConfig, dataset) -> dict[str, list[_Item]]:
+    """Items per split: usable records plus label problems (recorded as failure rows)."""
+    splits = ["train", "val", "test"] if cfg.split == "all" else [cfg.split]
+    items: dict[str, list[_Item]] = {s: [] for s in splits}
+    for record in dataset.split(cfg.split):
+        items[record.split].append(_Item(image_id=record.image_id, split=record.split, record=record,
+                                         source=str(record.path)))
+    seen = {it.image_id for group in items.values() for it in group}
+    for problem in dataset.problems:
+        split = problem.split if problem.split in items else None
+        if split is None:
+            if cfg.split != "all":
+                continue
+            split = "train"  # a label row outside any split is reported with the training rows
+        image_id = problem.image_id or f"{Path(problem.source).name}:{problem.line}"
+        if image_id in seen:
+            image_id = f"{image_id}@line{problem.line}"  # a duplicate row: keep both rows visible
+        seen.add(image_id)
+        items[split].append(_Item(image_id=image_id, split=split, status=problem.status,
+                                  error=f"{problem.source}:{problem.line}: {problem.error}"))
+    if cfg.limit is not None:
+        for split, group in items.items():
+            group.sort(key=lambda it: _hash_rank(it.image_id, cfg.seed))
+            del group[cfg.limit:]
+    return items
+
+
+def _hash_rank(image_id: str, seed: int) -> bytes:
+    return hashlib.sha1(f"{seed}:{image_id}".encode()).digest()
+
+
+# ----------------------------------------------------------------------------- per-image work
+
+class _Worker:
+    """The CPU work on one image, run in the thread pool."""
+
+    def __init__(self, cfg: PreprocessConfig, att: AttentionModel):
+        self.cfg = cfg
+        self.stride = att.stride
+        self.min_side = att.min_side
+
+    def decode(self, item: _Item) -> _Item:
+        from gpf.pipeline.images import ImageError, load_image, peripheral_view
+
+        if item.status != "ok":
+            return item
+        try:
+            image = load_image(item.record.path, max_pixels=self.cfg.max_pixels)
+            item.width, item.height = image.size
+            item.periph = peripheral_view(image, self.cfg.view_size, stride=self.stride,
+                                          min_side=self.min_side)
+            item.image = image
+        except ImageError as exc:
+            item.status, item.error = exc.status, str(exc)
+        except Exception as exc:  # a bug or an unforeseen file: record it, keep going
+            item.status, item.error = "decode_error", f"{item.record.path}: {type(exc).__name__}: {exc}"
+        return item
+
+    def finish(self, item: _Item) -> _Item:
+        """Foveal view, JPEG encodes and the tar sample of a decoded item."""
+        from gpf.pipeline.images import encode_jpeg, foveal_view, random_crops
+        from gpf.shards.layout import safe_key
+
+        if item.status != "ok":
+            return item
+        try:
+            cfg = self.cfg
+            fovea = foveal_view(item.image, item.box, cfg.view_size)
+            record = item.record
+            sample = {
+                "key": safe_key(item.image_id),
+                "periph.jpg": encode_jpeg(item.periph, cfg.jpeg_quality),
+                "fovea.jpg": encode_jpeg(fovea, cfg.jpeg_quality),
+                "attn.npy": item.attn,
+                "json": {
+                    "id": item.image_id,
+                    "votes": [int(v) for v in record.votes],
+                    "box": list(item.box),
+                    "size": [item.width, item.height],
+                    "attn_fraction": item.attn_fraction,
+                    "tags": list(record.tags),
+                    "category": record.category,
+                    "challenge": record.challenge,
+                    "source": str(record.path),
+                    "split": item.split,
+                },
+            }
+            if cfg.random_crops:
+                for k, crop in enumerate(random_crops(item.image, cfg.random_crops, cfg.view_size,
+                                                      cfg.seed, item.image_id)):
+                    sample[f"rand{k}.jpg"] = encode_jpeg(crop, cfg.jpeg_quality)
+            if item.feature is not None:
+                sample["pfeat.npy"] = item.feature
+            item.sample = sample
+        except Exception as exc:
+            item.status, item.error = "crop_error", f"{item.record.path}: {type(exc).__name__}: {exc}"
+        finally:
+            item.image = None  # free the full-resolution pixels as soon as possible
+            item.periph = None
+        return item
+
+
+def attend(items: Sequence[_Item], att: AttentionModel, cfg: PreprocessConfig) -> int:
+    """EB maps and optimal boxes for decoded items, in groups of equal peripheral shape.
+
+    Returns how many maps were all zero (those fall back to the whole image).
+    """
+    import torch
+
+    from gpf.model.attention import excitation_backprop, upsample_map
+    from gpf.model.crop import best_boxes, box_fraction, map_box_to_image
+    from gpf.pipeline.images import to_uint8_tensor
+
+    groups: dict[tuple[int, int], list[_Item]] = defaultdict(list)
+    for item in items:
+        if item.status == "ok":
+            groups[item.periph.size].append(item)
+    zero = 0
+    for (pw, ph), group in sorted(groups.items()):
+        x = torch.stack([to_uint8_tensor(it.periph) for it in group])
+        x = att.normalize(x)
+        maps = excitation_backprop(att.model, x, layer=att.eb_layer, contrastive=cfg.contrastive)
+        maps = maps.detach().float()
+        up = upsample_map(maps, (ph, pw)).clamp_min_(0).cpu().numpy().astype(np.float32)
+        boxes = best_boxes(up, cfg.tau)
+        features = _pooled_features(att, x) if cfg.store_features else None
+        small = maps.cpu().numpy()
+        for i, item in enumerate(group):
+            if not np.any(up[i] > 0):
+                zero += 1
+            item.attn = small[i].astype(np.float16)
+            item.box = tuple(int(v) for v in map_box_to_image(boxes[i], (ph, pw), (item.width, item.height)))
+            item.attn_fraction = float(box_fraction(up[i], boxes[i]))
+            if features is not None:
+                item.feature = features[i]
+    return zero
+
+
+def _pooled_features(att: AttentionModel, x):
+    import torch
+
+    with torch.no_grad():
+        feats = att.model.features(x).float().mean(dim=(2, 3))
+    return feats.cpu().numpy().astype(np.float16)
+
+
+def metadata_row(item: _Item, shard: str, scores: Sequence[float] | None = None) -> dict:
+    """One Parquet row (DESIGN.md, shard contract) for an item, failed or not."""
+    from gpf.model.metrics import mean_score, std_score
+    from gpf.shards.layout import safe_key
+
+    record = item.record
+    votes = [int(v) for v in record.votes] if record is not None else None
+    n_votes = int(sum(votes)) if votes else None
+    mean = std = None
+    if votes and n_votes:
+        dist = np.asarray(votes, dtype=np.float64)
+        mean, std = float(mean_score(dist, scores)), float(std_score(dist, scores))
+    box = item.box if item.status == "ok" else None
+    return {
+        "id": item.image_id,
+        "split": item.split,
+        "shard": shard,
+        "key": safe_key(item.image_id),
+        "source_path": item.source,
+        "width": item.width,
+        "height": item.height,
+        "votes": votes,
+        "n_votes": n_votes,
+        "mean": mean,
+        "std": std,
+        "tags": list(record.tags) if record is not None else None,
+        "category": record.category if record is not None else None,
+        "challenge": record.challenge if record is not None else None,
+        "x0": box[0] if box else None,
+        "y0": box[1] if box else None,
+        "x1": box[2] if box else None,
+        "y1": box[3] if box else None,
+        "attn_fraction": item.attn_fraction if item.status == "ok" else None,
+        "status": item.status,
+        "error": item.error,
+    }
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+@dataclass
+class _ShardJob:
+    split: str
+    index: int
+    items: list[_Item]
+
+    @property
+    def name(self) -> str:
+        from gpf.shards.layout import shard_name
+
+        return shard_name(self.split, self.index)
+
+
+def plan_shards(items_by_split: dict[str, list[_Item]], cfg: PreprocessConfig) -> list[_ShardJob]:
+    """Every shard of the whole job (all ranks), in a fixed order."""
+    from gpf.shards.layout import assign_shards
+
+    jobs: list[_ShardJob] = []
+    for split in sorted(items_by_split):
+        group = items_by_split[split]
+        if not group:
+            continue
+        by_id = {it.image_id: it for it in group}
+        assignment = assign_shards(list(by_id), cfg.samples_per_shard, cfg.seed)
+        shards: dict[int, list[_Item]] = defaultdict(list)
+        for image_id in sorted(by_id, key=lambda i: _hash_rank(i, cfg.seed)):
+            shards[assignment[image_id]].append(by_id[image_id])
+        jobs += [_ShardJob(split, index, shards[index]) for index in sorted(shards)]
+    return jobs
+
+
+def _prepare_out_dir(cfg: PreprocessConfig, environment: dict, out: Path) -> None:
+    """Refuse to mix runs: a folder made with another config or environment needs --overwrite."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / "preprocess.json"
+    current = {"config": cfg.identity(), "environment": environment}
+    if run_file.exists():
+        try:
+            previous = json.loads(run_file.read_text())
+        except ValueError:
+            previous = None
+        if previous != current and not cfg.overwrite:
+            if previous is None:
+                detail = f"{run_file} is unreadable"
+            else:
+                detail = "; ".join(
+                    [f"config {d}" for d in _diff_lines(previous.get("config", {}), current["config"])]
+                    + [f"environment {d}" for d in
+                       _diff_lines(previous.get("environment", {}), current["environment"])])
+            raise PreprocessError(
+                f"{out} holds shards made differently ({detail}). Rerun with the same command and "
+                "environment to resume, choose another --out, or pass --overwrite to start afresh.")
+        if previous == current:
+            return
+    if cfg.overwrite:
+        _remove_outputs(out)
+    _atomic_write_text(run_file, json.dumps(current, sort_keys=True, indent=1))
+
+
+def _diff_lines(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _remove_outputs(out: Path) -> None:
+    for pattern in ("*.tar", "*.stats.json", "manifest.json", "*.tmp*", "preprocess.json"):
+        for path in out.glob(pattern):
+            path.unlink()
+    if (out / "meta").exists():
+        shutil.rmtree(out / "meta")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run_preprocess(cfg: PreprocessConfig) -> Summary:
+    """Run (or resume) the stage-1 pass described by ``cfg``; returns the summary of this rank."""
+    import torch
+
+    from gpf.env_info import environment_summary
+    from gpf.shards.layout import shard_name
+    from gpf.shards.writer import is_shard_done, read_stats, write_shard
+
+    _validate(cfg)
+    rank, world = resolve_world(cfg)
+    device = resolve_device(cfg.device)
+    att = load_attention_model(cfg, device)
+    cfg.stage1_digest = att.digest if cfg.stage1 else None
+    dataset = load_inputs(cfg, att)
+    environment = dict(environment_summary(), device=device.type, cuda=None)
+    out = Path(cfg.out)
+    _prepare_out_dir(cfg, environment, out)
+
+    items = select_items(cfg, dataset)
+    jobs = plan_shards(items, cfg)
+    if not jobs:
+        raise PreprocessError(f"no images to preprocess in split {cfg.split!r} of {cfg.root}")
+    mine = [job for n, job in enumerate(jobs) if n % world == rank]
+    scores = tuple(dataset.scores)
+
+    workers = cfg.workers or os.cpu_count() or 1
+    worker = _Worker(cfg, att)
+    progress = Progress(sum(len(j.items) for j in mine), f"preprocess[rank {rank}/{world}]"
+                        if world > 1 else "preprocess", enabled=cfg.progress)
+    counts: Counter = Counter()
+    zero = written = skipped = 0
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpf-decode") as pool, \
+            cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpf-write") as writer:
+        pending_write: cf.Future | None = None
+        for job in mine:
+            if is_shard_done(out, job.split, job.index):
+                skipped += 1
+                counts.update(read_stats(out, job.split, job.index).get("status_counts", {}))
+                progress.update(len(job.items))
+                continue
+            done_items, z = _process_shard(job, worker, att, cfg, pool, progress)
+            zero += z
+            rows = [metadata_row(it, job.name, scores) for it in done_items]
+            samples = [it.sample for it in done_items if it.status == "ok"]
+            counts.update(it.status for it in done_items)
+            if pending_write is not None:
+                pending_write.result()
+            pending_write = writer.submit(write_shard, out, job.split, job.index, samples, rows)
+            written += 1
+        if pending_write is not None:
+            pending_write.result()
+    progress.close()
+
+    _maybe_write_manifest(out, jobs, cfg, environment, att, dataset)
+    return Summary(counts=counts, written_shards=written, skipped_shards=skipped,
+                   total_shards=len(mine), zero_attention=zero, out=out)
+
+
+def _process_shard(job: _ShardJob, worker: _Worker, att: AttentionModel, cfg: PreprocessConfig,
+                   pool: cf.Executor, progress: Progress) -> tuple[list[_Item], int]:
+    """Decode (prefetching the next batch), attend, finish: the items of one shard, in order."""
+    batches = [job.items[i:i + cfg.batch_size] for i in range(0, len(job.items), cfg.batch_size)]
+    finished: list[cf.Future] = []
+    zero = 0
+    decoding = [pool.submit(worker.decode, it) for it in batches[0]] if batches else []
+    for b in range(len(batches)):
+        decoded = [f.result() for f in decoding]
+        if b + 1 < len(batches):
+            decoding = [pool.submit(worker.decode, it) for it in batches[b + 1]]
+        try:
+            zero += attend(decoded, att, cfg)
+        except Exception as exc:  # the model failed on this batch: record, don't lose the shard
+            for it in decoded:
+                if it.status == "ok":
+                    it.status, it.error = "attention_error", f"{type(exc).__name__}: {exc}"
+                    it.image = it.periph = None
+        finished += [pool.submit(worker.finish, it) for it in decoded]
+        progress.update(len(decoded), failed=sum(it.status != "ok" for it in decoded))
+    return [f.result() for f in finished], zero
+
+
+def _validate(cfg: PreprocessConfig) -> None:
+    problems = []
+    if not 0 < cfg.tau <= 1:
+        problems.append(f"--tau must be in (0, 1], got {cfg.tau}")
+    if cfg.view_size < 8:
+        problems.append(f"--view-size must be at least 8, got {cfg.view_size}")
+    if cfg.samples_per_shard < 1:
+        problems.append(f"--samples-per-shard must be positive, got {cfg.samples_per_shard}")
+    if cfg.batch_size < 1:
+        problems.append(f"--batch-size must be positive, got {cfg.batch_size}")
+    if not 1 <= cfg.jpeg_quality <= 100:
+        problems.append(f"--jpeg-quality must be in 1..100, got {cfg.jpeg_quality}")
+    if cfg.random_crops < 0:
+        problems.append(f"--random-crops must be >= 0, got {cfg.random_crops}")
+    if cfg.split not in ("train", "val", "test", "all"):
+        problems.append(f"--split must be one of train, val, test, all; got {cfg.split!r}")
+    if cfg.limit is not None and cfg.limit < 1:
+        problems.append(f"--limit must be positive, got {cfg.limit}")
+    if problems:
+        raise PreprocessError("; ".join(problems))
+
+
+def _maybe_write_manifest(out: Path, jobs: Sequence[_ShardJob], cfg: PreprocessConfig,
+                          environment: dict, att: AttentionModel, dataset) -> bool:
+    """Write manifest.json once every shard of the job (all ranks) is done."""
+    from gpf.shards.manifest import write_manifest
+    from gpf.shards.writer import is_shard_done
+
+    if not all(is_shard_done(out, j.split, j.index) for j in jobs):
+        return False
+    write_manifest(
+        out,
+        shards=[(j.split, j.index) for j in jobs],
+        config=cfg.identity(),
+        environment=environment,
+        dataset={"name": dataset.name, "scores": list(dataset.scores), "threshold": dataset.threshold,
+                 "split_spec": dataset.split_spec, "num_classes": len(dataset.scores)},
+        attention={"model": att.description, "digest": att.digest, "tau": cfg.tau,
+                   "eb_layer": att.eb_layer, "contrastive": cfg.contrastive,
+                   "view_size": cfg.view_size},
+        extras={"random_crops": cfg.random_crops, "store_features": cfg.store_features,
+                "features_digest": att.digest if cfg.store_features else None},
+    )
+    return True
