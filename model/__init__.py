@@ -1,1 +1,43 @@
-"""gpf.model"""
+"""gpf.model: backbones, GPF-CNN, attention, crop search, losses and metrics.
+
+Public names are re-exported lazily (PEP 562), so ``import gpf.model.geometry``
+does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    # backbones
+    "Backbone": "backbones", "BackboneSpec": "backbones", "create_backbone": "backbones",
+    "list_backbones": "backbones", "register_backbone": "backbones", "get_spec": "backbones",
+    "normalize_images": "backbones", "IMAGENET_MEAN": "backbones", "IMAGENET_STD": "backbones",
+    # weights
+    "WeightsError": "weights", "load_backbone_weights": "weights", "imagenet_cache_path": "weights",
+    # GPF-CNN
+    "Classifier": "gpf", "PeripheralNet": "gpf", "GPFNet": "gpf", "GatedInformationFusion": "gpf",
+    "imagenet_classifier": "gpf", "build_model": "gpf", "forward_bucketed": "gpf", "VARIANTS": "gpf",
+    "describe_backbones": "gpf",
+    # checkpoints
+    "CheckpointError": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "state_dict_digest": "checkpoint", "stage1_payload": "checkpoint", "stage2_payload": "checkpoint",
+    "attention_block": "checkpoint", "model_from_checkpoint": "checkpoint",
+    "attention_model_from_checkpoint": "checkpoint",
+    # geometry
+    "peripheral_size": "geometry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gpf.model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"gpf.model.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

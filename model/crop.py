@@ -11,7 +11,7 @@ Rules (all documented in ``docs/crop.md``):
   columns ``x0:x1``.
 * A box qualifies when ``sum >= (tau - REL_TOL) * total``. The relative slack
   ``REL_TOL = 1e-9`` absorbs rounding in the summed-area differences and in
-  ``tau * total`` (``0.7 * 10`` is not exactly 7 in binary) so that a box whose
+  ``tau * total`` (``0.55 * 100`` is 55.00000000000001 in binary) so that a box whose
   sum equals the target mathematically is never rejected; on maps of integers
   (as in the tests) it changes nothing else.
 * Order among qualifying boxes: smallest area, then largest sum, then the
@@ -52,21 +52,28 @@ def _summed_area(att, transpose):
     """Summed-area table of ``max(att, 0)`` (transposed if asked), float64.
 
     Returns ``(S, ok)``; ``S[y, x]`` is the sum over rows ``< y`` and columns
-    ``< x``. ``ok`` is False when the map holds NaN or +-inf.
+    ``< x``. ``ok`` is False when the map holds NaN or +-inf. Two passes
+    (down the columns, then along the rows) whose inner loops carry no
+    dependency, so they pipeline instead of waiting on one running sum.
     """
     rows, cols = att.shape
     if transpose:
         rows, cols = cols, rows
     table = np.zeros((rows + 1, cols + 1))
+    poison = np.zeros(cols)  # stays 0 unless a value is NaN or inf (inf * 0 is NaN)
     for y in range(rows):
-        row_sum = 0.0
+        above = table[y]
+        here = table[y + 1]
         for x in range(cols):
             value = att[x, y] if transpose else att[y, x]
-            if not np.isfinite(value):
-                return table, False
-            if value > 0.0:
-                row_sum += value
-            table[y + 1, x + 1] = table[y, x + 1] + row_sum
+            poison[x] += value * 0.0
+            here[x + 1] = above[x + 1] + (value if value > 0.0 else 0.0)
+    for x in range(1, cols):
+        for y in range(1, rows + 1):
+            table[y, x + 1] += table[y, x]
+    for x in range(cols):
+        if poison[x] != 0.0:
+            return table, False
     return table, True
 
 
@@ -102,6 +109,24 @@ def _best_window(prefix, width, w):
 
 
 @njit(cache=True)
+def _max_window_sum(table, y0, y1, w):
+    """Largest attention in a ``w``-wide window of rows ``y0:y1``.
+
+    A branch-light pass that LLVM vectorises; it computes each window sum with
+    the same floating-point operations as ``_band_prefix`` differences, so
+    both agree exactly on which windows reach a target.
+    """
+    top = table[y0]
+    bottom = table[y1]
+    best = -np.inf
+    for x in range(table.shape[1] - w):
+        s = (bottom[x + w] - top[x + w]) - (bottom[x] - top[x])
+        if s > best:
+            best = s
+    return best
+
+
+@njit(cache=True)
 def _band_prefix(table, y0, y1, out):
     """``out[x]`` = attention in rows ``y0:y1`` and columns ``< x``."""
     top = table[y0]
@@ -120,6 +145,59 @@ def _precedes(key, best_key):
 
 
 @njit(cache=True)
+def _top_row_bounds(table, target):
+    """Height and width bounds for boxes whose top row is ``y0``.
+
+    ``min_height[y0]``: rows of the lowest full-width band ``y0:y1`` reaching
+    the target (``lowest`` only moves down as ``y0`` does).
+    ``min_width_below[y0]``: narrowest window of the band ``y0:rows`` reaching
+    it; non-decreasing in ``y0``, so it is found by stepping up one width at a
+    time. Only the first ``n_tops`` tops can hold the target at all.
+    """
+    rows = table.shape[0] - 1
+    cols = table.shape[1] - 1
+    min_height = np.empty(rows, np.int64)
+    min_width_below = np.empty(rows, np.int64)
+    n_tops = 0
+    lowest = 1
+    width = 1
+    for y0 in range(rows):
+        lowest = max(lowest, y0 + 1)
+        while lowest <= rows and table[lowest, cols] - table[y0, cols] < target:
+            lowest += 1
+        if lowest > rows:
+            break  # rows y0: hold too little, and so do all later tops
+        n_tops = y0 + 1
+        min_height[y0] = lowest - y0
+        while width < cols and _max_window_sum(table, y0, rows, width) < target:
+            width += 1
+        min_width_below[y0] = width
+    return min_height, min_width_below, n_tops
+
+
+@njit(cache=True)
+def _bottom_row_bounds(table, target):
+    """``min_width_above[y1]``: narrowest window of the band ``0:y1`` reaching the target.
+
+    Non-increasing in ``y1``, found by stepping down one width at a time;
+    ``cols + 1`` where even the full width falls short.
+    """
+    rows = table.shape[0] - 1
+    cols = table.shape[1] - 1
+    min_width_above = np.empty(rows + 1, np.int64)
+    min_width_above[0] = cols + 1
+    width = cols
+    for y1 in range(1, rows + 1):
+        if table[y1, cols] - table[0, cols] < target:
+            min_width_above[y1] = cols + 1
+            continue
+        while width > 1 and _max_window_sum(table, 0, y1, width - 1) >= target:
+            width -= 1
+        min_width_above[y1] = width
+    return min_width_above
+
+
+@njit(cache=True)
 def _search(table, target, transposed):
     """Exact Eq. 4 search on a summed-area table with rows <= columns.
 
@@ -132,37 +210,18 @@ def _search(table, target, transposed):
     prefix = np.empty(cols + 1)
 
     # Per top row y0: the lowest full-width band reaching the target gives a
-    # height bound, the band y0:rows gives a width bound. A box with top y0 has
-    # area >= their product. ``lowest`` only moves down as y0 moves down.
-    min_height = np.empty(rows, np.int64)
-    min_width_below = np.empty(rows, np.int64)
-    lower_bound = np.empty(rows, np.int64)
-    n_tops = 0
-    lowest = 1
-    for y0 in range(rows):
-        lowest = max(lowest, y0 + 1)
-        while lowest <= rows and table[lowest, cols] - table[y0, cols] < target:
-            lowest += 1
-        if lowest > rows:
-            break  # rows y0: hold too little; so do all later tops
-        n_tops = y0 + 1
-        min_height[y0] = lowest - y0
-        _band_prefix(table, y0, rows, prefix)
-        min_width_below[y0] = _min_width(prefix, cols, target)
-        lower_bound[y0] = min_height[y0] * min_width_below[y0]
-
-    # Per bottom row y1: the band 0:y1 bounds the width of every band ending at y1.
-    min_width_above = np.empty(rows + 1, np.int64)
-    min_width_above[0] = cols + 1
-    for y1 in range(1, rows + 1):
-        _band_prefix(table, 0, y1, prefix)
-        min_width_above[y1] = _min_width(prefix, cols, target)
+    # height bound, the band y0:rows a width bound; a box with top y0 has area
+    # >= their product. Per bottom row y1: the band 0:y1 bounds the width of
+    # every band ending at y1.
+    min_height, min_width_below, n_tops = _top_row_bounds(table, target)
+    min_width_above = _bottom_row_bounds(table, target)
+    lower_bound = min_height[:n_tops] * min_width_below[:n_tops]
 
     best_area = rows * cols + 1
     best_sum = -1.0
     best_key = (0, 0, rows, cols)
     best = (0, 0, rows, cols)
-    for y0 in np.argsort(lower_bound[:n_tops], kind="mergesort"):
+    for y0 in np.argsort(lower_bound, kind="mergesort"):
         if lower_bound[y0] > best_area:
             break  # tops are sorted by bound: none left can win or tie
         width_floor = min_width_below[y0]
@@ -171,6 +230,9 @@ def _search(table, target, transposed):
             if height * width_floor > best_area:
                 break  # taller bands only grow the bound
             if height * min_width_above[y1] > best_area:
+                continue
+            # Cheap rejection: no window narrow enough to tie the best reaches the target.
+            if _max_window_sum(table, y0, y1, min(best_area // height, cols)) < target:
                 continue
             _band_prefix(table, y0, y1, prefix)
             w = _min_width(prefix, cols, target)
@@ -233,21 +295,22 @@ def _check_tau(tau) -> float:
 
 
 def _as_maps(attention, ndim: int, what: str) -> np.ndarray:
-    """``attention`` as a C-contiguous float32/float64 array with ``ndim`` dims."""
+    """``attention`` as a C-contiguous float64 array with ``ndim`` dims.
+
+    One dtype and layout means one compiled specialisation per kernel (a cold
+    numba cache compiles in seconds, not tens of seconds); the copy costs
+    microseconds next to the search.
+    """
     arr = np.asarray(attention)
     if arr.ndim != ndim:
         expected = "(H, W)" if ndim == 2 else "(B, H, W)"
         raise ValueError(f"{what} must be a {ndim}-D array {expected}, got shape {arr.shape}")
     if arr.shape[-1] == 0 or arr.shape[-2] == 0:
         raise ValueError(f"{what} must not be empty, got shape {arr.shape}")
-    if arr.dtype == np.float16:
-        arr = arr.astype(np.float32)
-    elif arr.dtype.kind in "biu":
-        arr = arr.astype(np.float64)
-    elif arr.dtype not in (np.float32, np.float64):
+    if arr.dtype.kind not in "biuf":
         raise ValueError(f"{what} must hold real numbers (float16/32/64, int or bool), "
                          f"got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr, dtype=np.float64)
 
 
 def _non_finite_error(arr: np.ndarray, what: str) -> ValueError:
@@ -263,8 +326,8 @@ def best_box(attention, tau: float = 0.7) -> tuple[int, int, int, int]:
     """Smallest rectangle holding ``tau`` of the attention (paper Eq. 4).
 
     Args:
-        attention: 2-D map ``(H, W)``, float32 or float64 (float16, int and bool
-            are converted). Negative values count as 0.
+        attention: 2-D map ``(H, W)`` of real numbers (any float, int or bool
+            dtype; searched in float64). Negative values count as 0.
         tau: share of the total attention the box must hold, in ``(0, 1]``.
 
     Returns:
@@ -307,7 +370,7 @@ def box_fraction(attention, box) -> float:
 
     Returns NaN when the map holds no positive attention (0 / 0).
     """
-    arr = _as_maps(attention, 2, "attention map").astype(np.float64, copy=False)
+    arr = _as_maps(attention, 2, "attention map")
     y0, x0, y1, x1 = _check_box(box, arr.shape)
     if not np.isfinite(arr).all():
         raise _non_finite_error(arr, "attention map")

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from gpf.errors import GPFError
+from gpf.pipeline.crops import AttentionModel, attend_views, resolve_checkpoint_path
 from gpf.pipeline.progress import Progress
 
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default bomb limit (2 x 89.5 MP)
@@ -164,18 +165,6 @@ def resolve_device(name: str):
     return device
 
 
-@dataclass
-class AttentionModel:
-    model: Any
-    eb_layer: str
-    digest: str
-    stride: int
-    min_side: int
-    normalize: Any                    # uint8 [B,3,H,W] -> float input on the model's device
-    split_spec: dict | None
-    description: dict
-
-
 def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
     """The network whose EB maps choose the crops: a stage-1 checkpoint or an ImageNet classifier."""
     from gpf.model import checkpoint as ckpt_mod
@@ -183,49 +172,27 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
     if cfg.stage1 and cfg.backbone:
         raise PreprocessError("give either --stage1 (a trained peripheral subnet) or --backbone/--weights, not both")
     if cfg.stage1:
-        path = ckpt_mod.resolve_checkpoint_path(cfg.stage1, prefer="best")
+        path = resolve_checkpoint_path(cfg.stage1)
         ckpt = ckpt_mod.load_checkpoint(path, expect="stage1")
         model = ckpt_mod.model_from_checkpoint(ckpt)
         digest = ckpt_mod.state_dict_digest(ckpt["state_dict"])
-        backbone = model.backbone
-        split_spec = ckpt.get("split_spec")
-        description = {"kind": "stage1", "path": str(path), "digest": digest,
-                       "backbone": backbone.name, "model_config": ckpt["model_config"]}
+        split_spec = ckpt.get("split_spec") or ckpt["model_config"].get("split_spec")
+        description = {"kind": "stage1", "path": str(path), "digest": digest, "backbone": model.spec.name}
     elif cfg.backbone:
         from gpf.model.gpf import imagenet_classifier
 
         model = imagenet_classifier(cfg.backbone, weights=cfg.weights)
         digest = ckpt_mod.state_dict_digest(model.state_dict())
-        backbone = model.backbone
         split_spec = None
-        description = {"kind": "imagenet", "backbone": backbone.name, "weights": cfg.weights,
+        description = {"kind": "imagenet", "backbone": model.spec.name, "weights": cfg.weights,
                        "digest": digest}
     else:
         raise PreprocessError(
             "no attention model: pass --stage1 CKPT (from `gpf train stage1`) or "
             "--backbone NAME --weights imagenet|PATH")
-    model = model.to(device).eval()
-    eb_layer = cfg.eb_layer or backbone.default_eb_layer
-    _check_layer(model, eb_layer)
-
-    def normalize(x_uint8):
-        return backbone.normalize(x_uint8.to(device, non_blocking=True))
-
-    return AttentionModel(model=model, eb_layer=eb_layer, digest=digest, stride=backbone.stride,
-                          min_side=backbone.min_input, normalize=normalize, split_spec=split_spec,
-                          description=description)
-
-
-def _check_layer(model, layer: str) -> None:
-    names = [n for n, _ in model.named_modules() if n]
-    if layer not in names:
-        import difflib
-
-        close = difflib.get_close_matches(layer, names, n=5)
-        raise PreprocessError(
-            f"--eb-layer {layer!r} is not a module of the attention model"
-            + (f"; close matches: {', '.join(close)}" if close else "")
-            + f". Layers: {', '.join(n for n in names if n.count('.') <= 1)}")
+    return AttentionModel.from_model(model, device=device, tau=cfg.tau, eb_layer=cfg.eb_layer,
+                                     contrastive=cfg.contrastive, digest=digest,
+                                     split_spec=split_spec, description=description)
 
 
 def load_inputs(cfg: PreprocessConfig, att: AttentionModel | None):
@@ -295,7 +262,8 @@ class _Worker:
         if item.status != "ok":
             return item
         try:
-            image = load_image(item.record.path, max_pixels=self.cfg.max_pixels)
+            image = load_image(item.record.path, max_pixels=self.cfg.max_pixels,
+                           view_min_side=self.min_side)
             item.width, item.height = image.size
             item.periph = peripheral_view(image, self.cfg.view_size, stride=self.stride,
                                           min_side=self.min_side)
@@ -351,47 +319,13 @@ class _Worker:
 
 
 def attend(items: Sequence[_Item], att: AttentionModel, cfg: PreprocessConfig) -> int:
-    """EB maps and optimal boxes for decoded items, in groups of equal peripheral shape.
-
-    Returns how many maps were all zero (those fall back to the whole image).
-    """
-    import torch
-
-    from gpf.model.attention import excitation_backprop, upsample_map
-    from gpf.model.crop import best_boxes, box_fraction, map_box_to_image
-    from gpf.pipeline.images import to_uint8_tensor
-
-    groups: dict[tuple[int, int], list[_Item]] = defaultdict(list)
-    for item in items:
-        if item.status == "ok":
-            groups[item.periph.size].append(item)
-    zero = 0
-    for (pw, ph), group in sorted(groups.items()):
-        x = torch.stack([to_uint8_tensor(it.periph) for it in group])
-        x = att.normalize(x)
-        maps = excitation_backprop(att.model, x, layer=att.eb_layer, contrastive=cfg.contrastive)
-        maps = maps.detach().float()
-        up = upsample_map(maps, (ph, pw)).clamp_min_(0).cpu().numpy().astype(np.float32)
-        boxes = best_boxes(up, cfg.tau)
-        features = _pooled_features(att, x) if cfg.store_features else None
-        small = maps.cpu().numpy()
-        for i, item in enumerate(group):
-            if not np.any(up[i] > 0):
-                zero += 1
-            item.attn = small[i].astype(np.float16)
-            item.box = tuple(int(v) for v in map_box_to_image(boxes[i], (ph, pw), (item.width, item.height)))
-            item.attn_fraction = float(box_fraction(up[i], boxes[i]))
-            if features is not None:
-                item.feature = features[i]
-    return zero
-
-
-def _pooled_features(att: AttentionModel, x):
-    import torch
-
-    with torch.no_grad():
-        feats = att.model.features(x).float().mean(dim=(2, 3))
-    return feats.cpu().numpy().astype(np.float16)
+    """EB maps and optimal boxes for the decoded items; returns how many maps were all zero."""
+    ok = [it for it in items if it.status == "ok"]
+    results = attend_views(att, [it.periph for it in ok], [(it.width, it.height) for it in ok],
+                           with_features=cfg.store_features)
+    for item, res in zip(ok, results):
+        item.attn, item.box, item.attn_fraction, item.feature = res.attn, res.box, res.attn_fraction, res.feature
+    return sum(res.zero for res in results)
 
 
 def metadata_row(item: _Item, shard: str, scores: Sequence[float] | None = None) -> dict:
@@ -412,7 +346,7 @@ def metadata_row(item: _Item, shard: str, scores: Sequence[float] | None = None)
         "split": item.split,
         "shard": shard,
         "key": safe_key(item.image_id),
-        "source_path": item.source,
+        "path": item.source,
         "width": item.width,
         "height": item.height,
         "votes": votes,
@@ -517,13 +451,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def run_preprocess(cfg: PreprocessConfig) -> Summary:
     """Run (or resume) the stage-1 pass described by ``cfg``; returns the summary of this rank."""
-    import torch
-
     from gpf.env_info import environment_summary
     from gpf.shards.layout import shard_name
     from gpf.shards.writer import is_shard_done, read_stats, write_shard
 
     _validate(cfg)
+    cfg.root = str(Path(cfg.root).resolve())
     rank, world = resolve_world(cfg)
     device = resolve_device(cfg.device)
     att = load_attention_model(cfg, device)
@@ -626,17 +559,10 @@ def _maybe_write_manifest(out: Path, jobs: Sequence[_ShardJob], cfg: PreprocessC
 
     if not all(is_shard_done(out, j.split, j.index) for j in jobs):
         return False
-    write_manifest(
-        out,
-        shards=[(j.split, j.index) for j in jobs],
-        config=cfg.identity(),
-        environment=environment,
-        dataset={"name": dataset.name, "scores": list(dataset.scores), "threshold": dataset.threshold,
-                 "split_spec": dataset.split_spec, "num_classes": len(dataset.scores)},
-        attention={"model": att.description, "digest": att.digest, "tau": cfg.tau,
-                   "eb_layer": att.eb_layer, "contrastive": cfg.contrastive,
-                   "view_size": cfg.view_size},
-        extras={"random_crops": cfg.random_crops, "store_features": cfg.store_features,
-                "features_digest": att.digest if cfg.store_features else None},
-    )
+    config = dict(cfg.identity(), attention_model=att.description, split_spec=dataset.split_spec,
+                  num_classes=len(dataset.scores), contrastive=cfg.contrastive,
+                  features_digest=att.digest if cfg.store_features else None)
+    write_manifest(out, config, environment, dataset=dataset.name, scores=list(dataset.scores),
+                   threshold=dataset.threshold, view_size=cfg.view_size, tau=cfg.tau,
+                   eb_layer=att.eb_layer, stage1_digest=cfg.stage1_digest)
     return True

@@ -1,0 +1,34 @@
+"""``gpf models``: the registered backbones and the size of GPF-CNN on each."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("models")
+@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Score buckets N of the parameter counts (AVA 10, Photo.net 7).")
+@click.option("--backbone", "names", multiple=True, metavar="NAME",
+              help="Only these backbones (repeatable). Default: all registered.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
+def models(num_classes: int, names: tuple[str, ...], as_json: bool) -> None:
+    """List registered backbones: channels C, stride, minimum input side, default
+    Excitation Backprop layer, GIF bottleneck [W1, C] (paper Table II) and the
+    parameter counts of the stage-1 model and of every stage-2 variant.
+    """
+    from gpf.model.backbones import get_spec
+    from gpf.model.gpf import describe_backbones, format_backbone_table
+
+    for name in names:
+        try:
+            get_spec(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--backbone") from None
+    rows = describe_backbones(num_classes, list(names) or None)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(format_backbone_table(rows, num_classes))
+    click.echo("\nParameters in millions; models are sized without allocating weights. "
+               "Variants: single, random, pf, gpf (paper Table I).")

@@ -1,0 +1,168 @@
+"""``gpf train stage1|stage2``: thin wrappers around ``gpf.train.train_stage1/2``.
+
+An option given on the command line wins over ``--config FILE``, which wins over
+the config of the run being resumed (``--resume RUN``), which wins over the
+paper's defaults (docs/training.md).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import click
+
+from gpf.cli.common import DATASET_KINDS, collect_dataset_options, dataset_options, friendly_errors
+
+
+def _library_errors(fn):
+    """Expected errors of the libraries underneath (ValueError subclasses) as one line, no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from gpf.model.checkpoint import CheckpointError
+        from gpf.model.weights import WeightsError
+        from gpf.pipeline.sources import LabelError
+        from gpf.shards.manifest import ManifestError
+
+        try:
+            return fn(*args, **kwargs)
+        except (CheckpointError, WeightsError, LabelError, ManifestError) as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+def _training_options(fn):
+    """Options shared by both stages; ``None`` means "not given" (config file / resume / default)."""
+    options = [
+        click.option("--out", type=click.Path(file_okay=False), default=None,
+                     help="Run folder: checkpoints, metrics.csv, train.log, config.yaml."),
+        click.option("--resume", type=click.Path(exists=True), default=None,
+                     help="Continue the run in this folder (or from this last.pt) exactly where it stopped."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="YAML file of config keys (see docs/training.md); command-line options win."),
+        click.option("--backbone", default=None, help="Registered backbone (see `gpf models`)."),
+        click.option("--weights", default=None,
+                     help="Initial weights of the trained subnet: imagenet | PATH | none [default: imagenet]."),
+        click.option("--epochs", type=int, default=None, help="At most this many epochs [default: 50]."),
+        click.option("--lr", type=float, default=None, help="Initial learning rate [default: 0.01]."),
+        click.option("--lr-step", type=int, default=None, help="Divide the lr every this many epochs [default: 10]."),
+        click.option("--lr-gamma", type=float, default=None, help="Factor applied every --lr-step epochs [default: 0.1]."),
+        click.option("--momentum", type=float, default=None, help="SGD momentum [default: 0.9]."),
+        click.option("--weight-decay", type=float, default=None, help="SGD weight decay [default: 0]."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Global batch size, split across DDP processes [default: 64]."),
+        click.option("--patience", type=int, default=None,
+                     help="Stop after this many epochs without a validation-loss improvement (0: never) "
+                          "[default: 10]."),
+        click.option("--workers", type=int, default=None, help="Loader processes per rank [default: up to 4]."),
+        click.option("--seed", type=int, default=None, help="Seed of the data order and the random draws [default: 0]."),
+        click.option("--device", default=None, help="auto | cpu | cuda | cuda:N [default: auto]."),
+        click.option("--amp/--no-amp", default=None,
+                     help="Mixed precision (bf16, or fp16 with loss scaling) [default: on for CUDA, off on CPU]."),
+        click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the model."),
+        click.option("--limit-train-batches", type=int, default=None,
+                     help="At most this many steps per epoch (smoke runs)."),
+        click.option("--tensorboard/--no-tensorboard", default=None,
+                     help="TensorBoard scalars when tensorboard is installed [default: on]."),
+        click.option("--quiet", is_flag=True, default=False, help="No progress line or log on stderr."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+_RENAMED = {"compile_model": "compile"}
+_NOT_CONFIG = {"config_file", "quiet"}
+
+
+def _overrides(kw: dict) -> dict:
+    """Config keys of the options the user gave (non-None)."""
+    out = {_RENAMED.get(k, k): v for k, v in kw.items() if v is not None and k not in _NOT_CONFIG}
+    if kw.get("quiet"):
+        out["progress"] = False
+    return out
+
+
+def _build(cls, kw: dict):
+    from gpf.train.config import build_config
+    from gpf.train.run import saved_config
+
+    saved = saved_config(kw["resume"]) if kw.get("resume") else None
+    return build_config(cls, yaml_path=kw.get("config_file"), overrides=_overrides(kw), saved=saved)
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _report(result, stage: str) -> None:
+    if not _is_main_process():
+        return
+    best = f"{result.best_val_loss:.4f} at epoch {result.best_epoch}" if result.best_epoch else "none"
+    click.echo(f"{stage}: {result.epochs_completed} epoch(s) done ({result.stopped.replace('_', ' ')}); "
+               f"best validation loss {best}")
+    click.echo(f"best checkpoint: {result.best_checkpoint}")
+    click.echo(f"last checkpoint: {result.last_checkpoint}")
+    click.echo(f"metrics: {result.run_dir / 'metrics.csv'}")
+    for note in result.notes:
+        click.echo(note)
+
+
+@click.group()
+def train():
+    """Train stage 1 (peripheral high/low classifier on raw images) or stage 2 (shards)."""
+
+
+@train.command()
+@click.argument("kind", type=click.Choice(DATASET_KINDS))
+@click.argument("root", type=click.Path(exists=True))
+@_training_options
+@dataset_options
+@click.option("--view-size", type=int, default=None, help="Longest side of the peripheral view [default: 224].")
+@click.option("--max-pixels", type=int, default=None, help="Decompression-bomb limit (pixels).")
+@friendly_errors()
+@_library_errors
+def stage1(kind, root, val_size, split_seed, image_root, threshold, **kw):
+    """Fine-tune the peripheral subnet on KIND dataset ROOT (high/low softmax, paper IV-B).
+
+    Writes RUN/best.pt, the checkpoint `gpf preprocess --stage1 RUN` takes.
+    """
+    from gpf.train.config import Stage1Config
+    from gpf.train.stage1 import train_stage1
+
+    options = collect_dataset_options(kind, val_size, split_seed, image_root, threshold)
+    kw.update(dataset=kind, root=str(root), dataset_options=options or None)
+    cfg = _build(Stage1Config, kw)
+    result = train_stage1(cfg)
+    _report(result, "stage 1")
+    if _is_main_process():
+        click.echo(f"next: gpf preprocess {kind} {root} --stage1 {result.run_dir} --out SHARDS")
+
+
+@train.command()
+@click.option("--shards", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Shard folder made by `gpf preprocess`.")
+@click.option("--variant", type=click.Choice(["gpf", "pf", "random", "single"]), default=None,
+              help="gpf (gated fusion), pf (concat), random (random crops), single (peripheral only) "
+                   "[default: gpf].")
+@click.option("--stage1", "stage1_ckpt", type=click.Path(exists=True), default=None,
+              help="Stage-1 checkpoint or run folder: the attention model that made the shards, and the "
+                   "peripheral's initial weights [default: the one the manifest names].")
+@click.option("--peripheral-weights", default=None,
+              help="Start the peripheral from imagenet | PATH | none instead of the stage-1 model.")
+@click.option("--use-features", type=click.Choice(["auto", "yes", "no"]), default=None,
+              help="Use the shards' stored peripheral features when they match the frozen peripheral "
+                   "[default: auto].")
+@click.option("--train-peripheral", is_flag=True, default=None,
+              help="Fine-tune the peripheral too (the paper freezes it).")
+@_training_options
+@friendly_errors()
+@_library_errors
+def stage2(stage1_ckpt, **kw):
+    """Train the foveal subnet and fusion on shards with the EMD loss (r = 2), peripheral frozen."""
+    from gpf.train.config import Stage2Config
+    from gpf.train.stage2 import train_stage2
+
+    kw["stage1"] = stage1_ckpt
+    cfg = _build(Stage2Config, kw)
+    result = train_stage2(cfg)
+    _report(result, "stage 2")

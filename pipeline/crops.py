@@ -1,0 +1,150 @@
+"""Attention crops: the stage-1 network, its EB maps and the optimal tau box of a view.
+
+Shared by ``gpf preprocess`` (which stores the results in shards) and online
+scoring (``gpf predict``, ``gpf attention``), so both compute a photo's box the
+same way: EB map on the peripheral view (paper Eq. 2-3) -> upsampled to the
+view -> ``best_box`` (Eq. 4) -> mapped to original pixels, rounding outward.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from gpf.errors import GPFError
+
+
+class AttentionModelError(GPFError):
+    """The attention model cannot be built or used as asked."""
+
+
+@dataclass
+class AttentionModel:
+    """A network in ``features`` + ``head`` form, ready for EB on one device."""
+
+    model: Any
+    eb_layer: str
+    tau: float
+    contrastive: bool
+    digest: str
+    stride: int
+    min_side: int
+    normalize: Callable              # uint8 [B,3,H,W] -> float input on the model's device
+    device: Any
+    split_spec: dict | None = None
+    description: dict | None = None
+
+    @classmethod
+    def from_model(cls, model, *, device, tau: float = 0.7, eb_layer: str | None = None,
+                   contrastive: bool = False, digest: str | None = None,
+                   split_spec: dict | None = None, description: dict | None = None) -> "AttentionModel":
+        from gpf.model.checkpoint import state_dict_digest
+
+        spec = model.spec
+        model = model.to(device).eval()
+        layer = eb_layer or spec.default_eb_layer
+        check_layer(model, layer)
+
+        def normalize(x_uint8):
+            return spec.normalize(x_uint8.to(device, non_blocking=True))
+
+        return cls(model=model, eb_layer=layer, tau=float(tau), contrastive=bool(contrastive),
+                   digest=digest or state_dict_digest(model.state_dict()), stride=spec.stride,
+                   min_side=spec.min_input, normalize=normalize, device=device,
+                   split_spec=split_spec, description=description)
+
+    @classmethod
+    def from_stage2_checkpoint(cls, ckpt: dict, device) -> "AttentionModel":
+        """The attention model a stage-2 checkpoint embeds, with its tau, EB layer and contrast flag."""
+        from gpf.model.checkpoint import attention_model_from_checkpoint
+
+        block = ckpt.get("attention")
+        if not isinstance(block, dict) or "stage1_state_dict" not in block:
+            raise AttentionModelError(
+                "this checkpoint does not embed the attention model that made its crops, so its "
+                "foveal crops cannot be reproduced; use a stage-2 checkpoint from `gpf train stage2`")
+        model = attention_model_from_checkpoint(ckpt)
+        return cls.from_model(model, device=device, tau=block["tau"], eb_layer=block["eb_layer"],
+                              contrastive=block["contrastive"], digest=block["stage1_digest"],
+                              description={"kind": "embedded", "digest": block["stage1_digest"]})
+
+
+def check_layer(model, layer: str) -> None:
+    names = [n for n, _ in model.named_modules() if n]
+    if layer not in names:
+        import difflib
+
+        close = difflib.get_close_matches(layer, names, n=5)
+        raise AttentionModelError(
+            f"EB layer {layer!r} is not a module of the attention model"
+            + (f"; close matches: {', '.join(close)}" if close else "")
+            + f". Layers: {', '.join(n for n in names if n.count('.') <= 1)}")
+
+
+def resolve_checkpoint_path(path, names: Sequence[str] = ("best.pt", "last.pt")) -> Path:
+    """A checkpoint file, or the best (else last) checkpoint of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in names:
+            if (path / name).is_file():
+                return path / name
+        raise AttentionModelError(f"{path} is a folder without {' or '.join(names)}; pass a checkpoint "
+                                  "file or a run folder made by `gpf train`")
+    if not path.exists():
+        raise AttentionModelError(f"{path}: no such checkpoint file or run folder")
+    return path
+
+
+@dataclass
+class Attended:
+    """The attention result of one peripheral view."""
+
+    attn: np.ndarray                 # float16 map at the EB layer's resolution
+    box: tuple[int, int, int, int]   # x0, y0, x1, y1 in pixels of the upright original (half-open)
+    view_box: tuple[int, int, int, int]  # y0, x0, y1, x1 on the peripheral view (best_box order)
+    attn_fraction: float             # share of the (upsampled) attention inside the box
+    zero: bool                       # the map was all zero: the box is the whole image
+    feature: np.ndarray | None = None  # pooled peripheral descriptor (float16), when asked
+
+
+def attend_views(att: AttentionModel, views: Sequence, original_sizes: Sequence[tuple[int, int]],
+                 *, with_features: bool = False) -> list[Attended]:
+    """EB maps and tau boxes of peripheral views (PIL images), grouped by shape (no padding)."""
+    import torch
+
+    from gpf.model.attention import excitation_backprop, upsample_map
+    from gpf.model.crop import best_boxes, box_fraction, map_box_to_image
+    from gpf.pipeline.images import to_uint8_tensor
+
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, view in enumerate(views):
+        groups[view.size].append(i)
+    results: list[Attended | None] = [None] * len(views)
+    for (pw, ph), members in sorted(groups.items()):
+        x = att.normalize(torch.stack([to_uint8_tensor(views[i]) for i in members]))
+        maps = excitation_backprop(att.model, x, layer=att.eb_layer, contrastive=att.contrastive)
+        maps = maps.detach().float()
+        up = upsample_map(maps, (ph, pw)).clamp_min(0).cpu().numpy().astype(np.float32)
+        boxes = best_boxes(up, att.tau)
+        features = pooled_features(att, x) if with_features else None
+        small = maps.cpu().numpy()
+        for j, i in enumerate(members):
+            view_box = tuple(int(v) for v in boxes[j])
+            box = tuple(int(v) for v in map_box_to_image(view_box, (ph, pw), original_sizes[i]))
+            results[i] = Attended(attn=small[j].astype(np.float16), box=box, view_box=view_box,
+                                  attn_fraction=float(box_fraction(up[j], view_box)),
+                                  zero=not bool(np.any(up[j] > 0)),
+                                  feature=None if features is None else features[j])
+    return results  # type: ignore[return-value]
+
+
+def pooled_features(att: AttentionModel, x) -> np.ndarray:
+    """The peripheral's globally average-pooled descriptor (what GIF consumes), float16."""
+    import torch
+
+    with torch.no_grad():
+        feats = att.model.features(x).float().mean(dim=(2, 3))
+    return feats.cpu().numpy().astype(np.float16)

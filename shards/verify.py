@@ -1,0 +1,430 @@
+"""Check a shard folder against its manifest and stats, and summarise it.
+
+:func:`verify_shards` names every problem with the shard and, where it applies,
+the sample key and member: shards listed but missing, shards present but not
+listed, sizes and sha256 sums that disagree with the stats file and the
+manifest, members that do not decode, Parquet rows that do not match the tar.
+:func:`info` gives counts per split and status and box statistics.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from gpf.shards.layout import (ATTN, FEATURES, JSON, MANIFEST_NAME, META_DIR, PARQUET_COLUMNS,
+                               PARQUET_SUFFIX, REQUIRED_MEMBERS, STATUS_OK, STATS_SUFFIX,
+                               TAR_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX, is_contract_member,
+                               is_safe_key, parse_shard_name, safe_key,
+                               split_member_name)
+from gpf.shards.manifest import ManifestError, read_manifest, run_fields, write_manifest
+from gpf.shards.writer import StatsError, file_sha256, read_stats
+
+_MANIFEST_FIELDS = ("count", "bytes", "sha256", "parquet_sha256")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong: the file or shard, the key/member inside it (if any), what."""
+    shard: str
+    message: str
+    where: str | None = None
+
+    def line(self) -> str:
+        return f"{self.shard}: {self.where + ': ' if self.where else ''}{self.message}"
+
+
+@dataclass
+class Report:
+    folder: Path
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    shards: int = 0
+    samples: int = 0
+    deep: bool = True
+    manifest_written: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, shard: str, message: str, where: str | None = None) -> None:
+        self.problems.append(Problem(shard, message, where))
+
+    def lines(self) -> list[str]:
+        return [p.line() for p in self.problems]
+
+    def summary(self) -> str:
+        checked = "decoded every member" if self.deep else "sizes and checksums only"
+        verdict = "OK" if self.ok else f"{len(self.problems)} problem(s)"
+        return (f"{self.folder}: {self.shards} shard(s), {self.samples} sample(s) checked "
+                f"({checked}): {verdict}")
+
+
+# ---------------------------------------------------------------- what is on disk
+@dataclass
+class _Disk:
+    tars: set[str]
+    stats: set[str]
+    parquets: set[str]
+    leftovers: list[str]
+
+
+def _scan(folder: Path) -> _Disk:
+    def stems(directory: Path, suffix: str) -> set[str]:
+        if not directory.is_dir():
+            return set()
+        return {p.name[: -len(suffix)] for p in directory.iterdir()
+                if p.name.endswith(suffix) and not p.name.startswith(TEMP_PREFIX)
+                and parse_shard_name(p.name[: -len(suffix)]) is not None}
+
+    leftovers = sorted(str(p.relative_to(folder)) for d in (folder, folder / META_DIR)
+                       if d.is_dir() for p in d.iterdir()
+                       if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX))
+    return _Disk(tars=stems(folder, TAR_SUFFIX), stats=stems(folder, STATS_SUFFIX),
+                 parquets=stems(folder / META_DIR, PARQUET_SUFFIX), leftovers=leftovers)
+
+
+class _Checksums:
+    """sha256 of files, each read at most once per verification."""
+
+    def __init__(self):
+        self._cache: dict[Path, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        if path not in self._cache:
+            self._cache[path] = file_sha256(path)
+        return self._cache[path]
+
+
+# ---------------------------------------------------------------- files vs stats
+def _check_files_against_stats(folder: Path, name: str, stats: dict, report: Report,
+                               sha: _Checksums, missing_reported: bool = False) -> bool:
+    """Tar and Parquet of ``name`` against its stats; True when the tar is intact."""
+    tar = folder / f"{name}{TAR_SUFFIX}"
+    intact = True
+    if not tar.exists():
+        if not missing_reported:
+            report.add(name, "tar file missing (stats file without its tar)")
+        intact = False
+    elif tar.stat().st_size != stats["bytes"]:
+        report.add(name, f"tar is {tar.stat().st_size} bytes, stats say {stats['bytes']} "
+                         "(truncated or overwritten); rewrite the shard")
+        intact = False
+    elif sha(tar) != stats["sha256"]:
+        report.add(name, "tar sha256 differs from its stats file (content changed on disk); "
+                         "rewrite the shard")
+        intact = False
+    parquet = folder / META_DIR / f"{name}{PARQUET_SUFFIX}"
+    if not parquet.exists():
+        report.add(name, f"Parquet file {META_DIR}/{parquet.name} missing")
+    elif sha(parquet) != stats["parquet_sha256"]:
+        report.add(name, f"Parquet {META_DIR}/{parquet.name} sha256 differs from its stats file")
+    return intact
+
+
+def _stats_or_problem(folder: Path, name: str, report: Report) -> dict | None:
+    split, index = parse_shard_name(name)
+    try:
+        return read_stats(folder, split, index)
+    except StatsError as exc:
+        report.add(name, f"stats file: {exc}")
+        return None
+
+
+# ---------------------------------------------------------------- deep checks
+def _check_member(data: bytes, member: str) -> str | None:
+    """Why ``data`` is not a valid ``member``, or None."""
+    try:
+        if member.endswith(".jpg"):
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format != "JPEG":
+                    return f"not a JPEG ({img.format})"
+                img.load()
+        elif member in (ATTN, FEATURES):
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+            ndim = 2 if member == ATTN else 1
+            if array.dtype != np.float16 or array.ndim != ndim:
+                return f"expected a {ndim}-D float16 array, got {array.dtype} {array.shape}"
+            if not np.isfinite(array).all():
+                return "NaN or Inf values"
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the finding
+        return f"does not decode ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _check_json(data: bytes, key: str) -> str | None:
+    try:
+        meta = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"does not decode ({exc})"
+    if not isinstance(meta, dict) or not isinstance(meta.get("id"), str):
+        return "has no 'id' string"
+    if not isinstance(meta.get("votes"), list):
+        return "has no 'votes' list"
+    if safe_key(meta["id"]) != key:
+        return f"id {meta['id']!r} does not give key {key!r} (expected {safe_key(meta['id'])!r})"
+    return None
+
+
+def _check_tar_members(path: Path, name: str, report: Report) -> list[str] | None:
+    """Decode every member; the sample keys in order, None when the tar cannot be read."""
+    import tarfile
+
+    keys: list[str] = []
+    members: dict[str, set[str]] = {}
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    report.add(name, f"unexpected non-file tar entry ({info.type!r})", info.name)
+                    continue
+                key, member = split_member_name(info.name)
+                if not keys or keys[-1] != key:
+                    if key in members:
+                        report.add(name, "key occurs twice (members not consecutive "
+                                         "or duplicate sample)", key)
+                    keys.append(key)
+                    members.setdefault(key, set())
+                    if not is_safe_key(key):
+                        report.add(name, "not a safe key", key)
+                if not is_contract_member(member):
+                    report.add(name, "member outside the shard contract", info.name)
+                    continue
+                if member in members[key]:
+                    report.add(name, "member occurs twice", info.name)
+                members[key].add(member)
+                data = tar.extractfile(info).read()
+                why = _check_json(data, key) if member == JSON else _check_member(data, member)
+                if why:
+                    report.add(name, why, f"{key}.{member}")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        report.add(name, f"tar cannot be read to the end ({exc}): truncated or corrupt")
+        return None
+    for key in keys:
+        missing = [m for m in REQUIRED_MEMBERS if m not in members[key]]
+        if missing:
+            report.add(name, f"missing member(s) {', '.join(missing)}", key)
+    return keys
+
+
+def _check_parquet(folder: Path, name: str, stats: dict | None, keys: list[str] | None,
+                   report: Report) -> None:
+    """Rows of the shard's Parquet against the tar's keys and the stats counts."""
+    path = folder / META_DIR / f"{name}{PARQUET_SUFFIX}"
+    if not path.exists():
+        return
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
+        report.add(name, f"Parquet {META_DIR}/{path.name} unreadable ({exc})")
+        return
+    missing = [c for c in PARQUET_COLUMNS if c not in table.column_names]
+    if missing:
+        report.add(name, f"Parquet {META_DIR}/{path.name} lacks column(s) {', '.join(missing)}")
+        return
+    rows = table.select(["id", "shard", "key", "status"]).to_pylist()
+    for row in rows:
+        if row["shard"] != name:
+            report.add(name, f"Parquet row says shard {row['shard']!r}", f"row id {row['id']!r}")
+    ok_keys = Counter(r["key"] for r in rows if r["status"] == STATUS_OK)
+    for key in sorted(k for k, n in ok_keys.items() if n > 1):
+        report.add(name, "more than one 'ok' Parquet row", key)
+    if stats is not None:
+        if len(rows) != stats.get("rows", len(rows)):
+            report.add(name, f"Parquet has {len(rows)} rows, stats say {stats['rows']}")
+        if sum(ok_keys.values()) != stats["count"]:
+            report.add(name, f"Parquet has {sum(ok_keys.values())} 'ok' rows, stats count "
+                             f"{stats['count']} samples")
+    if keys is None:
+        return
+    tar_keys = set(keys)
+    for key in sorted(tar_keys - set(ok_keys)):
+        report.add(name, "sample in the tar has no 'ok' Parquet row", key)
+    for key in sorted(set(ok_keys) - tar_keys):
+        report.add(name, "'ok' Parquet row has no sample in the tar", key)
+
+
+# ---------------------------------------------------------------- manifest
+def _check_manifest_entries(manifest: dict, disk: _Disk, report: Report) -> dict[str, dict]:
+    listed = {}
+    for entry in manifest["shards"]:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or parse_shard_name(name) is None:
+            report.add(MANIFEST_NAME, f"malformed shard entry {entry!r}")
+            continue
+        if name in listed:
+            report.add(MANIFEST_NAME, "shard listed twice", name)
+        listed[name] = entry
+    for name in sorted(disk.tars - set(listed)):
+        report.add(name, f"tar on disk is not in {MANIFEST_NAME} (stray or unfinished shard); "
+                         "delete it, or rebuild the manifest with --write-manifest")
+    for name in sorted(set(listed) - disk.tars):
+        report.add(name, f"listed in {MANIFEST_NAME} but the tar is missing")
+    if manifest.get("complete") is False:
+        report.add(MANIFEST_NAME, "marks the run incomplete: preprocessing has not finished; "
+                                  "rerun `gpf preprocess` to finish")
+    return listed
+
+
+def _compare_with_manifest(name: str, entry: dict, stats: dict, report: Report) -> None:
+    for key in _MANIFEST_FIELDS:
+        if entry.get(key) != stats.get(key):
+            report.add(name, f"{MANIFEST_NAME} says {key} {entry.get(key)!r}, the stats file "
+                             f"{stats.get(key)!r}")
+
+
+def _rebuild_manifest(folder: Path, disk: _Disk, report: Report, sha: _Checksums) -> None:
+    """Write the manifest from the stats files when every tar matches its stats."""
+    check = Report(folder)
+    for name in sorted(disk.tars - disk.stats):
+        check.add(name, "tar has no stats file (unfinished shard); delete it or rerun preprocessing")
+    for name in sorted(disk.stats):
+        stats = _stats_or_problem(folder, name, check)
+        if stats is not None:
+            _check_files_against_stats(folder, name, stats, check, sha)
+    if not check.ok:
+        report.notes.append(f"{MANIFEST_NAME} not written: {len(check.problems)} shard "
+                            "problem(s) below; fix them first")
+        return
+    try:
+        previous = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        old, complete = run_fields(previous), previous.get("complete", True)
+    except (OSError, ValueError, AttributeError):
+        old, complete = {k: None for k in run_fields({})}, True
+        report.notes.append("no readable old manifest: config, environment and run fields "
+                            "are unknown (null) in the rebuilt one")
+    write_manifest(folder, old["config"], old["environment"], dataset=old["dataset"],
+                   scores=old["scores"], threshold=old["threshold"], view_size=old["view_size"],
+                   tau=old["tau"], eb_layer=old["eb_layer"], stage1_digest=old["stage1_digest"],
+                   complete=complete)
+    report.manifest_written = True
+    report.notes.append(f"wrote {MANIFEST_NAME} from {len(disk.stats)} stats file(s)")
+
+
+# ---------------------------------------------------------------- entry point
+def verify_shards(folder: str | os.PathLike, deep: bool = True,
+                  write_manifest: bool = False) -> Report:
+    """Check every shard of ``folder``; see the module doc.
+
+    ``deep=False`` checks existence, sizes, sha256 sums and counts only.
+    ``write_manifest=True`` (re)writes ``manifest.json`` from the stats files
+    first, when every tar has a stats file whose size and sha256 it matches
+    (the run fields of a readable old manifest are kept).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such shard folder")
+    report = Report(folder, deep=deep)
+    disk = _scan(folder)
+    sha = _Checksums()
+    for leftover in disk.leftovers:
+        report.notes.append(f"leftover temp file {leftover} from an interrupted run "
+                            "(harmless; overwritten on rerun)")
+    if write_manifest:
+        _rebuild_manifest(folder, disk, report, sha)
+    try:
+        manifest = read_manifest(folder)
+    except ManifestError as exc:
+        report.add(MANIFEST_NAME, str(exc))
+        manifest = None
+    listed = _check_manifest_entries(manifest, disk, report) if manifest else {}
+    for name in sorted(set(listed) | disk.tars | disk.stats, key=_shard_sort_key):
+        report.shards += 1
+        stats = _stats_or_problem(folder, name, report)
+        if stats is None:
+            continue
+        if name in listed:
+            _compare_with_manifest(name, listed[name], stats, report)
+        intact = _check_files_against_stats(folder, name, stats, report, sha,
+                                            missing_reported=name in listed)
+        keys = None
+        if deep and (folder / f"{name}{TAR_SUFFIX}").exists():
+            keys = _check_tar_members(folder / f"{name}{TAR_SUFFIX}", name, report)
+            if keys is not None and len(keys) != stats["count"]:
+                report.add(name, f"tar holds {len(keys)} samples, stats count {stats['count']}")
+        _check_parquet(folder, name, stats, keys, report)
+        report.samples += len(keys) if keys is not None else (stats["count"] if intact else 0)
+    for name in sorted(disk.parquets - set(listed) - disk.tars - disk.stats):
+        report.add(name, f"{META_DIR}/{name}{PARQUET_SUFFIX} belongs to no shard")
+    return report
+
+
+def _shard_sort_key(name: str):
+    split, index = parse_shard_name(name)
+    return (split, index)
+
+
+# ---------------------------------------------------------------- info
+def info(folder: str | os.PathLike) -> dict:
+    """Counts per split and status, box statistics and run fields of a shard folder.
+
+    ``boxes[split]``: mean box area as a fraction of the image and mean attention
+    fraction inside the box, over 'ok' rows with a box.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    boxes = {}
+    for split in manifest["splits"]:
+        areas, fractions = [], []
+        for entry in manifest["shards"]:
+            if entry["split"] != split:
+                continue
+            path = folder / entry["parquet"]
+            try:
+                table = pq.read_table(path, columns=["status", "width", "height", "x0", "y0",
+                                                     "x1", "y1", "attn_fraction"])
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"{path}: unreadable Parquet ({exc}); run `gpf shards verify`") \
+                    from None
+            _box_stats(table.to_pydict(), areas, fractions)
+        boxes[split] = {"rows": len(areas),
+                        "mean_box_fraction": float(np.mean(areas)) if areas else None,
+                        "mean_attn_fraction": float(np.mean(fractions)) if fractions else None}
+    keys = ("complete", "dataset", "gpf_version", "scores", "threshold", "view_size", "tau",
+            "eb_layer", "stage1_digest", "random_crops", "features", "config", "environment")
+    return {"folder": str(folder), **{k: manifest.get(k) for k in keys},
+            "shards": len(manifest["shards"]), "splits": manifest["splits"], "boxes": boxes}
+
+
+def _box_stats(columns: dict, areas: list, fractions: list) -> None:
+    for i, status in enumerate(columns["status"]):
+        values = [columns[c][i] for c in ("width", "height", "x0", "y0", "x1", "y1")]
+        if status != STATUS_OK or any(v is None for v in values) or not values[0] * values[1]:
+            continue
+        width, height, x0, y0, x1, y1 = values
+        areas.append((x1 - x0) * (y1 - y0) / (width * height))
+        if columns["attn_fraction"][i] is not None:
+            fractions.append(columns["attn_fraction"][i])
+
+
+def format_info(summary: dict) -> list[str]:
+    """Human lines for :func:`info`'s dict."""
+    lines = [f"{summary['folder']}: {summary['shards']} shard(s), dataset {summary['dataset']}, "
+             f"gpf {summary['gpf_version']}" + ("" if summary["complete"] else " (INCOMPLETE)")]
+    lines.append(f"view size {summary['view_size']}, tau {summary['tau']}, EB layer "
+                 f"{summary['eb_layer']}, threshold {summary['threshold']}, scores "
+                 f"{summary['scores']}")
+    lines.append(f"random crops per image {summary['random_crops']}, peripheral features "
+                 f"{'yes' if summary['features'] else 'no'}, stage-1 digest "
+                 f"{summary['stage1_digest']}")
+    for split, totals in summary["splits"].items():
+        statuses = ", ".join(f"{k} {v}" for k, v in totals["status_counts"].items())
+        box = summary["boxes"].get(split, {})
+        area, frac = box.get("mean_box_fraction"), box.get("mean_attn_fraction")
+        lines.append(f"  {split}: {totals['shards']} shard(s), {totals['samples']} sample(s), "
+                     f"{totals['rows']} row(s) [{statuses}]; mean box area "
+                     f"{'-' if area is None else f'{area:.3f}'}, mean attention in box "
+                     f"{'-' if frac is None else f'{frac:.3f}'}")
+    config = summary.get("config")
+    if config:
+        lines.append("config: " + json.dumps(config, sort_keys=True, default=str))
+    return lines

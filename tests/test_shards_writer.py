@@ -1,0 +1,429 @@
+"""Shard writer, names, assignment and manifest: checked against tarfile, hashlib,
+pandas and PIL (independent readers), never against the shard reader."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from gpf.shards.layout import (PARQUET_COLUMNS, assign_shards, is_safe_key, jpeg_size,
+                               parse_shard_name, rand_member, safe_key, shard_name,
+                               split_member_name)
+from gpf.shards.manifest import (ManifestError, compare_config, read_manifest, run_fields,
+                                 write_manifest)
+from gpf.shards.writer import ShardWriter, is_shard_done, read_stats, write_shard
+
+
+# ---------------------------------------------------------------- fixtures
+def jpeg_bytes(rng, width, height, quality=90, **save):
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=quality, **save)
+    return out.getvalue()
+
+
+def make_sample(image_id, rng, periph_hw=(24, 32), fovea=16, votes=None, rand=0, features=False):
+    votes = list(votes if votes is not None else rng.integers(0, 9, 10).tolist())
+    key = safe_key(image_id)
+    sample = {"key": key,
+              "periph.jpg": jpeg_bytes(rng, periph_hw[1], periph_hw[0]),
+              "fovea.jpg": jpeg_bytes(rng, fovea, fovea),
+              "attn.npy": rng.random((periph_hw[0] // 8, periph_hw[1] // 8)).astype(np.float16),
+              "json": {"id": image_id, "votes": votes, "box": [1, 2, 30, 20], "tags": ["a"],
+                       "category": None, "path": f"images/{image_id}.jpg"}}
+    for k in range(rand):
+        sample[rand_member(k)] = jpeg_bytes(rng, fovea, fovea)
+    if features:
+        sample["pfeat.npy"] = rng.standard_normal(8).astype(np.float16)
+    row = {"id": image_id, "path": f"images/{image_id}.jpg", "width": 320, "height": 240,
+           "votes": votes, "mean": 5.0, "std": 1.0, "tags": ["a"], "category": None,
+           "challenge": 7, "x0": 1, "y0": 2, "x1": 30, "y1": 20, "attn_fraction": 0.71,
+           "status": "ok", "error": None}
+    return sample, row
+
+
+def failure_row(image_id):
+    return {"id": image_id, "path": f"images/{image_id}.jpg", "status": "missing",
+            "error": f"images/{image_id}.jpg: file not found; restore it or drop the id"}
+
+
+def samples_and_rows(n, seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    pairs = [make_sample(str(1000 + i), rng, **kw) for i in range(n)]
+    return [s for s, _ in pairs], [r for _, r in pairs]
+
+
+# ---------------------------------------------------------------- names
+def test_shard_name_format_and_parse():
+    assert shard_name("train", 0) == "train-000000"
+    assert shard_name("val", 123456) == "val-123456"
+    assert parse_shard_name("test-000042") == ("test", 42)
+    assert parse_shard_name("train-42") is None
+    for bad_split in ("", "a-b", "a.b", None):
+        with pytest.raises(ValueError, match="split"):
+            shard_name(bad_split, 0)
+    for bad_index in (-1, 1_000_000, 1.0, True):
+        with pytest.raises(ValueError, match="index"):
+            shard_name("train", bad_index)
+
+
+def test_split_member_name_splits_at_first_dot():
+    assert split_member_name("953619.periph.jpg") == ("953619", "periph.jpg")
+    assert split_member_name("_ab12.json") == ("_ab12", "json")
+    assert split_member_name("noext") == ("noext", "")
+
+
+@pytest.mark.parametrize("image_id", ["953619", "abc_DEF-9", "x" * 64])
+def test_safe_key_keeps_safe_ids(image_id):
+    assert safe_key(image_id) == image_id
+    assert is_safe_key(image_id)
+
+
+@pytest.mark.parametrize("image_id", ["a.b", "dir/x", "dir\\x", "a b", "tab\tid", "new\nline",
+                                      "", "é", "x" * 65, "_leading", "-leading", ".."])
+def test_safe_key_hashes_unsafe_ids(image_id):
+    key = safe_key(image_id)
+    expected = "_" + hashlib.sha1(image_id.encode()).hexdigest()[:24]
+    assert key == expected
+    assert is_safe_key(key)
+    assert "." not in key and "/" not in key and " " not in key
+
+
+def test_safe_key_distinct_and_kept_ids_never_collide_with_hashed():
+    ids = [f"img {i}.jpg" for i in range(2000)]
+    keys = {safe_key(i) for i in ids}
+    assert len(keys) == len(ids)
+    # a kept id can never look like a hashed key (hashed keys start with '_')
+    assert safe_key("_" + "0" * 24) != "_" + "0" * 24
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=80), unique=True, max_size=20))
+def test_safe_key_property_safe_and_injective(ids):
+    keys = [safe_key(i) for i in ids]
+    assert all(is_safe_key(k) and len(k) <= 64 for k in keys)
+    assert all("." not in k and "/" not in k and not any(c.isspace() for c in k) for k in keys)
+    assert len(set(keys)) == len(ids)
+    assert keys == [safe_key(i) for i in ids]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=12), unique=True, max_size=60),
+       st.integers(1, 9), st.integers(0, 3))
+def test_assign_shards_property(ids, per_shard, seed):
+    assignment = assign_shards(ids, per_shard, seed)
+    assert set(assignment) == set(ids)
+    counts = Counter(assignment.values())
+    shards = sorted(counts)
+    assert shards == list(range(len(shards)))
+    assert all(counts[s] == per_shard for s in shards[:-1])
+    assert not shards or 1 <= counts[shards[-1]] <= per_shard
+    assert assign_shards(list(reversed(ids)), per_shard, seed) == assignment
+
+
+def test_safe_key_rejects_non_str():
+    with pytest.raises(TypeError, match="str"):
+        safe_key(953619)
+
+
+# ---------------------------------------------------------------- assignment
+def test_assign_shards_exact_counts_deterministic_and_order_free():
+    ids = [str(i) for i in range(1003)]
+    first = assign_shards(ids, 100, seed=3)
+    shuffled = ids[:]
+    random.Random(1).shuffle(shuffled)
+    assert assign_shards(shuffled, 100, seed=3) == first
+    counts = np.bincount(list(first.values()))
+    assert counts.tolist() == [100] * 10 + [3]
+    assert set(first) == set(ids)
+
+
+def test_assign_shards_is_a_random_sample_and_depends_on_seed():
+    ids = [str(i) for i in range(1000)]
+    a, b = assign_shards(ids, 100, seed=0), assign_shards(ids, 100, seed=1)
+    assert a != b
+    shard0 = sorted(int(i) for i, s in a.items() if s == 0)
+    # consecutive ids are spread: shard 0 is not a block of neighbours
+    assert shard0 != list(range(shard0[0], shard0[0] + 100))
+    assert np.mean(shard0) == pytest.approx(500, abs=120)
+    # the order is the sha1 of (seed, id) — reproduce it independently
+    rank = sorted(ids, key=lambda i: hashlib.sha1(f"0\x00{i}".encode()).digest())
+    assert {i for i, s in a.items() if s == 0} == set(rank[:100])
+    assert {i for i, s in a.items() if s == 9} == set(rank[900:])
+
+
+def test_assign_shards_rejects_duplicates_and_bad_size():
+    with pytest.raises(ValueError, match="duplicate.*'7'"):
+        assign_shards(["7", "8", "7"], 2)
+    with pytest.raises(ValueError, match="samples_per_shard"):
+        assign_shards(["1"], 0)
+    assert assign_shards([], 5) == {}
+
+
+# ---------------------------------------------------------------- JPEG header
+@pytest.mark.parametrize("save", [{}, {"progressive": True}, {"subsampling": 0}])
+def test_jpeg_size_matches_pil(save):
+    rng = np.random.default_rng(0)
+    data = jpeg_bytes(rng, 37, 21, **save)
+    assert jpeg_size(data) == Image.open(io.BytesIO(data)).size == (37, 21)
+
+
+def test_jpeg_size_rejects_non_jpeg_and_truncated():
+    with pytest.raises(ValueError, match="not a JPEG"):
+        jpeg_size(b"\x89PNG....")
+    data = jpeg_bytes(np.random.default_rng(0), 8, 8)
+    with pytest.raises(ValueError):
+        jpeg_size(data[:20])
+
+
+# ---------------------------------------------------------------- writer
+def test_write_then_read_back_with_tarfile_and_pandas(tmp_path):
+    samples, rows = samples_and_rows(4, rand=2, features=True)
+    rows.append(failure_row("broken.jpg"))
+    stats = write_shard(tmp_path, "train", 3, samples, rows)
+
+    tar_path = tmp_path / "train-000003.tar"
+    with tarfile.open(tar_path) as tar:
+        names = tar.getnames()
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        infos = tar.getmembers()
+    order = ["json", "periph.jpg", "fovea.jpg", "attn.npy", "rand0.jpg", "rand1.jpg", "pfeat.npy"]
+    assert names == [f"{s['key']}.{m}" for s in samples for m in order]
+    assert all(i.mtime == 0 and i.uid == 0 and i.gid == 0 and i.mode == 0o444 and i.uname == ""
+               for i in infos)
+    for s in samples:
+        k = s["key"]
+        for m in ("periph.jpg", "fovea.jpg", "rand0.jpg", "rand1.jpg"):
+            assert members[f"{k}.{m}"] == s[m]          # stored as given, never re-encoded
+        attn = np.load(io.BytesIO(members[f"{k}.attn.npy"]), allow_pickle=False)
+        assert attn.dtype == np.float16 and np.array_equal(attn, s["attn.npy"])
+        feats = np.load(io.BytesIO(members[f"{k}.pfeat.npy"]), allow_pickle=False)
+        assert np.array_equal(feats, s["pfeat.npy"])
+        assert json.loads(members[f"{k}.json"]) == s["json"]
+
+    table = pd.read_parquet(tmp_path / "meta")
+    assert list(table.columns) == list(PARQUET_COLUMNS)
+    assert len(table) == 5
+    assert table["shard"].unique().tolist() == ["train-000003"]
+    assert table["split"].unique().tolist() == ["train"]
+    ok = table[table.status == "ok"]
+    assert ok["key"].tolist() == [s["key"] for s in samples]
+    assert ok["n_votes"].tolist() == [sum(s["json"]["votes"]) for s in samples]
+    assert ok["error"].isna().all()
+    failed = table[table.status != "ok"].iloc[0]
+    assert failed["id"] == "broken.jpg" and failed["key"] == safe_key("broken.jpg")
+    assert pd.isna(failed["width"]) and "not found" in failed["error"]
+
+    data = tar_path.read_bytes()
+    assert stats["count"] == 4 and stats["rows"] == 5
+    assert stats["bytes"] == len(data) and stats["sha256"] == hashlib.sha256(data).hexdigest()
+    parquet = (tmp_path / "meta" / "train-000003.parquet").read_bytes()
+    assert stats["parquet_sha256"] == hashlib.sha256(parquet).hexdigest()
+    assert stats["status_counts"] == {"missing": 1, "ok": 4}
+    assert stats["periph_shapes"] == [[24, 32, 4]]
+    assert stats["random_crops"] == 2 and stats["features"] is True
+    assert read_stats(tmp_path, "train", 3) == stats
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_identical_input_gives_byte_identical_files(tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        samples, rows = samples_and_rows(5, seed=7, rand=1)
+        write_shard(tmp_path / name, "val", 0, samples, rows)
+        outputs.append([(tmp_path / name / f).read_bytes() for f in
+                        ("val-000000.tar", "meta/val-000000.parquet", "val-000000.stats.json")])
+    assert outputs[0] == outputs[1]
+    # and the check can fail: one different vote changes the tar
+    samples, rows = samples_and_rows(5, seed=7, rand=1)
+    samples[2]["json"]["votes"][0] += 1
+    rows[2]["votes"] = samples[2]["json"]["votes"]
+    write_shard(tmp_path / "c", "val", 0, samples, rows)
+    assert (tmp_path / "c" / "val-000000.tar").read_bytes() != outputs[0][0]
+
+
+def test_unsafe_id_keeps_original_in_json_and_parquet(tmp_path):
+    rng = np.random.default_rng(1)
+    image_id = "photos/my cat.v2.jpg"
+    sample, row = make_sample(image_id, rng)
+    write_shard(tmp_path, "train", 0, [sample], [row])
+    key = safe_key(image_id)
+    assert key.startswith("_") and "." not in key
+    with tarfile.open(tmp_path / "train-000000.tar") as tar:
+        meta = json.loads(tar.extractfile(f"{key}.json").read())
+    assert meta["id"] == image_id
+    table = pd.read_parquet(tmp_path / "meta")
+    assert table.loc[0, "id"] == image_id and table.loc[0, "key"] == key
+
+
+def test_done_marker_semantics(tmp_path):
+    samples, rows = samples_and_rows(2)
+    assert not is_shard_done(tmp_path, "train", 0)
+    writer = ShardWriter(tmp_path, "train", 0)
+    for s in samples:
+        writer.write(s)
+    for r in rows:
+        writer.add_row(r)
+    assert not is_shard_done(tmp_path, "train", 0)        # tar still a temp file
+    writer.close()
+    assert is_shard_done(tmp_path, "train", 0)
+    (tmp_path / "train-000000.stats.json").unlink()
+    assert not is_shard_done(tmp_path, "train", 0)        # no stats file = not done
+    write_shard(tmp_path, "train", 0, samples, rows)
+    tar = tmp_path / "train-000000.tar"
+    tar.write_bytes(tar.read_bytes()[:-512])
+    assert not is_shard_done(tmp_path, "train", 0)        # size disagrees with stats
+
+
+def test_rerun_overwrites_leftovers_of_a_killed_run(tmp_path):
+    (tmp_path / "meta").mkdir()
+    (tmp_path / ".train-000001.tar.tmp").write_bytes(b"half a tar")
+    (tmp_path / "meta" / ".train-000001.parquet.tmp").write_bytes(b"junk")
+    (tmp_path / "train-000001.tar").write_bytes(b"old tar without stats")
+    samples, rows = samples_and_rows(3)
+    stats = write_shard(tmp_path, "train", 1, samples, rows)
+    assert is_shard_done(tmp_path, "train", 1)
+    assert (tmp_path / "train-000001.tar").stat().st_size == stats["bytes"]
+    assert not list(tmp_path.rglob(".*.tmp"))
+    assert len(pd.read_parquet(tmp_path / "meta")) == 3   # the junk temp is not read
+
+
+def test_exception_inside_with_leaves_shard_not_done(tmp_path):
+    samples, rows = samples_and_rows(2)
+    with pytest.raises(RuntimeError, match="boom"):
+        with ShardWriter(tmp_path, "train", 0) as writer:
+            writer.write(samples[0])
+            raise RuntimeError("boom")
+    assert not is_shard_done(tmp_path, "train", 0)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_rewriting_a_done_shard_clears_done_first(tmp_path):
+    samples, rows = samples_and_rows(2)
+    write_shard(tmp_path, "train", 0, samples, rows)
+    writer = ShardWriter(tmp_path, "train", 0)
+    assert not is_shard_done(tmp_path, "train", 0)
+    writer.abort()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s, r: r.pop(), "without an 'ok' row.*1001"),
+    (lambda s, r: s.pop(), "without a sample.*1001"),
+    (lambda s, r: r.append(dict(r[0])), "more than one 'ok' row.*1000"),
+])
+def test_rows_must_match_samples(tmp_path, change, message):
+    samples, rows = samples_and_rows(2)
+    change(samples, rows)
+    with pytest.raises(ValueError, match=message):
+        write_shard(tmp_path, "train", 0, samples, rows)
+    assert not is_shard_done(tmp_path, "train", 0)
+
+
+def test_bad_samples_and_rows_are_named(tmp_path):
+    rng = np.random.default_rng(0)
+    sample, row = make_sample("42", rng)
+    cases = [
+        ({**sample, "extra.txt": b"x"}, "unknown member"),
+        ({k: v for k, v in sample.items() if k != "fovea.jpg"}, "missing member"),
+        ({**sample, "key": "43"}, "does not match json id"),
+        ({**sample, "fovea.jpg": b"not a jpeg"}, "fovea.jpg: not a JPEG"),
+        ({**sample, "json": {**sample["json"], "mean": float("nan")}}, "NaN"),
+        ({**sample, "attn.npy": np.full((3, 4), np.nan, np.float32)}, "NaN"),
+        ({**sample, "attn.npy": np.zeros(3, np.float16)}, "2 dimension"),
+    ]
+    with ShardWriter(tmp_path, "train", 0) as writer:
+        for bad, message in cases:
+            with pytest.raises((ValueError, TypeError), match=message):
+                writer.write(bad)
+        with pytest.raises(ValueError, match="unknown column.*colour"):
+            writer.add_row({**row, "colour": "red"})
+        with pytest.raises(ValueError, match="need an 'error'"):
+            writer.add_row({"id": "9", "status": "missing"})
+        with pytest.raises(ValueError, match="error None"):
+            writer.add_row({**row, "error": "oops"})
+        writer.write(sample)
+        writer.add_row(row)
+        with pytest.raises(ValueError, match="written twice"):
+            writer.write(sample)
+    assert is_shard_done(tmp_path, "train", 0)
+
+
+def test_bad_parquet_value_names_row_and_column(tmp_path):
+    samples, rows = samples_and_rows(2)
+    rows[1]["width"] = "wide"
+    with pytest.raises(ValueError, match="row id '1001': column width"):
+        write_shard(tmp_path, "train", 0, samples, rows)
+
+
+def test_float32_attention_is_stored_as_float16(tmp_path):
+    samples, rows = samples_and_rows(1)
+    samples[0]["attn.npy"] = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    write_shard(tmp_path, "train", 0, samples, rows)
+    with tarfile.open(tmp_path / "train-000000.tar") as tar:
+        attn = np.load(io.BytesIO(tar.extractfile(f"{samples[0]['key']}.attn.npy").read()))
+    assert attn.dtype == np.float16
+    np.testing.assert_allclose(attn, samples[0]["attn.npy"], atol=1e-3)
+
+
+# ---------------------------------------------------------------- manifest
+RUN = dict(dataset="ava", scores=list(range(1, 11)), threshold=5.0, view_size=224, tau=0.7,
+           eb_layer="features.29", stage1_digest="ab" * 32)
+
+
+def test_manifest_lists_shards_from_stats(tmp_path):
+    s0 = write_shard(tmp_path, "train", 0, *samples_and_rows(3, seed=1, rand=2))
+    s1 = write_shard(tmp_path, "train", 1, *samples_and_rows(2, seed=2, rand=1))
+    samples, rows = samples_and_rows(1, seed=3)
+    s2 = write_shard(tmp_path, "val", 0, samples, rows + [failure_row("gone")])
+    manifest = write_manifest(tmp_path, {"tau": 0.7}, {"torch": "x"}, **RUN)
+    assert read_manifest(tmp_path) == manifest
+    assert [(e["name"], e["count"], e["sha256"]) for e in manifest["shards"]] == [
+        ("train-000000", 3, s0["sha256"]), ("train-000001", 2, s1["sha256"]),
+        ("val-000000", 1, s2["sha256"])]
+    assert manifest["splits"]["train"]["samples"] == 5
+    assert manifest["splits"]["val"]["status_counts"] == {"missing": 1, "ok": 1}
+    assert manifest["random_crops"] == 0          # the val shard has none
+    assert manifest["features"] is False
+    assert manifest["scores"] == [float(s) for s in range(1, 11)]
+    assert manifest["stage1_digest"] == "ab" * 32 and manifest["complete"] is True
+    assert manifest["config"] == {"tau": 0.7} and manifest["environment"] == {"torch": "x"}
+
+
+def test_read_manifest_errors_say_what_to_do(tmp_path):
+    with pytest.raises(ManifestError, match="missing.*--write-manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="unreadable"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": 1}')
+    with pytest.raises(ManifestError, match="no 'shards'"):
+        read_manifest(tmp_path)
+    with pytest.raises(ManifestError, match="no such shard folder"):
+        read_manifest(tmp_path / "nope")
+
+
+def test_compare_config_names_each_differing_key():
+    old = {"tau": 0.7, "view": {"size": 224, "stride": 32}, "layers": [1, 2], "same": "x"}
+    new = {"tau": 0.5, "view": {"size": 224, "stride": 16}, "layers": (1, 2), "same": "x",
+           "extra": True}
+    diff = compare_config(old, new)
+    assert diff == ["extra: missing -> True", "tau: 0.7 -> 0.5", "view.stride: 32 -> 16"]
+    assert compare_config(old, dict(old)) == []
+
+
+def test_compare_config_of_manifests_for_resume(tmp_path):
+    write_shard(tmp_path, "train", 0, *samples_and_rows(1))
+    a = write_manifest(tmp_path, {"q": 95}, {"torch": "2.4"}, **RUN, complete=False)
+    b = {**a, "environment": {"torch": "2.5"}, "tau": 0.6}
+    assert compare_config(run_fields(a), run_fields(b)) == [
+        "environment.torch: '2.4' -> '2.5'", "tau: 0.7 -> 0.6"]

@@ -1,0 +1,157 @@
+"""Stage 1 end to end on CPU: a tiny AVA folder of real JPEGs written by the test."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint
+from gpf.pipeline.sources import open_dataset
+from gpf.train.config import Stage1Config
+from gpf.train.loop import TrainHooks
+from gpf.train.stage1 import (ImageItem, bucket_batches, rankdata, stage1_metrics, train_epoch_batches,
+                              train_stage1, val_batches_for_rank)
+
+from test_train_helpers import mean_of, write_ava
+
+
+@pytest.fixture(scope="module")
+def ava(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ava")
+    votes = write_ava(root, n=28, n_test=4)
+    return root, votes
+
+
+def config(root, out, **kw) -> Stage1Config:
+    values = dict(out=None if out is None else str(out), dataset="ava", root=str(root), backbone="tiny",
+                  weights="none", view_size=32, epochs=3, batch_size=4, lr=0.05, workers=0,
+                  dataset_options={"val_size": 6}, progress=False, tensorboard=False)
+    values.update(kw)
+    return Stage1Config(**values)
+
+
+def test_stage1_trains_and_writes_the_checkpoint_preprocess_takes(ava, tmp_path):
+    root, votes = ava
+    result = train_stage1(config(root, tmp_path / "run", epochs=6, lr=0.05))
+    losses = [row["train_loss"] for row in result.history]
+    assert len(losses) == 6 and min(losses[-2:]) < 0.7 * losses[0]
+    assert result.history[-1]["accuracy"] >= 0.8         # colour separates high from low
+
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt", expect="stage1")   # weights_only=True
+    dataset = open_dataset("ava", root, val_size=6)
+    assert ckpt["format"] == "gpf-stage1"
+    assert ckpt["split_spec"] == dataset.split_spec
+    config_of = ckpt["model_config"]
+    assert (config_of["view_size"], config_of["threshold"], config_of["num_classes"]) == (32, 5.0, 2)
+    assert config_of["scores"] == [float(s) for s in range(1, 11)]
+    assert ckpt["train"]["epoch"] == result.best_epoch
+    model = model_from_checkpoint(ckpt)                 # what preprocess rebuilds
+    assert type(model).__name__ == "PeripheralNet"
+    assert (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_missing_and_corrupt_images_are_skipped_and_listed(tmp_path):
+    root = tmp_path / "ava"
+    write_ava(root, n=20, n_test=2)
+    ids = sorted(p.stem for p in (root / "images").glob("*.jpg"))
+    (root / "images" / f"{ids[0]}.jpg").unlink()                                  # missing
+    (root / "images" / f"{ids[1]}.jpg").write_bytes(b"this is not a jpeg")       # not an image
+    data = (root / "images" / f"{ids[2]}.jpg").read_bytes()
+    (root / "images" / f"{ids[2]}.jpg").write_bytes(data[: len(data) // 2])      # truncated: header is fine
+    result = train_stage1(config(root, tmp_path / "run", epochs=2, dataset_options={"val_size": 4}))
+    assert result.epochs_completed == 2
+    with open(tmp_path / "run" / "skipped_images.csv") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(ids[:3])
+    assert rows[ids[0]]["status"] == "missing"
+    assert rows[ids[1]]["status"] == "not_an_image"
+    assert rows[ids[2]]["status"] == "truncated"
+    assert all(row["error"] for row in rows.values())
+
+
+def _items(shapes):
+    return [ImageItem(str(i), "", 0, 5.0, shape) for i, shape in enumerate(shapes)]
+
+
+def test_batches_hold_one_shape_and_train_order_depends_on_seed_and_epoch_only():
+    shapes = [(32, 24)] * 7 + [(24, 32)] * 5 + [(32, 16)] * 2
+    items = _items(shapes)
+    val = bucket_batches(items, 3, None)
+    assert sorted(i for b in val for i in b) == list(range(len(items)))     # every item exactly once
+    assert all(len({items[i].shape for i in b}) == 1 for b in val)
+    # shapes in sorted order (24, 32) x5, (32, 16) x2, (32, 24) x7; each shape's remainder kept
+    assert [len(b) for b in val] == [3, 2, 2, 3, 3, 1]
+
+    epoch0 = train_epoch_batches(items, 3, seed=0, epoch=0, rank=0, world_size=1)
+    assert epoch0 == train_epoch_batches(items, 3, seed=0, epoch=0, rank=0, world_size=1)
+    assert epoch0 != train_epoch_batches(items, 3, seed=0, epoch=1, rank=0, world_size=1)
+    assert all(len({items[i].shape for i in b}) == 1 for b in epoch0)
+    assert sorted(i for b in epoch0 for i in b) == list(range(len(items)))
+
+    # two ranks: same number of steps, disjoint halves of each global batch
+    ranks = [train_epoch_batches(items, 4, seed=3, epoch=2, rank=r, world_size=2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])
+    seen = [set(i for b in r for i in b) for r in ranks]
+    assert not seen[0] & seen[1]
+    # validation: dealt round-robin, every item once over the ranks
+    dealt = [val_batches_for_rank(items, 3, r, 2) for r in range(2)]
+    assert sorted(i for r in dealt for b in r for i in b) == list(range(len(items)))
+
+
+def test_stage1_metrics_by_hand():
+    logits = torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    targets = torch.tensor([[1, 7.0], [0, 3.0], [0, 4.5], [0, 2.0]])
+    metrics = stage1_metrics(logits, targets)
+    assert metrics["accuracy"] == pytest.approx(0.75)           # third is predicted high, is low
+    expected_loss = float(np.mean([math.log(1 + math.exp(-2)), math.log(1 + math.exp(-1)),
+                                   math.log(1 + math.exp(1)), math.log(1 + math.exp(-3))]))
+    assert metrics["val_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    # P(high) ranks: 4, 2, 3, 1; mean-score ranks: 4, 2, 3, 1
+    assert metrics["srcc"] == pytest.approx(1.0)
+    assert metrics["mae"] is None and metrics["emd"] is None
+    assert rankdata(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+
+
+@pytest.mark.slow
+def test_stage1_resume_after_kill_matches_uninterrupted(ava, tmp_path):
+    root, _ = ava
+    train_stage1(config(root, tmp_path / "straight", epochs=3))
+
+    class Kill(Exception):
+        pass
+
+    def hook(info):
+        if (info.epoch, info.step) == (3, 2):
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_stage1(config(root, tmp_path / "killed", epochs=3), hooks=TrainHooks(after_step=hook))
+    train_stage1(config(root, None, epochs=3, resume=str(tmp_path / "killed")))
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")["state_dict"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_cli_stage1_and_threshold_option(ava, tmp_path):
+    from gpf.cli.main import cli
+
+    root, votes = ava
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "stage1", "ava", str(root), "--backbone", "tiny", "--weights",
+                                      "none", "--out", str(run), "--view-size", "32", "--epochs", "1",
+                                      "--batch-size", "4", "--val-size", "6", "--workers", "0",
+                                      "--threshold", "8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"--stage1 {run}" in result.output
+    ckpt = load_checkpoint(run / "best.pt", expect="stage1")
+    assert ckpt["model_config"]["threshold"] == 8.0
+    assert all(mean_of(v) < 8 for v in votes.values())      # so every image is 'low' at threshold 8
+
+    result = CliRunner().invoke(cli, ["train", "stage1", "ava", str(root), "--backbone", "tiny",
+                                      "--out", str(tmp_path / "r2"), "--batch-size", "0"])
+    assert result.exit_code != 0 and "batch_size must be a positive integer" in result.output

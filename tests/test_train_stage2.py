@@ -1,0 +1,198 @@
+"""Stage 2 end to end on CPU: shards written by the test, tiny backbones, small heads."""
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from gpf.model.checkpoint import load_checkpoint, state_dict_digest
+from gpf.train.config import ConfigError, Stage2Config
+from gpf.train.loop import NonFiniteLossError, TrainHooks
+from gpf.train.stage2 import Stage2Error, ShardFacts, check_checkpoint_fits_shards, train_stage2
+
+from test_train_helpers import SMALL_HEAD, VIEW, stage1_checkpoint, state_of, write_shards
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage2")
+    ckpt = stage1_checkpoint(root / "stage1.pt")
+    write_shards(root / "shards", ckpt, random_crops=2, features=True)
+    write_shards(root / "plain", ckpt, random_crops=0, features=False)
+    return {"root": root, "stage1": ckpt, "shards": root / "shards", "plain": root / "plain"}
+
+
+def config(data, out, **kw) -> Stage2Config:
+    values = dict(out=None if out is None else str(out), shards=str(data["shards"]), backbone="tiny", weights="none", variant="gpf",
+                  epochs=3, batch_size=4, lr=0.05, workers=0, progress=False, tensorboard=False, **SMALL_HEAD)
+    values.update(kw)
+    return Stage2Config(**values)
+
+
+def test_gpf_trains_loss_goes_down_and_checkpoint_embeds_attention(data, tmp_path):
+    result = train_stage2(config(data, tmp_path / "run", epochs=6, lr=0.3))
+    losses = [row["train_loss"] for row in result.history]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert min(losses[-2:]) < 0.7 * losses[0]
+
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt", expect="stage2")   # weights_only=True inside
+    stage1 = load_checkpoint(data["stage1"], expect="stage1")
+    block = ckpt["attention"]
+    assert block["stage1_digest"] == state_dict_digest(stage1["state_dict"])
+    assert all(torch.equal(block["stage1_state_dict"][k], v) for k, v in stage1["state_dict"].items())
+    assert (block["tau"], block["eb_layer"], block["contrastive"], block["view_size"]) == \
+        (0.7, "features.pool2", False, VIEW)
+    config_of = ckpt["model_config"]
+    assert (config_of["num_classes"], config_of["threshold"], config_of["view_size"]) == (10, 5.0, VIEW)
+    assert config_of["scores"] == [float(s) for s in range(1, 11)]
+    assert ckpt["config"]["lr"] == 0.3 and ckpt["train"]["epoch"] == result.best_epoch
+    assert ckpt["shards"]["features_used"] is True     # matching pfeat.npy were used
+
+    header, *rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert header.split(",")[:12] == ["epoch", "train_loss", "val_loss", "accuracy", "srcc", "lcc", "mae",
+                                      "rmse", "emd", "lr", "samples_per_s", "data_wait"]
+    assert [r.split(",")[0] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["config"]["batch_size"] == 4 and saved["stage"] == "stage2"
+
+
+def test_frozen_peripheral_weights_and_bn_buffers_are_bit_identical(data, tmp_path):
+    # use_features='no': the peripheral really runs forward (train mode elsewhere) in every step
+    train_stage2(config(data, tmp_path / "run", use_features="no", epochs=2))
+    stage1 = state_of(data["stage1"])
+    after = state_of(tmp_path / "run" / "last.pt")
+    peripheral = {k[len("peripheral."):]: v for k, v in after.items() if k.startswith("peripheral.")}
+    features = {k[len("features."):]: v for k, v in stage1.items() if k.startswith("features.")}
+    assert peripheral.keys() == features.keys()
+    assert any("running_mean" in k for k in peripheral)
+    for key, value in features.items():
+        assert torch.equal(peripheral[key], value), key
+    # ... while the foveal subnet did train
+    foveal = [k for k in after if k.startswith("foveal.") and k.endswith("weight")]
+    assert any(not torch.equal(after[k], stage1["features." + k[len("foveal."):]]) for k in foveal)
+
+
+def test_two_backbones_train_from_the_same_shards(data, tmp_path):
+    digests = []
+    for backbone in ("tiny", "small"):
+        result = train_stage2(config(data, tmp_path / backbone, backbone=backbone, peripheral_weights="none",
+                                     epochs=1))
+        ckpt = load_checkpoint(result.last_checkpoint, expect="stage2")
+        assert ckpt["model_config"]["backbone"] == backbone
+        assert ckpt["shards"]["features_used"] is False      # another peripheral than the one in pfeat
+        digests.append(ckpt["attention"]["stage1_digest"])
+    assert digests[0] == digests[1]
+
+
+def test_random_variant_needs_stored_random_crops(data, tmp_path):
+    with pytest.raises(Stage2Error, match=r"--random-crops K"):
+        train_stage2(config(data, tmp_path / "a", shards=str(data["plain"]), variant="random"))
+    assert not (tmp_path / "a").exists()
+    result = train_stage2(config(data, tmp_path / "b", variant="random", epochs=1))
+    assert result.epochs_completed == 1
+
+
+def test_use_features_yes_refused_when_shards_have_none(data, tmp_path):
+    with pytest.raises(Stage2Error, match="no peripheral features"):
+        train_stage2(config(data, tmp_path / "a", shards=str(data["plain"]), use_features="yes"))
+
+
+def test_stage1_checkpoint_that_did_not_make_the_shards_is_refused(data, tmp_path):
+    other = stage1_checkpoint(tmp_path / "other.pt", seed=1)
+    with pytest.raises(Stage2Error, match="is not the stage-1 model that made the shards"):
+        train_stage2(config(data, tmp_path / "run", stage1=str(other)))
+
+
+def test_checkpoint_with_other_buckets_or_view_size_is_refused(data):
+    from gpf.shards.manifest import read_manifest
+
+    facts = ShardFacts.from_manifest(read_manifest(data["shards"]), data["shards"])
+    check_checkpoint_fits_shards({"num_classes": 10, "view_size": VIEW}, facts, "ckpt")
+    with pytest.raises(Stage2Error, match=r"predicts 7 score buckets.*N = 10"):
+        check_checkpoint_fits_shards({"num_classes": 7, "view_size": VIEW}, facts, "ckpt")
+    with pytest.raises(Stage2Error, match=rf"views of 224 px.*--view-size {VIEW}"):
+        check_checkpoint_fits_shards({"num_classes": 10, "view_size": 224}, facts, "ckpt")
+
+
+class _Kill(Exception):
+    pass
+
+
+def _kill_at(epoch: int, step: int):
+    def hook(info):
+        if (info.epoch, info.step) == (epoch, step):
+            raise _Kill
+    return TrainHooks(after_step=hook)
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_mid_epoch_gives_the_uninterrupted_weights(data, tmp_path):
+    cfg = dict(epochs=3, variant="gpf", workers=1, use_features="no")
+    train_stage2(config(data, tmp_path / "straight", **cfg))
+    with pytest.raises(_Kill):
+        train_stage2(config(data, tmp_path / "killed", **cfg), hooks=_kill_at(epoch=2, step=3))
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["train"]["epoch"] == 1
+    result = train_stage2(config(data, None, resume=str(tmp_path / "killed"), **cfg))
+    assert result.epochs_completed == 3
+    straight, resumed = state_of(tmp_path / "straight" / "last.pt"), state_of(tmp_path / "killed" / "last.pt")
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-6, atol=1e-7, msg=key)
+    rows = (tmp_path / "killed" / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+
+
+def test_resume_with_a_different_config_is_refused_naming_the_key(data, tmp_path):
+    train_stage2(config(data, tmp_path / "run", epochs=1))
+    with pytest.raises(ConfigError, match=r"lr: 0\.05 -> 0\.2"):
+        train_stage2(config(data, None, resume=str(tmp_path / "run"), epochs=2, lr=0.2))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_stage2(config(data, tmp_path / "run", epochs=1))
+
+
+def test_resume_on_rewritten_shards_is_refused(data, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(data["shards"], shards)
+    train_stage2(config(data, tmp_path / "run", shards=str(shards), epochs=1))
+    write_shards(shards, data["stage1"], random_crops=2, features=True, seed=5)   # same names, new bytes
+    with pytest.raises(Stage2Error, match=r"shard\(s\) added, removed or rewritten"):
+        train_stage2(config(data, None, shards=str(shards), resume=str(tmp_path / "run"), epochs=2))
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    def poison(info):
+        if (info.epoch, info.step) == (2, 2):
+            with torch.no_grad():
+                info.model.classifier.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 3 of the epoch"):
+        train_stage2(config(data, tmp_path / "run", epochs=3), hooks=TrainHooks(after_step=poison))
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["train"]["epoch"] == 1
+    assert all(bool(torch.isfinite(v).all()) for v in last["state_dict"].values() if v.is_floating_point())
+    assert len((tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()) == 2
+
+
+def test_cli_stage2_with_yaml_config_and_unknown_key(data, tmp_path):
+    from gpf.cli.main import cli
+
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"branch_width": 16, "fusion_width": 16, "epochs": 1, "batch_size": 4,
+                                    "workers": 0, "weights": "none"}))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "stage2", "--shards", str(data["shards"]), "--backbone", "tiny",
+                                      "--config", str(good), "--out", str(run), "--quiet", "--lr", "0.02"])
+    assert result.exit_code == 0, result.output
+    assert "best checkpoint:" in result.output
+    assert load_checkpoint(run / "last.pt")["config"]["lr"] == 0.02        # the option beats the file
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"epochs": 1, "learning_rate": 0.1}))
+    result = CliRunner().invoke(cli, ["train", "stage2", "--shards", str(data["shards"]), "--backbone", "tiny",
+                                      "--config", str(bad), "--out", str(tmp_path / "r2")])
+    assert result.exit_code != 0
+    assert "unknown key 'learning_rate'" in result.output and "Allowed keys:" in result.output
+    assert "batch_size" in result.output

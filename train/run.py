@@ -1,0 +1,98 @@
+"""Run folders: where a run writes, how ``--resume`` finds its state, what rank 0 logs.
+
+A run folder holds ``config.yaml`` (the resolved config), ``last.pt``,
+``best.pt``, ``metrics.csv``, ``train.log`` and, when tensorboard is installed,
+``tensorboard/``. A new run refuses a folder that already holds a checkpoint
+(resume it or choose another ``--out``).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from gpf.train.config import ConfigError, TrainConfig, check_resume_compatible, write_config
+from gpf.train.distributed import DistContext, barrier, init_distributed, shutdown
+from gpf.train.logging import RunLog
+from gpf.train.loop import LAST, LOG
+
+
+@dataclass
+class RunSetup:
+    ctx: DistContext
+    run_dir: Path
+    resume_state: dict | None
+    log: RunLog
+
+
+def resume_checkpoint_path(resume: str | Path) -> Path:
+    """``RUN`` (a run folder) -> ``RUN/last.pt``; a file is taken as is."""
+    path = Path(resume)
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise ConfigError(f"--resume {resume}: no checkpoint at {path}; pass a run folder holding {LAST} "
+                          "(or a checkpoint file)")
+    return path
+
+
+def saved_config(resume: str | Path) -> dict:
+    """The config a run was started with, from its ``config.yaml`` (for CLI defaults on resume)."""
+    import yaml
+
+    path = resume_checkpoint_path(resume)
+    config_file = path.parent / "config.yaml"
+    if config_file.is_file():
+        data = yaml.safe_load(config_file.read_text()) or {}
+        if isinstance(data.get("config"), dict):
+            return data["config"]
+    from gpf.model.checkpoint import load_checkpoint
+
+    return dict(load_checkpoint(path).get("config") or {})
+
+
+def _echo(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def run_context(cfg: TrainConfig, stage: str, echo=_echo) -> Iterator[RunSetup]:
+    """Join the process group, settle the run folder, load the resume state; clean up after."""
+    ctx = init_distributed(cfg.device)
+    try:
+        yield _prepare(cfg, stage, ctx, echo)
+    finally:
+        shutdown(ctx)
+
+
+def _prepare(cfg: TrainConfig, stage: str, ctx: DistContext, echo) -> RunSetup:
+    from gpf.model.checkpoint import load_checkpoint
+
+    resume_state = None
+    if cfg.resume:
+        path = resume_checkpoint_path(cfg.resume)
+        run_dir = path.parent
+        if cfg.out and Path(cfg.out).resolve() != run_dir.resolve():
+            raise ConfigError(f"--out {cfg.out} differs from the run being resumed ({run_dir}); "
+                              "a resumed run continues in its own folder: drop --out")
+        resume_state = load_checkpoint(path, expect=stage)
+        if "train" not in resume_state or "config" not in resume_state:
+            raise ConfigError(f"{path} holds no training state (optimizer, epoch); it cannot be resumed. "
+                              "Start a new run, e.g. with --weights or --stage1 pointing at it")
+        check_resume_compatible(resume_state["config"], cfg, run_dir)
+    else:
+        if not cfg.out:
+            raise ConfigError("no run folder: pass --out RUN (or --resume RUN to continue a run)")
+        run_dir = Path(cfg.out)
+        if (run_dir / LAST).exists():
+            raise ConfigError(f"{run_dir} already holds a run ({run_dir / LAST}); continue it with "
+                              f"--resume {run_dir}, or choose another --out")
+    cfg.out = str(run_dir)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, run_dir, {"stage": stage, "world_size": ctx.world_size})
+    barrier(ctx)
+    log = RunLog(run_dir / LOG, enabled=ctx.is_main, echo=echo if cfg.progress else None)
+    return RunSetup(ctx=ctx, run_dir=run_dir, resume_state=resume_state, log=log)

@@ -1,0 +1,458 @@
+"""``gpf train stage2``: train the foveal subnet and the fusion on preprocessed shards.
+
+Paper, section IV-B: "In the second step, we freeze the convolutional layers of
+peripheral subnet, and start to train the foveal subnet and the GIF module."
+The loss is the EMD between the predicted and the voted score distributions
+with r = 2 (section III-C).
+
+* The peripheral conv layers come from the stage-1 model (``--stage1``, or the
+  one the shards' manifest names) or from ``--peripheral-weights``; they are
+  frozen and kept in eval mode, so their weights and batch-norm statistics stay
+  bit-identical.
+* The checkpoint embeds the attention model that made the shards' crops
+  (stage-1 weights whose digest must equal the manifest's, tau, EB layer,
+  contrastive flag, view size) and the score scale, threshold and N, so
+  ``gpf predict`` reproduces the crops.
+* When the shards hold the peripheral's pooled descriptors (``pfeat.npy``) and
+  the frozen peripheral equals the network that computed them, the peripheral
+  forward is skipped and the shards' JPEG peripheral views are not even decoded.
+* ``random`` trains on one of the K stored random crops per image and epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from gpf.errors import GPFError
+from gpf.train.config import Stage2Config
+from gpf.train.distributed import DistContext, per_rank_batch_size
+from gpf.train.loop import RunResult, Task, images_to_device
+from gpf.train.state import seed_init
+
+
+class Stage2Error(GPFError):
+    """Stage 2 cannot start with these shards / checkpoints; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+def _lookup(manifest: Mapping, *paths: str, default=None):
+    """The first of the dotted ``paths`` present (not None) in ``manifest``."""
+    for path in paths:
+        value: Any = manifest
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+            if value is None:
+                break
+        if value is not None:
+            return value
+    return default
+
+
+@dataclass(frozen=True)
+class ShardFacts:
+    """What stage 2 needs to know about a shard folder, read from its ``manifest.json``."""
+    folder: str
+    dataset: str | None
+    scores: tuple[float, ...]
+    threshold: float
+    view_size: int
+    tau: float
+    eb_layer: str
+    contrastive: bool
+    stage1_digest: str | None       # None: the crops came from an ImageNet classifier
+    stage1_path: str | None
+    attention_backbone: str | None
+    attention_weights: str | None
+    random_crops: int
+    features: bool
+    split_spec: dict | None
+    samples: dict                   # split -> samples
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping, folder: str | os.PathLike) -> "ShardFacts":
+        where = f"{Path(folder) / 'manifest.json'}"
+        scores = _lookup(manifest, "scores", "dataset.scores")
+        threshold = _lookup(manifest, "threshold", "dataset.threshold")
+        view_size = _lookup(manifest, "view_size", "attention.view_size", "config.view_size")
+        missing = [name for name, value in (("scores", scores), ("threshold", threshold),
+                                            ("view_size", view_size)) if value is None]
+        if missing:
+            raise Stage2Error(f"{where} lacks {', '.join(missing)}; it was not written by `gpf preprocess` "
+                              f"of this version. Rewrite it with `gpf shards verify {folder} --write-manifest` "
+                              "or re-run preprocessing")
+        dataset = _lookup(manifest, "dataset.name", "dataset")
+        samples = {}
+        for entry in manifest.get("shards", []):
+            samples[entry["split"]] = samples.get(entry["split"], 0) + int(entry.get("count", 0))
+        return cls(
+            folder=str(folder),
+            dataset=dataset if isinstance(dataset, str) else None,
+            scores=tuple(float(s) for s in scores),
+            threshold=float(threshold),
+            view_size=int(view_size),
+            tau=float(_lookup(manifest, "tau", "attention.tau", "config.tau", default=0.7)),
+            eb_layer=_lookup(manifest, "eb_layer", "attention.eb_layer", "config.eb_layer", default=""),
+            contrastive=bool(_lookup(manifest, "contrastive", "attention.contrastive", "config.contrastive",
+                                     default=False)),
+            stage1_digest=_lookup(manifest, "stage1_digest", "config.stage1_digest"),
+            stage1_path=_lookup(manifest, "config.stage1", "attention.model.path"),
+            attention_backbone=_lookup(manifest, "config.backbone", "attention.model.backbone"),
+            attention_weights=_lookup(manifest, "config.weights", "attention.model.weights"),
+            random_crops=int(_lookup(manifest, "random_crops", "extras.random_crops",
+                                     "config.random_crops", default=0)),
+            features=bool(_lookup(manifest, "features", "extras.store_features", default=False)),
+            split_spec=_lookup(manifest, "dataset.split_spec", "split_spec"),
+            samples=samples,
+        )
+
+
+def shards_identity(manifest: Mapping) -> dict:
+    """The parts of a manifest a stage-2 run depends on (stored in its checkpoints)."""
+    return {
+        "run": {k: manifest.get(k) for k in ("dataset", "scores", "threshold", "view_size", "tau",
+                                             "eb_layer", "stage1_digest", "random_crops", "features",
+                                             "attention", "extras", "config") if k in manifest},
+        "environment": manifest.get("environment"),
+        "shards": {e["name"]: e.get("sha256") for e in manifest.get("shards", [])},
+    }
+
+
+def manifest_differences(saved: Mapping, current: Mapping) -> list[str]:
+    """Why shards no longer match a run: config/run-field changes, and changed shard contents
+    (with the environment differences that may explain them)."""
+    from gpf.shards.manifest import compare_config
+
+    diffs = [f"manifest {line}" for line in compare_config(saved.get("run") or {}, current.get("run") or {})]
+    old, new = saved.get("shards") or {}, current.get("shards") or {}
+    changed = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+    if changed:
+        diffs.append(f"{len(changed)} shard(s) added, removed or rewritten ({', '.join(changed[:3])}"
+                     f"{' ...' if len(changed) > 3 else ''})")
+        diffs += [f"environment {line}" for line in
+                  compare_config(saved.get("environment") or {}, current.get("environment") or {})]
+    return diffs
+
+
+def check_checkpoint_fits_shards(model_config: Mapping, facts: ShardFacts, source: str) -> None:
+    """Refuse a stage-2 checkpoint whose score buckets or view size differ from the shards'."""
+    n = model_config.get("num_classes")
+    if n is not None and int(n) != facts.num_classes:
+        raise Stage2Error(f"{source} predicts {n} score buckets, but the shards in {facts.folder} have "
+                          f"N = {facts.num_classes} (scores {list(facts.scores)}); use shards of the dataset "
+                          "the checkpoint was trained on, or train a new model on these shards")
+    view = model_config.get("view_size")
+    if view is not None and int(view) != facts.view_size:
+        raise Stage2Error(f"{source} was trained on views of {view} px, but the shards in {facts.folder} were "
+                          f"made with --view-size {facts.view_size}; re-run preprocessing with --view-size {view} "
+                          "or train a new model on these shards")
+
+
+# ----------------------------------------------------------------------------- attention + peripheral
+
+def resolve_checkpoint_file(path: str | os.PathLike, prefer: str = "best") -> Path:
+    """A checkpoint file, or a run folder's ``best.pt`` (``prefer='best'``) / ``last.pt``."""
+    path = Path(path)
+    if path.is_dir():
+        order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+        for name in order:
+            if (path / name).is_file():
+                return path / name
+        raise Stage2Error(f"{path} holds no checkpoint ({' or '.join(order)}); pass a run folder of "
+                          "`gpf train` or a checkpoint file")
+    if not path.is_file():
+        raise Stage2Error(f"checkpoint {path} does not exist")
+    return path
+
+
+@dataclass
+class Attention:
+    """The attention model of the shards: its checkpoint block and the state its features come from."""
+    block: dict                       # checkpoint.attention_block(...)
+    stage1: dict | None               # the stage-1 payload when one made the crops
+    description: str
+
+
+def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Mapping | None) -> Attention:
+    """Find the network that made the shards' crops and check it is that network."""
+    from gpf.model.checkpoint import attention_block, load_checkpoint, state_dict_digest
+
+    if resume_state is not None:
+        block = dict(resume_state["attention"])
+        if facts.stage1_digest and block.get("stage1_digest") != facts.stage1_digest:
+            raise Stage2Error(f"the run's attention model (digest {str(block.get('stage1_digest'))[:12]}...) did "
+                              f"not make the shards in {facts.folder} (digest {facts.stage1_digest[:12]}...)")
+        return Attention(block, None, "the run being resumed")
+    if facts.stage1_digest:
+        given = cfg.stage1 or facts.stage1_path
+        if not given:
+            raise Stage2Error(f"the shards in {facts.folder} were made by a stage-1 model (digest "
+                              f"{facts.stage1_digest[:12]}...) but no path to it is known; pass it with "
+                              "--stage1 CKPT|RUN")
+        try:
+            path = resolve_checkpoint_file(given)
+        except Stage2Error as exc:
+            raise Stage2Error(f"{exc}. The shards in {facts.folder} were made by the stage-1 model with digest "
+                              f"{facts.stage1_digest[:12]}...; pass it with --stage1 CKPT|RUN") from None
+        payload = load_checkpoint(path, expect="stage1")
+        digest = state_dict_digest(payload["state_dict"])
+        if digest != facts.stage1_digest:
+            raise Stage2Error(
+                f"{path} (digest {digest[:12]}...) is not the stage-1 model that made the shards in {facts.folder} "
+                f"(digest {facts.stage1_digest[:12]}..., recorded path {facts.stage1_path}); pass that checkpoint "
+                "with --stage1, or re-run `gpf preprocess --stage1` with this one. (To start the peripheral "
+                "from another model use --peripheral-weights.)")
+        block = attention_block(payload, tau=facts.tau, eb_layer=facts.eb_layer, contrastive=facts.contrastive,
+                                view_size=facts.view_size)
+        return Attention(block, payload, f"stage-1 model {path}")
+    # the crops came from an ImageNet classifier
+    if cfg.stage1:
+        raise Stage2Error(f"the shards in {facts.folder} were made with ImageNet attention "
+                          f"({facts.attention_backbone}, weights {facts.attention_weights}), not a stage-1 model; "
+                          "to start the peripheral from a stage-1 checkpoint pass it as --peripheral-weights")
+    if not facts.attention_backbone or facts.attention_weights in (None, "none"):
+        raise Stage2Error(
+            f"the shards in {facts.folder} were made by a randomly initialised attention network "
+            f"(backbone {facts.attention_backbone}, weights {facts.attention_weights}); a checkpoint could not "
+            "reproduce their crops. Re-run preprocessing with --stage1 CKPT or --weights imagenet|PATH")
+    from gpf.model.gpf import imagenet_classifier
+
+    model = imagenet_classifier(facts.attention_backbone, weights=facts.attention_weights)
+    block = attention_block(model, tau=facts.tau, eb_layer=facts.eb_layer, contrastive=facts.contrastive,
+                            view_size=facts.view_size)
+    return Attention(block, None, f"ImageNet classifier {facts.attention_backbone} ({facts.attention_weights})")
+
+
+def init_peripheral(model, cfg: Stage2Config, attention: Attention, log) -> str:
+    """Load the peripheral conv layers; returns a description of where they came from."""
+    from gpf.model.backbones import create_backbone
+
+    if cfg.peripheral_weights:
+        source = create_backbone(cfg.backbone, cfg.peripheral_weights)
+        model.peripheral.load_state_dict(source.features.state_dict())
+        return f"--peripheral-weights {cfg.peripheral_weights}"
+    stage1 = attention.stage1
+    if stage1 is not None:
+        trained_on = stage1["model_config"].get("backbone")
+        if trained_on == cfg.backbone:
+            model.load_peripheral_from_stage1(stage1)
+            return f"stage-1 model ({attention.description})"
+        if cfg.stage1:
+            raise Stage2Error(f"--stage1 holds a {trained_on!r} peripheral but --backbone is {cfg.backbone!r}; "
+                              f"train stage 2 with --backbone {trained_on}, or start the peripheral from "
+                              "--peripheral-weights imagenet|PATH")
+        log(f"the stage-1 model that made the shards is a {trained_on!r}, not {cfg.backbone!r}: "
+            f"the peripheral starts from --weights {cfg.weights}")
+    return f"--weights {cfg.weights}"
+
+
+def features_match(model, attention: Attention) -> bool:
+    """True when the frozen peripheral equals the attention model's features (which computed pfeat)."""
+    state = attention.block.get("stage1_state_dict") or {}
+    mine = model.peripheral.state_dict()
+    for key, value in mine.items():
+        other = state.get("features." + key)
+        if other is None or other.shape != value.shape or not torch.equal(other.to(value.device), value):
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------- the task
+
+MEMBER_OF_VARIANT = {"gpf": "fovea", "pf": "fovea", "random": "rand", "single": None}
+
+
+class Stage2Task(Task):
+    name = "stage2"
+
+    def __init__(self, cfg: Stage2Config, ctx: DistContext, model, facts: ShardFacts, attention: Attention,
+                 identity: dict, use_features: bool):
+        from gpf.shards.reader import default_num_workers, list_shards, make_loader
+
+        self.cfg, self.ctx, self.model, self.facts = cfg, ctx, model, facts
+        self.attention, self.identity, self.use_features = attention, identity, use_features
+        self.rank_batch = per_rank_batch_size(cfg.batch_size, ctx.world_size)
+        self.channels_last = ctx.device.type == "cuda"
+        self.second = MEMBER_OF_VARIANT[cfg.variant]
+        members = [] if use_features else ["periph"]
+        if self.second == "fovea":
+            members.append("fovea")
+        train_shards = [s for s in list_shards(cfg.shards, "train") if s.count > 0]
+        workers = cfg.workers
+        if workers is None:
+            workers = default_num_workers(len(train_shards), ctx.world_size, shuffle=True)
+        workers = min(workers, len(train_shards) // ctx.world_size)
+        if len(train_shards) < ctx.world_size:
+            raise Stage2Error(f"{cfg.shards} has {len(train_shards)} training shard(s), fewer than the "
+                              f"{ctx.world_size} processes; preprocess with a smaller --samples-per-shard")
+        self.workers = workers
+        common = dict(rank=ctx.rank, world_size=ctx.world_size, members=tuple(members),
+                      random_crop_member=self.second == "rand", with_features=use_features,
+                      pin_memory=ctx.device.type == "cuda")
+        try:
+            self.train_loader = make_loader(cfg.shards, "train", self.rank_batch, shuffle=True, seed=cfg.seed,
+                                            epoch=0, num_workers=workers, **common)
+            self.val_loader = make_loader(cfg.shards, "val", self.rank_batch, shuffle=False, seed=cfg.seed,
+                                          epoch=0, num_workers=min(workers, 2), **common)
+        except ValueError as exc:
+            raise Stage2Error(f"cannot stream {cfg.shards}: {exc}") from None
+        self.train_samples = len(self.train_loader) * cfg.batch_size
+
+    # -- data
+    def train_batches(self, epoch: int):
+        self.train_loader.set_epoch(epoch)
+        return self.train_loader
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def val_batches(self):
+        return self.val_loader
+
+    # -- model
+    def _forward(self, forward, batch):
+        device, normalize = self.ctx.device, self.model.normalize
+        periph = feat = fovea = None
+        if self.use_features:
+            feat = batch["pfeat"].to(device, non_blocking=True)
+        else:
+            periph = images_to_device(batch["periph"], device, normalize, self.channels_last)
+        if self.second is not None:
+            fovea = images_to_device(batch[self.second], device, normalize, self.channels_last)
+        logits = forward(periph=periph, fovea=fovea, periph_feat=feat)
+        votes = batch["votes"].to(device, non_blocking=True)
+        target = votes / votes.sum(dim=1, keepdim=True)
+        return torch.softmax(logits.float(), dim=1), target
+
+    def train_loss(self, forward, batch):
+        from gpf.model.losses import emd_loss
+
+        pred, target = self._forward(forward, batch)
+        # No per-step validation (a device sync): the loop's NaN watch checks the loss. emd_loss
+        # maps a NaN row to 0 (its safe root), so NaN predictions are carried into the loss
+        # explicitly (0 * NaN = NaN; the gradient of this term is zero otherwise).
+        loss = emd_loss(pred, target, r=self.cfg.emd_r, validate=False) + 0.0 * pred.sum()
+        return loss, int(target.shape[0])
+
+    def eval_outputs(self, forward, batch):
+        pred, target = self._forward(forward, batch)
+        return pred.cpu(), target.cpu()
+
+    def val_metrics(self, predictions, targets) -> dict:
+        from gpf.model.losses import emd_loss
+        from gpf.model.metrics import evaluate
+
+        if not bool(torch.isfinite(predictions).all()):
+            return {"val_loss": math.nan}
+        metrics = evaluate(predictions.numpy(), targets.numpy(), self.facts.threshold, list(self.facts.scores))
+        out = {"val_loss": float(emd_loss(predictions, targets, r=self.cfg.emd_r))}
+        for key in ("accuracy", "srcc", "lcc", "mae", "rmse", "emd"):
+            value = metrics.get(key)
+            out[key] = float(value) if value is not None else math.nan
+        return out
+
+    def checkpoint_payload(self) -> dict:
+        from gpf.model.checkpoint import stage2_payload
+
+        facts = self.facts
+        payload = stage2_payload(self.model, self.attention.block, view_size=facts.view_size,
+                                 threshold=facts.threshold, scores=list(facts.scores),
+                                 extra_config={"dataset": facts.dataset})
+        payload["dataset"] = {"name": facts.dataset, "scores": list(facts.scores), "threshold": facts.threshold,
+                              "num_classes": facts.num_classes, "split_spec": facts.split_spec}
+        payload["shards"] = {"folder": str(Path(facts.folder).resolve()), **self.identity,
+                             "features_used": self.use_features}
+        return payload
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Attention, log) -> bool:
+    if cfg.use_features == "no":
+        return False
+    reasons = []
+    if not facts.features:
+        reasons.append("the shards hold no peripheral features (preprocess with --store-features)")
+    elif cfg.train_peripheral:
+        reasons.append("--train-peripheral changes the peripheral, so stored features go stale")
+    elif not features_match(model, attention):
+        reasons.append("the frozen peripheral is not the network that computed the stored features "
+                       "(start it from the stage-1 model that made the shards)")
+    if not reasons:
+        log("using the stored peripheral features (pfeat.npy): the peripheral forward is skipped")
+        return True
+    if cfg.use_features == "yes":
+        raise Stage2Error(f"--use-features yes: {reasons[0]}")
+    if facts.features:
+        log(f"not using the stored peripheral features: {reasons[0]}")
+    return False
+
+
+def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
+    """Train a stage-2 variant on shards; see the module doc."""
+    from gpf.model.gpf import GPFNet
+    from gpf.shards.manifest import ManifestError, read_manifest
+    from gpf.train.config import validate
+    from gpf.train.loop import Trainer
+    from gpf.train.run import run_context
+
+    validate(cfg)
+    if not cfg.shards:
+        raise Stage2Error("no shards: pass --shards DIR (made by `gpf preprocess`)")
+    if not cfg.backbone:
+        raise Stage2Error("no backbone: pass --backbone NAME (see `gpf models`)")
+    try:
+        manifest = read_manifest(cfg.shards)
+    except ManifestError as exc:
+        raise Stage2Error(str(exc)) from None
+    facts = ShardFacts.from_manifest(manifest, cfg.shards)
+    identity = shards_identity(manifest)
+    if cfg.variant == "random" and facts.random_crops < 1:
+        raise Stage2Error(f"the 'random' variant needs stored random crops, but the shards in {cfg.shards} have "
+                          "none; make them with `gpf preprocess ... --random-crops K` (e.g. K = 5) into a new "
+                          "--out folder")
+    for split in ("train", "val"):
+        if not facts.samples.get(split):
+            raise Stage2Error(f"the shards in {cfg.shards} hold no {split!r} samples; preprocess with --split all")
+    if cfg.workers is None:   # fixed now and saved: the data order of an epoch depends on it
+        from gpf.shards.reader import default_num_workers, list_shards
+
+        trains = [s for s in list_shards(cfg.shards, "train") if s.count > 0]
+        cfg.workers = default_num_workers(len(trains), int(os.environ.get("WORLD_SIZE", "1")), shuffle=True)
+    with run_context(cfg, "stage2") as run:
+        ctx, log, state = run.ctx, run.log, run.resume_state
+        if state is not None:
+            source = f"the run in {run.run_dir}"
+            check_checkpoint_fits_shards(state["model_config"], facts, source)
+            diffs = manifest_differences(state.get("shards") or {}, identity)
+            if diffs:
+                raise Stage2Error(f"cannot resume {run.run_dir}: the shards in {cfg.shards} differ from the ones "
+                                  f"it was trained on ({'; '.join(diffs[:8])}). Resume with the original shards "
+                                  "or start a new run")
+        attention = resolve_attention(cfg, facts, state)
+        seed_init(cfg.seed)
+        model = GPFNet(cfg.backbone, cfg.variant, facts.num_classes,
+                       weights="none" if state is not None else cfg.weights,
+                       branch_width=cfg.branch_width, fusion_width=cfg.fusion_width, dropout=float(cfg.dropout))
+        if state is None:
+            log(f"peripheral from {init_peripheral(model, cfg, attention, log)}; attention model: "
+                f"{attention.description}")
+        if not cfg.train_peripheral:
+            model.freeze_peripheral()
+        if state is not None:
+            model.load_state_dict(state["state_dict"])
+        use_features = _decide_features(cfg, facts, model, attention, log)
+        model.to(ctx.device)
+        if ctx.device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        task = Stage2Task(cfg, ctx, model, facts, attention, identity, use_features)
+        return Trainer(task, cfg, ctx, run.run_dir, hooks=hooks, log=log, resume_state=state).fit()
