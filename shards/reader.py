@@ -116,8 +116,9 @@ class WorkerPlan:
 
 
 def train_batches_per_rank(total: int, batch_size: int, world_size: int, drop_last: bool) -> int:
-    per_rank = total / (world_size * batch_size)
-    return math.floor(per_rank) if drop_last else math.ceil(per_rank)
+    """Full batches each rank yields per training epoch (the same on every rank)."""
+    per_epoch = world_size * batch_size
+    return total // per_epoch if drop_last else -(-total // per_epoch)
 
 
 def plan_train_epoch(shards: Sequence[ShardSpec], *, batch_size: int, seed: int, epoch: int,
@@ -420,7 +421,7 @@ class ShardDataset(IterableDataset):
         if self.shuffle:
             return train_batches_per_rank(self.samples, self.batch_size, self.world_size,
                                           self.drop_last)
-        by_periph = "periph" in self.members
+        by_periph = bool({"periph", "attn"} & set(self.members))  # attn shape follows periph
         return sum(eval_batch_count(p, self.batch_size, by_periph)
                    for p in self._plans(max(1, self.num_workers)))
 
@@ -518,19 +519,19 @@ class ShardDataset(IterableDataset):
     def _shape_key(self, sample: dict) -> tuple:
         where = f"{sample['__shard__']}, key {sample['__key__']!r}"
         key = []
-        for name in self.members:
-            member = IMAGE_MEMBERS.get(name, ATTN)
+        members = [IMAGE_MEMBERS.get(name, ATTN) for name in self.members]
+        if "__rand__" in sample:
+            members.append("__rand__")
+        for member in members:
             if member not in sample:
                 raise _missing(sample, member)
             if member == ATTN:
                 key.append(_npy_shape(sample[member], f"{where}, {member}"))
-            else:
-                try:
-                    key.append(jpeg_size(sample[member]))
-                except ValueError as exc:
-                    raise ValueError(f"{where}, {member}: {exc}") from None
-        if "__rand__" in sample:
-            key.append(jpeg_size(sample["__rand__"]))
+                continue
+            try:
+                key.append(jpeg_size(sample[member]))
+            except ValueError as exc:
+                raise ValueError(f"{where}, {member.strip('_')}: {exc}") from None
         return tuple(key)
 
     # -- decoding
