@@ -14,6 +14,8 @@ For each network and read-out layer, on the same batch:
 * *EB total*: ``excitation_backprop`` end to end (its own forward pass + walk).
 
 The ratio *EB walk / backward* is the figure of merit (target <= 0.7 for VGG16).
+The four are timed in interleaved rounds and the ratios taken within a round, so
+that a busy shared machine slows both sides of a ratio alike.
 Networks are the project's backbones (``create_backbone`` + ``PeripheralNet``,
 two classes) when they import, else torchvision's ``vgg16`` / ``resnet18``
 (``weights=None``) cut into ``features`` + a two-class head.
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import fmt_range, machine_line, time_repeats  # noqa: E402
+from _util import fmt_range, machine_line  # noqa: E402
 
 from gpf.model import attention  # noqa: E402
 
@@ -76,19 +78,19 @@ def build_net(name: str) -> tuple[nn.Module, str]:
     return model.eval(), origin
 
 
-def _time_after(prepare, measured, repeat: int, warmup: int = 1) -> dict:
-    """Time ``measured(prepare())`` only, ``repeat`` times after ``warmup``."""
-    times = []
-    for i in range(warmup + repeat):
-        state = prepare()
-        start = time.perf_counter()
-        measured(state)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": repeat}
+def _stats(times: list[float]) -> dict:
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": len(times)}
+
+
+def _timed(fn, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
 
 
 def measure(model: nn.Module, images: torch.Tensor, layer: str, repeat: int) -> dict:
+    """Interleaved rounds (forward, backward, EB walk, EB total) so that every
+    quantity sees the same machine load; ratios are taken within each round."""
     for p in model.parameters():
         p.requires_grad_(True)
     with torch.no_grad():
@@ -102,43 +104,35 @@ def measure(model: nn.Module, images: torch.Tensor, layer: str, repeat: int) -> 
     def backward(logits):
         logits[rows, target].sum().backward()
 
-    def eb_prepare():
+    def eb_walk(trace):
+        with torch.no_grad():
+            signal = {trace.logits: attention._one_hot(trace.logits.tensor, target)}
+            attention._propagate(trace.nodes, signal)
+            return signal[trace.readout]
+
+    times = {key: [] for key in ("forward", "backward", "eb_walk", "eb_total")}
+    for round_ in range(repeat + 1):  # round 0 is the warm-up
+        t_forward, logits = _timed(forward_with_graph)
+        t_backward, _ = _timed(backward, logits)
+        del logits
         with torch.no_grad():
             trace = attention._forward(model, images, layer)
-            return trace, {trace.logits: attention._one_hot(trace.logits.tensor, target)}
-
-    def eb_walk(state):
-        with torch.no_grad():
-            attention._propagate(state[0].nodes, state[1])
-
-    return {
-        "forward": time_repeats(forward_with_graph, repeat=repeat),
-        "backward": _time_after(forward_with_graph, backward, repeat),
-        "eb_walk": _time_after(eb_prepare, eb_walk, repeat),
-        "eb_total": time_repeats(lambda: attention.excitation_backprop(model, images, target, layer),
-                                 repeat=repeat),
-        "map": tuple(attention.excitation_backprop(model, images[:1], target[:1], layer).shape[1:]),
-    }
+        t_walk, _ = _timed(eb_walk, trace)
+        del trace
+        t_total, maps = _timed(attention.excitation_backprop, model, images, target, layer)
+        if round_:
+            for key, value in zip(times, (t_forward, t_backward, t_walk, t_total)):
+                times[key].append(value)
+    result = {key: _stats(values) for key, values in times.items()}
+    result["walk_ratio"] = _stats([w / b for w, b in zip(times["eb_walk"], times["backward"])])
+    result["total_ratio"] = _stats([t / (f + b) for t, f, b in
+                                    zip(times["eb_total"], times["forward"], times["backward"])])
+    result["map"] = tuple(maps.shape[1:])
+    return result
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="batch 2 at 112x112, 2 repeats")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=DOC, help="Markdown file to write (default: %(default)s)")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    batch, size, repeat = (2, 112, 2) if args.quick else (4, 224, 5)
-    images = torch.randn(batch, 3, size, size)
-
-    command = "benchmarks/bench_eb.py" + (" --quick" if args.quick else "") + f" --threads {args.threads}"
-    lines = [f"Command: `.venv/bin/python {command}`  ", f"Machine: {machine_line()}, torch {torch.__version__}, "
-             f"{args.threads} torch threads  ",
-             f"Batch {batch} x 3 x {size} x {size}, float32, CPU; seconds per batch, median (min–max) "
-             f"of {repeat} repeats after 1 warm-up.", "",
-             "| network | read-out (map) | forward | backward (autograd) | EB walk | EB total "
+def table(images: torch.Tensor, repeat: int) -> tuple[list[str], set[str]]:
+    lines = ["| network | read-out (map) | forward | backward (autograd) | EB walk | EB total "
              "| EB walk / backward | EB total / (forward + backward) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     origins = set()
@@ -147,12 +141,40 @@ def main(argv=None) -> None:
         origins.add(origin)
         for layer in layers:
             r = measure(model, images, attention.resolve_eb_layer(model, layer), repeat)
-            ratio = r["eb_walk"]["median"] / r["backward"]["median"]
-            ratio_total = r["eb_total"]["median"] / (r["forward"]["median"] + r["backward"]["median"])
             lines.append(f"| {name} | {layer} ({r['map'][0]}×{r['map'][1]}) | {fmt_range(r['forward'])} "
                          f"| {fmt_range(r['backward'])} | {fmt_range(r['eb_walk'])} "
-                         f"| {fmt_range(r['eb_total'])} | {ratio:.2f}× | {ratio_total:.2f}× |")
+                         f"| {fmt_range(r['eb_total'])} | {fmt_range(r['walk_ratio'])}× "
+                         f"| {fmt_range(r['total_ratio'])}× |")
             print(lines[-1], flush=True)
+    return lines, origins
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 2 at 112x112, 2 rounds")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch thread counts, one table each (default: 1 2)")
+    parser.add_argument("--out", type=Path, default=DOC, help="Markdown file to write (default: %(default)s)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    batch, size, repeat = (2, 112, 2) if args.quick else (4, 224, 7)
+    images = torch.randn(batch, 3, size, size)
+
+    command = ("benchmarks/bench_eb.py" + (" --quick" if args.quick else "")
+               + " --threads " + " ".join(map(str, args.threads)))
+    lines = [f"Command: `.venv/bin/python {command}`  ",
+             f"Machine: {machine_line()}, torch {torch.__version__}  ",
+             f"Batch {batch} x 3 x {size} x {size}, float32, CPU; seconds per batch, median (min–max) "
+             f"of {repeat} interleaved rounds after 1 warm-up round; ratios are taken within each "
+             "round (same machine load), then median (min–max)."]
+    origins = set()
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        lines += ["", f"### {threads} torch thread{'s' if threads > 1 else ''}", ""]
+        rows, used = table(images, repeat)
+        lines += rows
+        origins |= used
     lines += ["", f"Networks: {', '.join(sorted(origins))}; weights random (speed does not depend on them)."]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -176,6 +177,14 @@ def stats(samples: list[float], scale: float = 1.0) -> dict:
     return {"median": median, "min": values[0], "max": values[-1], "n": len(values)}
 
 
+def load_average() -> str:
+    """The 1-minute load average: on a shared machine it explains slow absolute figures."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):
+        return "unknown"
+
+
 def pil_name(result: dict) -> str:
     pil = result["pil"]
     avx = {True: ", AVX2", False: "", None: ""}[pil.get("avx2")]
@@ -193,7 +202,8 @@ def section(runs: list[tuple[str, dict]], command: str) -> str:
     lines = [
         f"Command: `{command}`",
         "",
-        f"Machine: {machine_line()}. Single process, one thread, median (min–max) of {samples} passes "
+        f"Machine: {machine_line()}, load average {load_average()} at the end. "
+        f"Single process, one thread, median (min–max) of {samples} passes "
         "over the inputs; the steps are interleaved within each pass, and with a second PIL the two "
         "interpreters alternate in rounds, so machine load hits every figure alike.",
         "",

@@ -15,17 +15,17 @@ from gpf.cli.common import DATASET_KINDS, collect_dataset_options, dataset_optio
 
 
 def _library_errors(fn):
-    """Expected errors of the libraries underneath (ValueError subclasses) as one line, no traceback."""
+    """Bad-input errors of the libraries underneath as one line, no traceback.
+
+    They are ValueErrors (CheckpointError, WeightsError, LabelError, ManifestError, an
+    unknown backbone, a threshold outside the score range, ...) whose messages name
+    the input and the fix.
+    """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from gpf.model.checkpoint import CheckpointError
-        from gpf.model.weights import WeightsError
-        from gpf.pipeline.sources import LabelError
-        from gpf.shards.manifest import ManifestError
-
         try:
             return fn(*args, **kwargs)
-        except (CheckpointError, WeightsError, LabelError, ManifestError) as exc:
+        except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     return wrapper
 

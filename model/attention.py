@@ -331,19 +331,21 @@ class _Tape:
 # Batch-norm folding and the per-module forward rules.
 # --------------------------------------------------------------------------- #
 
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> tuple[Tensor, Tensor | None]:
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, *,
+                   name: str = "batch norm") -> tuple[Tensor, Tensor | None]:
     """(weight, bias) of ``bn(conv(x))`` as one convolution (eval-mode statistics).
 
     W' = W * gamma / sqrt(var + eps) per output channel and
     b' = (b - mean) * gamma / sqrt(var + eps) + beta, in float32, detached.
+    ``name`` is the batch norm's path, for error messages.
     """
     weight = conv.weight.detach().float()
     bias = conv.bias.detach().float() if conv.bias is not None else None
     if bn is None:
         return weight, bias
-    scale, shift = _batchnorm_affine(bn, "batch norm")
+    scale, shift = _batchnorm_affine(bn, name)
     if scale.shape[0] != weight.shape[0]:
-        raise ValueError(f"batch norm has {scale.shape[0]} channels but the conv before it "
+        raise ValueError(f"batch norm {name!r} has {scale.shape[0]} channels but the conv before it "
                          f"has {weight.shape[0]} outputs")
     folded_bias = shift if bias is None else bias * scale + shift
     return weight * scale.view(-1, 1, 1, 1), folded_bias
@@ -378,21 +380,22 @@ def _type_name(module) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _conv_bn(tape: _Tape, x: _Value, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, path: str) -> _Value:
-    _expect(conv, nn.Conv2d, path)
-    weight, bias = fold_batchnorm(conv, bn)
-    return tape.linear([(_Conv(weight, conv, path), x)], bias)
+def _conv_bn(tape: _Tape, x: _Value, conv: nn.Conv2d, bn: nn.BatchNorm2d | None,
+             conv_path: str, bn_path: str | None = None) -> _Value:
+    _expect(conv, nn.Conv2d, conv_path)
+    if bn is not None:
+        _expect(bn, nn.BatchNorm2d, bn_path)
+    weight, bias = fold_batchnorm(conv, bn, name=bn_path)
+    return tape.linear([(_Conv(weight, conv, conv_path), x)], bias)
 
 
-def _conv_bn_relu(tape, x, conv, bn, path):
-    return tape.relu(_conv_bn(tape, x, conv, bn, path))
+def _conv_bn_relu(tape, x, conv, bn, conv_path, bn_path):
+    return tape.relu(_conv_bn(tape, x, conv, bn, conv_path, bn_path))
 
 
 def _conv_step(tape, x, modules, paths):
     conv, bn = modules if len(modules) == 2 else (modules[0], None)
-    if bn is not None:
-        _batchnorm_affine(bn, paths[1])  # raises with the batch norm's name if it cannot fold
-    return _conv_bn(tape, x, conv, bn, paths[0])
+    return _conv_bn(tape, x, conv, bn, paths[0], paths[-1])
 
 
 def _batchnorm_step(tape, x, modules, paths):
@@ -415,7 +418,8 @@ def _pass_step(tape, x, modules, paths):
 
 
 def _flatten_step(tape, x, modules, paths):
-    return tape.reshape(x, modules[0](x.tensor))
+    flatten = modules[0]
+    return tape.reshape(x, torch.flatten(x.tensor, flatten.start_dim, flatten.end_dim))
 
 
 def _max_pool_step(tape, x, modules, paths):
@@ -450,7 +454,7 @@ def _shortcut(block: nn.Module, path: str) -> tuple[_Operator, Tensor | None]:
             f"Excitation Backprop supports a residual downsample of Conv2d [+ BatchNorm2d] only; "
             f"{path}.downsample is {[_type_name(p) for p in parts]}")
     conv = _expect(parts[0], nn.Conv2d, f"{path}.downsample.0")
-    weight, bias = fold_batchnorm(conv, parts[1] if len(parts) == 2 else None)
+    weight, bias = fold_batchnorm(conv, parts[1] if len(parts) == 2 else None, name=f"{path}.downsample.1")
     return _Conv(weight, conv, f"{path}.downsample.0"), bias
 
 
@@ -461,15 +465,15 @@ def _residual(tape, x, block, body: Sequence[tuple[str, str]], path) -> _Value:
     III-A's rule with weights [W', I] or [W', W_down']), so the sum never
     produces negative probabilities.
     """
+    _expect(block.relu, nn.ReLU, f"{path}.relu")
     h = x
     for conv_name, bn_name in body[:-1]:
-        h = _conv_bn_relu(tape, h, getattr(block, conv_name),
-                          _expect(getattr(block, bn_name), nn.BatchNorm2d, f"{path}.{bn_name}"),
-                          f"{path}.{conv_name}")
+        h = _conv_bn_relu(tape, h, getattr(block, conv_name), getattr(block, bn_name),
+                          f"{path}.{conv_name}", f"{path}.{bn_name}")
     conv_name, bn_name = body[-1]
     conv = _expect(getattr(block, conv_name), nn.Conv2d, f"{path}.{conv_name}")
     bn = _expect(getattr(block, bn_name), nn.BatchNorm2d, f"{path}.{bn_name}")
-    weight, bias = fold_batchnorm(conv, bn)
+    weight, bias = fold_batchnorm(conv, bn, name=f"{path}.{bn_name}")
     shortcut_op, shortcut_bias = _shortcut(block, path)
     if shortcut_bias is not None:
         bias = shortcut_bias if bias is None else bias + shortcut_bias
@@ -488,8 +492,7 @@ def _bottleneck_step(tape, x, modules, paths):
 
 def _basic_conv2d(tape, x, module, path):
     _expect(module, _torchvision_inception().BasicConv2d, path)
-    bn = _expect(module.bn, nn.BatchNorm2d, f"{path}.bn")
-    return _conv_bn_relu(tape, x, module.conv, bn, f"{path}.conv")
+    return _conv_bn_relu(tape, x, module.conv, module.bn, f"{path}.conv", f"{path}.bn")
 
 
 def _basic_conv2d_step(tape, x, modules, paths):

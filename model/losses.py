@@ -70,7 +70,8 @@ def _safe_root(x: torch.Tensor, r: float) -> torch.Tensor:
 
 def _as_float_pair(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(pred, torch.Tensor):
-        raise TypeError(f"pred must be a torch.Tensor (the model's softmax output), got {type(pred).__name__}")
+        raise TypeError("pred must be a torch.Tensor (the model's softmax output), "
+                        f"got {type(pred).__name__}")
     if not pred.is_floating_point():
         raise TypeError(f"pred must be a floating-point tensor, got dtype {pred.dtype}")
     if pred.dtype in (torch.float16, torch.bfloat16):

@@ -43,7 +43,7 @@ DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default bomb limit (2 x 89.5 MP)
 # Config keys that decide the bytes of the shards: a rerun with a different
 # value for any of them must not mix outputs in one folder.
 IDENTITY_KEYS = (
-    "dataset", "root", "dataset_options", "stage1", "stage1_digest", "backbone", "weights",
+    "dataset", "root", "dataset_options", "stage1", "stage1_digest", "attention_digest", "backbone", "weights",
     "tau", "view_size", "eb_layer", "contrastive", "samples_per_shard", "split", "limit",
     "batch_size", "jpeg_quality", "random_crops", "store_features", "seed", "max_pixels",
 )
@@ -82,6 +82,7 @@ class PreprocessConfig:
     node_rank: int | None = None
     dataset_options: dict = field(default_factory=dict)
     stage1_digest: str | None = None  # filled in from the checkpoint
+    attention_digest: str | None = None  # digest of the attention model's weights, filled in
     progress: bool = True
 
     def identity(self) -> dict:
@@ -181,7 +182,11 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
     elif cfg.backbone:
         from gpf.model.gpf import imagenet_classifier
 
-        model = imagenet_classifier(cfg.backbone, weights=cfg.weights)
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # --weights none: the same random network in every process
+            model = imagenet_classifier(cfg.backbone, weights=cfg.weights)
         digest = ckpt_mod.state_dict_digest(model.state_dict())
         split_spec = None
         description = {"kind": "imagenet", "backbone": model.spec.name, "weights": cfg.weights,
@@ -461,6 +466,7 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
     device = resolve_device(cfg.device)
     att = load_attention_model(cfg, device)
     cfg.stage1_digest = att.digest if cfg.stage1 else None
+    cfg.attention_digest = att.digest
     dataset = load_inputs(cfg, att)
     environment = dict(environment_summary(), device=device.type, cuda=None)
     out = Path(cfg.out)

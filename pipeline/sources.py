@@ -261,6 +261,18 @@ def _resolve_size(size: int | float, n: int, name: str) -> int:
     return int(round(fraction * n))
 
 
+def _threshold(value: float | None, default: float, scores: Sequence[float]) -> float:
+    """The high/low cut: ``value`` when given (a finite number inside the score range),
+    else ``default``."""
+    if value is None:
+        return float(default)
+    cut = float(value)
+    if not scores[0] <= cut <= scores[-1]:   # also rejects NaN
+        raise ValueError(f"threshold={value!r} is outside the score range "
+                         f"{scores[0]:g}..{scores[-1]:g}; every image would fall on one side")
+    return cut
+
+
 def _plain_size(size: int | float | None) -> int | float | None:
     """A requested split size as a plain Python number for ``split_spec``."""
     if size is None or isinstance(size, bool):
@@ -641,14 +653,16 @@ def _ava_records(rows: list[_AvaRow], split_of: dict[str, str],
 def load_ava(root: str | os.PathLike, *, val_size: int | float = DEFAULT_VAL_SIZE,
              seed: int = 0, strict: bool = False, check_images: bool = False,
              test_list: str | os.PathLike | None = None,
-             image_pattern: str = DEFAULT_IMAGE_PATTERN) -> Dataset:
+             image_pattern: str = DEFAULT_IMAGE_PATTERN,
+             threshold: float | None = None) -> Dataset:
     """Read the AVA dataset as distributed (``AVA.txt``, ``tags.txt``, image lists).
 
     ``root`` holds ``AVA.txt`` or an ``AVA_dataset/`` folder that does, or is the label
     file itself (any name; lists and images are looked for beside it). Test = ids of
     ``generic_test.jpgl`` (or ``test_list``) with a row in AVA.txt; val = ``val_size``
     (count, or fraction of the remaining rows) chosen by a hash of ``seed`` and the id;
-    train = the rest. Scores 1..10, threshold 5 (paper, sections III and IV).
+    train = the rest. Scores 1..10, threshold 5 (paper, sections III and IV) unless
+    ``threshold`` is given.
     ``image_pattern`` is relative to the folder holding AVA.txt, or to ``root`` when
     only that one has the image folder. See the module docstring for strict/lenient.
     """
@@ -681,8 +695,8 @@ def load_ava(root: str | os.PathLike, *, val_size: int | float = DEFAULT_VAL_SIZ
             "val_size": _plain_size(val_size), "seed": int(seed),
             "rank_rule": _RANK_RULE + ": the first val_size non-test ids are val",
             **_split_digests(records)}
-    dataset = Dataset("ava", root, AVA_SCORES, AVA_THRESHOLD, records, problems, spec,
-                      categories, report, notes)
+    dataset = Dataset("ava", root, AVA_SCORES, _threshold(threshold, AVA_THRESHOLD, AVA_SCORES),
+                      records, problems, spec, categories, report, notes)
     return _finish(dataset, check_images, label_path)
 
 
@@ -804,8 +818,8 @@ def _photonet_sizes(n: int, train_size: int | float | None, val_size: int | floa
 @_gc_paused()
 def load_photonet(root_or_file: str | os.PathLike, *, train_size: int | float | None = None,
                   val_size: int | float | None = None, seed: int = 0, strict: bool = False,
-                  check_images: bool = False,
-                  image_pattern: str = DEFAULT_IMAGE_PATTERN) -> Dataset:
+                  check_images: bool = False, image_pattern: str = DEFAULT_IMAGE_PATTERN,
+                  threshold: float | None = None) -> Dataset:
     """Read the Photo.net dataset (``photonet_dataset.txt``, scores 1..7).
 
     Rows whose counts are -1 have no distribution: reported as 'no_distribution'
@@ -815,6 +829,7 @@ def load_photonet(root_or_file: str | os.PathLike, *, train_size: int | float | 
     ``val_size`` (default 1,000), train = the next ``train_size`` (default 15,000),
     test = the rest; sizes are counts or fractions, defaults scale down for files with
     fewer than 17,200 usable rows. ``image_pattern`` is relative to the label file's folder.
+    Threshold 5 (docs/datasets.md) unless ``threshold`` is given.
     """
     label_path = _find_photonet_file(Path(root_or_file).expanduser().absolute())
     root = label_path.parent
@@ -843,8 +858,9 @@ def load_photonet(root_or_file: str | os.PathLike, *, train_size: int | float | 
             "seed": int(seed),
             "rank_rule": _RANK_RULE + ": val, then train, then test",
             **_split_digests(records)}
-    dataset = Dataset("photonet", root, PHOTONET_SCORES, PHOTONET_THRESHOLD, records,
-                      log.problems, spec, {}, report, notes)
+    cut = _threshold(threshold, PHOTONET_THRESHOLD, PHOTONET_SCORES)
+    dataset = Dataset("photonet", root, PHOTONET_SCORES, cut, records, log.problems, spec, {},
+                      report, notes)
     return _finish(dataset, check_images, label_path)
 
 
@@ -1195,7 +1211,7 @@ def load_folder(csv_path: str | os.PathLike, *, image_root: str | os.PathLike | 
         n_buckets=n_buckets, split_column=split_column, tags_column=tags_column,
         category_column=category_column))
     bucket_scores = _csv_scores(layout, scores)
-    cut = float(threshold) if threshold is not None else (bucket_scores[0] + bucket_scores[-1]) / 2
+    cut = _threshold(threshold, (bucket_scores[0] + bucket_scores[-1]) / 2, bucket_scores)
 
     split_of, spec = _csv_splits(layout, rows, val_size, test_size, seed)
     from_id = _ImagePath(image_pattern, base) if layout.path is None else None

@@ -38,7 +38,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -81,8 +81,8 @@ PALETTES = {
     "floral": ((225, 195, 205), (85, 125, 80), "floral", 38),
     "abstract": ((215, 205, 150), (90, 60, 100), None, 1),
 }
-TAGS = {1: "Abstract", 2: "Cityscape", 14: "Landscape", 38: "Floral", 52: "Minimalism"}
-EXTRA_TAG = 52                      # second tag on some images, independent of the score
+TAGS = {1: "Abstract", 2: "Cityscape", 14: "Landscape", 15: "Nature", 38: "Floral"}  # AVA's ids
+EXTRA_TAG = 15                      # second tag on some images, independent of the score
 CHALLENGES = {1: "Synthetic_Light", 2: "Synthetic_Panels", 3: "Synthetic_Colour"}
 CHALLENGE_BLOCK = 50                # consecutive ids share a challenge, as in AVA
 DISTRACTOR_KINDS = ("ellipse", "triangle", "panel")
@@ -350,18 +350,25 @@ def draw_scene(index: int, *, seed: int, geometry: DetailGeometry, task: str = "
 
     layout = (1.0 + math.sin(light_angle)) / 2.0
     score_bit = int(detail) if task == "detail" else hidden_bit
-    noise = float(rng.normal(0.0, model.noise_std)) if model.noise_std > 0 else 0.0
-    q = model.quality(score_bit, coarse, layout, noise)
-    target = model.target_mean(q)
-    n_votes = int(rng.integers(model.min_votes, model.max_votes + 1))
     # Last: how many numbers the multinomial consumes depends on the target mean.
-    votes = rng.multinomial(n_votes, vote_probabilities(target, model.vote_spread))
+    noise, q, target, votes = _draw_votes(rng, model, score_bit, coarse, layout)
     tags = (PALETTES[palette][3], extra_tag)
     challenge = 1 + (index // CHALLENGE_BLOCK) % len(CHALLENGES)
     return Scene(index, str(FIRST_ID + index), W, H, geometry.period, geometry.frame,
                  palette, light, dark, light_angle, carrier, detail, coarse, layout,
-                 score_bit, noise, q, target, tuple(int(v) for v in votes), tags,
-                 challenge, distractors, cloud_seed, grain_seed)
+                 score_bit, noise, q, target, votes, tags, challenge, distractors,
+                 cloud_seed, grain_seed)
+
+
+def _draw_votes(rng: np.random.Generator, model: ScoreModel, score_bit: int, coarse: float,
+                layout: float) -> tuple[float, float, float, tuple[int, ...]]:
+    """(noise, q, target mean, vote counts) of one image under ``model``."""
+    noise = float(rng.normal(0.0, model.noise_std)) if model.noise_std > 0 else 0.0
+    q = model.quality(score_bit, coarse, layout, noise)
+    target = model.target_mean(q)
+    n_votes = int(rng.integers(model.min_votes, model.max_votes + 1))
+    votes = rng.multinomial(n_votes, vote_probabilities(target, model.vote_spread))
+    return noise, q, target, tuple(int(v) for v in votes)
 
 
 # ----------------------------------------------------------------- rendering
@@ -537,7 +544,7 @@ def render_image(scene: Scene, *, detail: bool | None = None) -> Image.Image:
 
 def render_scene(scene: Scene, *, detail: bool | None = None) -> np.ndarray:
     """``render_image`` as a uint8 (height, width, 3) array."""
-    return np.asarray(render_image(scene, detail=detail))
+    return np.array(render_image(scene, detail=detail))
 
 
 def encode_scene(scene: Scene, jpeg_quality: int = 90) -> bytes:
@@ -637,27 +644,34 @@ def _write_labels(root: Path, scenes: Sequence[Scene], test: set[int], seed: int
 
 
 def _written_files(root: Path) -> list[Path]:
-    """Files a previous make_ava_dataset wrote in ``root`` (read from its truth file)."""
+    """Files a previous make_ava_dataset may have written in ``root``.
+
+    Its ``synthetic_info.json`` is written first, so even an interrupted run
+    says how many images (ids FIRST_ID ...) it was writing.
+    """
     files = [root / n for n in ("AVA.txt", "tags.txt", "challenges.txt", TRUTH_FILE, INFO_FILE)]
     lists = root / LIST_DIR
     names = ["generic_test", "generic_ls_train"] + [
         f"{c}_{s}" for c in {p[2] for p in PALETTES.values() if p[2]} for s in ("test", "train")]
     files += [lists / f"{n}.jpgl" for n in names]
-    with open(root / TRUTH_FILE, newline="", encoding="ascii") as f:
-        files += [root / "images" / f"{row['id']}.jpg" for row in csv.DictReader(f)]
+    n_images = int(json.loads((root / INFO_FILE).read_text(encoding="ascii"))["n_images"])
+    files += [root / "images" / f"{FIRST_ID + i}.jpg" for i in range(n_images)]
     return files
 
 
 def _prepare_root(root: Path, overwrite: bool) -> None:
-    existing = [n for n in ("AVA.txt", TRUTH_FILE, "images") if (root / n).exists()]
+    """Refuse a folder holding a dataset unless ``overwrite``; then remove only our files."""
+    existing = [n for n in ("AVA.txt", TRUTH_FILE, INFO_FILE) if (root / n).exists()]
+    if (root / "images").is_dir() and any((root / "images").iterdir()):
+        existing.append("images/")
     if existing and not overwrite:
         raise DatasetExistsError(
             f"{root} already holds a dataset ({', '.join(existing)}); pass overwrite=True to "
             "replace a synthetic one, or choose an empty folder")
     if existing:
-        if not (root / TRUTH_FILE).is_file():
+        if not (root / INFO_FILE).is_file():
             raise DatasetExistsError(
-                f"{root} holds {', '.join(existing)} but no {TRUTH_FILE}: it is not a "
+                f"{root} holds {', '.join(existing)} but no {INFO_FILE}: it is not a "
                 "synthetic dataset written by gpf, so it is left alone; choose another folder")
         for path in _written_files(root):
             path.unlink(missing_ok=True)
@@ -723,16 +737,16 @@ def make_ava_dataset(root: str | os.PathLike, n_images: int, *, seed: int, width
     geometry = detail_geometry(width, height, view_size, fovea_size)
     root = Path(root).expanduser()
     _prepare_root(root, overwrite)
-    job = _Job(str(root), int(seed), geometry, task, model, int(jpeg_quality))
-    scenes = _render_all(job, int(n_images), int(workers))
-    test = _test_indices(len(scenes), test_fraction, int(seed))
-    _write_labels(root, scenes, test, int(seed))
     params = {"generator": "gpf.pipeline.synthetic", "seed": int(seed), "task": task,
               "n_images": int(n_images), "test_fraction": test_fraction,
               "jpeg_quality": int(jpeg_quality), "geometry": asdict(geometry),
               "score_model": asdict(model), "detail_amplitude": DETAIL_AMPLITUDE}
     (root / INFO_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n",
-                                  encoding="ascii")
+                                  encoding="ascii")   # first: marks the folder as ours
+    job = _Job(str(root), int(seed), geometry, task, model, int(jpeg_quality))
+    scenes = _render_all(job, int(n_images), int(workers))
+    test = _test_indices(len(scenes), test_fraction, int(seed))
+    _write_labels(root, scenes, test, int(seed))
     means = [float(np.dot(s.votes, np.arange(1, N_BUCKETS + 1)) / sum(s.votes)) for s in scenes]
     return SyntheticInfo(
         root=root, params=params, geometry=geometry,

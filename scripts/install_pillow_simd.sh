@@ -35,7 +35,7 @@ fi
 PILLOW_VERSION=$("$PY" -c "import PIL; print(PIL.__version__)" 2>/dev/null || echo "")
 echo "gpf setup: building pillow-simd with CC='$CFLAGS_NOTE' (replaces Pillow $PILLOW_VERSION)"
 log=$(mktemp)
-if "$PY" -m pip wheel -q --no-deps --no-binary :all: -w "$log.d" pillow-simd >"$log" 2>&1; then
+if "$PY" -m pip wheel -q --no-cache-dir --no-deps --no-binary :all: -w "$log.d" pillow-simd >"$log" 2>&1; then
   "$PY" -m pip uninstall -q -y pillow
   if "$PY" -m pip install -q --no-deps "$log.d"/*.whl; then
     "$PY" - "$CFLAGS_NOTE" <<'PYEOF'

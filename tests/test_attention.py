@@ -403,12 +403,10 @@ def test_contrastive_map_is_clamped_sum_of_the_signal():
 def block_net(block: nn.Module, in_channels: int, seed: int, nonpositive_shift: bool = True) -> FeaturesHead:
     """stem conv(3->in)+relu, the block, GAP + linear: the block's input is post-ReLU as in a real net."""
     torch.manual_seed(seed)
-    out_channels = block(torch.rand(1, in_channels, 9, 9)).shape[1] if False else None
     features = nn.Sequential(OrderedDict([("stem", nn.Conv2d(3, in_channels, 3, padding=1, bias=False)),
                                           ("relu", nn.ReLU()), ("block", block)]))
     with torch.no_grad():
         channels = features.eval()(torch.zeros(1, 3, 9, 9)).shape[1]
-    del out_channels
     net = FeaturesHead(features, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 3)))
     randomize_bn(net, torch.Generator().manual_seed(seed), nonpositive_shift=nonpositive_shift)
     if nonpositive_shift:
@@ -669,6 +667,55 @@ def test_unsupported_module_names_path_and_type():
         excitation_backprop(net, torch.randn(1, 3, 9, 9), 0, "features.relu")
     with pytest.raises(TypeError, match="features"):
         excitation_backprop(nn.Sequential(nn.Conv2d(3, 3, 1)), torch.randn(1, 3, 6, 6), 0, "0")
+
+
+def test_same_padding_and_grouped_convs_equal_their_explicit_forms():
+    """padding='same' is padding=1 for 3x3; a grouped conv is a full conv with zero
+    off-group weights (zero weights get no probability, so the maps are equal)."""
+    torch.manual_seed(0)
+    grouped = nn.Conv2d(4, 6, 3, padding="same", groups=2)
+    full = nn.Conv2d(4, 6, 3, padding=1)
+    with torch.no_grad():
+        full.weight.zero_()
+        full.weight[:3, :2] = grouped.weight[:3]
+        full.weight[3:, 2:] = grouped.weight[3:]
+        full.bias.copy_(grouped.bias)
+
+    def net(conv):
+        features = nn.Sequential(OrderedDict([("conv1", nn.Conv2d(3, 4, 3, padding=1)), ("relu1", nn.ReLU()),
+                                              ("conv2", conv), ("relu2", nn.ReLU())]))
+        return FeaturesHead(features, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2)))
+
+    torch.manual_seed(1)
+    a = net(grouped).eval()
+    torch.manual_seed(1)
+    b = net(full).eval()
+    b.features.conv1.load_state_dict(a.features.conv1.state_dict())
+    b.head.load_state_dict(a.head.state_dict())
+    images = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(a(images), b(images))
+    torch.testing.assert_close(marginal_winning_probability(a, images, 1, "features.relu1"),
+                               marginal_winning_probability(b, images, 1, "features.relu1"))
+
+
+def test_unfoldable_batch_norm_and_padding_modes_are_refused():
+    model = strided_net()
+    model.features.bn1 = nn.BatchNorm2d(4, track_running_stats=False)
+    with pytest.raises(NotImplementedError, match=r"'features.bn1'.*running statistics"):
+        excitation_backprop(model, torch.randn(1, 3, 9, 9), 0, "features.pool1")
+    model = strided_net()
+    model.features.conv2.padding_mode = "reflect"
+    with pytest.raises(NotImplementedError, match=r"'features.conv2'.*padding_mode='reflect'"):
+        excitation_backprop(model, torch.randn(1, 3, 9, 9), 0, "features.pool1")
+
+
+def test_contrastive_needs_a_linear_classifier():
+    features = nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 4, 3)), ("relu", nn.ReLU())]))
+    model = FeaturesHead(features, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())).eval()
+    images = torch.rand(1, 3, 6, 6)
+    assert excitation_backprop(model, images, 0, "features.relu").shape == (1, 4, 4)
+    with pytest.raises(ValueError, match="Linear classifier"):
+        excitation_backprop(model, images, 0, "features.relu", contrastive=True)
 
 
 def test_bad_targets_and_images():

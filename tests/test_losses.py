@@ -59,7 +59,8 @@ def test_reductions_and_leading_dims():
     assert per_row.shape == (2, 3)
     for a in range(2):
         for b in range(3):
-            assert per_row[a, b].item() == pytest.approx(emd_loss(pred[a, b][None], target[a, b][None]).item())
+            alone = emd_loss(pred[a, b][None], target[a, b][None])
+            assert per_row[a, b].item() == pytest.approx(alone.item())
     assert emd_loss(pred, target).item() == pytest.approx(per_row.mean().item())
     assert emd_loss(pred, target, reduction="sum").item() == pytest.approx(per_row.sum().item())
 
@@ -124,7 +125,8 @@ def test_accepts_numpy_target():
 
 @pytest.mark.parametrize("pred, target, match", [
     (torch.tensor([[-0.5, 1.5]]), torch.tensor([[1.0, 0.0]]), "pred holds negative values.*logits"),
-    (torch.tensor([[0.5, 0.5], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [1, 0]]), r"pred has a row that sums to 0.*first at row 1"),
+    (torch.tensor([[0.5, 0.5], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [1, 0]]),
+     r"pred has a row that sums to 0.*first at row 1"),
     (torch.tensor([[0.5, 0.5]]), torch.tensor([[float("nan"), 0.0]]), "target holds NaN"),
     (torch.tensor([[0.5, 0.5]]), torch.tensor([[0.0, 0.0]]), "target has a row that sums to 0"),
     (torch.tensor([[0.5, 0.5]]), torch.tensor([[1.0, 0.0, 0.0]]), "does not match pred shape"),

@@ -278,6 +278,16 @@ def test_ava_image_pattern_is_configurable(tmp_path):
         load_ava(root, image_pattern="images/{name}.jpg")
 
 
+def test_threshold_can_be_overridden_within_the_scale(tmp_path):
+    root = write_ava(tmp_path / "ava", many_ava_lines(2))
+    assert load_ava(root).threshold == 5.0 and load_ava(root, threshold=5.5).threshold == 5.5
+    path = write_photonet(tmp_path / "pn", many_photonet_lines(3))
+    assert load_photonet(path, threshold=4).threshold == 4.0
+    for bad in (0.5, 11, float("nan")):
+        with pytest.raises(ValueError, match="outside the score range 1..10"):
+            load_ava(root, threshold=bad)
+
+
 def test_dataset_split_names(tmp_path):
     ds = load_ava(write_ava(tmp_path, many_ava_lines(5), test_ids=["1000"]), val_size=1)
     assert len(ds.split("all")) == 5

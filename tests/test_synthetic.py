@@ -13,7 +13,7 @@ from PIL import Image
 
 from gpf.model.geometry import peripheral_size
 from gpf.pipeline.synthetic import (
-    DETAIL_AMPLITUDE, FIRST_ID, MAX_AREA_FRACTION, TASKS, CarrierTruth, DatasetExistsError,
+    DETAIL_AMPLITUDE, FIRST_ID, MAX_AREA_FRACTION, CarrierTruth, DatasetExistsError,
     SyntheticError, carrier_cover, detail_geometry, draw_scene, encode_scene, hit_rate,
     make_ava_dataset, plaid, random_box_hit_rate, read_truth, render_scene,
     vote_probabilities)
@@ -35,11 +35,12 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114])
 
 
-def _peripheral(rgb: np.ndarray, view_size: int) -> np.ndarray:
+def _peripheral(rgb: np.ndarray, view_size: int, stride: int = 1) -> np.ndarray:
     """As preprocess does: PIL LANCZOS to longest side = view size, aspect kept."""
     h, w = rgb.shape[:2]
     img = Image.fromarray(rgb.astype(np.uint8))
-    return np.asarray(img.resize(peripheral_size(w, h, view_size), Image.LANCZOS)).astype(float)
+    size = peripheral_size(w, h, view_size, stride)
+    return np.asarray(img.resize(size, Image.LANCZOS)).astype(float)
 
 
 def _inner_region(scene, scale_x: float, scale_y: float) -> tuple[slice, slice]:
@@ -104,13 +105,14 @@ def test_geometry_refuses_impossible_settings(args, needle):
 # ----------------------------------------------------- the two key properties
 
 @pytest.mark.parametrize("width,height,view", VIEW_CONFIGS)
-def test_detail_is_invisible_in_the_peripheral_view(width, height, view):
+@pytest.mark.parametrize("stride", [1, 32])   # short side rounded to a backbone stride
+def test_detail_is_invisible_in_the_peripheral_view(width, height, view, stride):
     g = detail_geometry(width, height, view)
     for scene in _detail_scenes(g):
-        with_detail = _peripheral(_decoded(scene, True), view)
-        without = _peripheral(_decoded(scene, False), view)
+        with_detail = _peripheral(_decoded(scene, True), view, stride)
+        without = _peripheral(_decoded(scene, False), view, stride)
         other_grain = _peripheral(_decoded(replace(scene, grain_seed=scene.grain_seed + 1), False),
-                                  view)
+                                  view, stride)
         ph, pw = with_detail.shape[:2]
         region = _inner_region(scene, pw / width, ph / height)
         detail_diff = np.abs(with_detail[region] - without[region]).mean()
@@ -123,8 +125,27 @@ def test_detail_is_invisible_in_the_peripheral_view(width, height, view):
         grain_energy = _fine_energy(_luma(other_grain[region] - without[region]))
         assert detail_energy < 0.8 * grain_energy, (scene.image_id, detail_energy, grain_energy)
         # Before JPEG the plaid itself averages to (almost) exactly nothing.
-        raw = [_peripheral(render_scene(scene, detail=d), view) for d in (True, False)]
+        raw = [_peripheral(render_scene(scene, detail=d), view, stride) for d in (True, False)]
         assert np.abs(raw[0][region] - raw[1][region]).mean() < 0.15
+
+
+@pytest.mark.parametrize("width,height,view", VIEW_CONFIGS)
+def test_detail_is_invisible_through_the_project_image_loader(tmp_path, width, height, view):
+    """Same claim via gpf.pipeline.images: JPEG draft decoding and reducing_gap included."""
+    images = pytest.importorskip("gpf.pipeline.images")
+    g = detail_geometry(width, height, view)
+    scene = _detail_scenes(g, 1)[0]
+    views = []
+    for name, variant in (("on", replace(scene, detail=True)), ("off", replace(scene, detail=False)),
+                          ("grain", replace(scene, detail=False, grain_seed=scene.grain_seed + 1))):
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(encode_scene(variant))
+        img = images.load_image(path, reduce_to=view)
+        views.append(np.asarray(images.peripheral_view(img, view), float))
+    on, off, grain = views
+    region = _inner_region(scene, on.shape[1] / width, on.shape[0] / height)
+    detail_diff = np.abs(on[region] - off[region]).mean()
+    assert detail_diff < 1.0 and detail_diff < np.abs(grain[region] - off[region]).mean()
 
 
 @pytest.mark.parametrize("width,height,view", VIEW_CONFIGS[1:])
@@ -309,6 +330,17 @@ def test_existing_folder_is_refused_then_replaced_on_request(tmp_path):
     make_ava_dataset(tmp_path, 5, seed=2, overwrite=True, **SMALL)
     assert len(list((tmp_path / "images").iterdir())) == 5
     assert len(_read_ava(tmp_path)) == 5
+
+
+def test_an_interrupted_run_can_be_replaced(tmp_path):
+    make_ava_dataset(tmp_path, 6, seed=1, **SMALL)
+    (tmp_path / "AVA.txt").unlink()              # as if killed before the labels
+    (tmp_path / "synthetic_truth.csv").unlink()
+    with pytest.raises(DatasetExistsError, match="images/"):
+        make_ava_dataset(tmp_path, 4, seed=1, **SMALL)
+    make_ava_dataset(tmp_path, 4, seed=1, overwrite=True, **SMALL)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [
+        f"{FIRST_ID + i}.jpg" for i in range(4)]
 
 
 def test_a_foreign_dataset_is_never_overwritten(tmp_path):

@@ -148,3 +148,45 @@ def test_metrics_csv_drops_rows_after_the_resumed_epoch(tmp_path):
 def test_gather_rows_without_a_process_group_is_the_identity():
     rows = torch.arange(6.0).view(3, 2)
     assert torch.equal(gather_rows(DistContext(), rows), rows)
+
+
+def test_tensorboard_scalars_when_importable_and_silent_otherwise(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from gpf.train.logging import TensorBoard
+
+    calls = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            calls.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def close(self):
+            calls.append(("closed",))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    board = TensorBoard(tmp_path / "tb")
+    board.scalars({"train_loss": 0.5, "mae": None, "srcc": float("nan"), "epoch": 3}, step=3)
+    board.close()
+    assert calls == [("dir", str(tmp_path / "tb")), ("train_loss", 0.5, 3), ("epoch", 3, 3), ("closed",)]
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)      # import fails
+    silent = TensorBoard(tmp_path / "tb2")
+    assert not silent.active
+    silent.scalars({"train_loss": 0.5}, step=1)
+
+
+def test_amp_defaults_off_on_cpu_and_bf16_when_asked():
+    from gpf.train.loop import resolve_amp
+
+    assert not resolve_amp(None, torch.device("cpu")).enabled
+    amp = resolve_amp(True, torch.device("cpu"))
+    assert amp.enabled and amp.dtype == torch.bfloat16 and amp.scaler is None
+    with amp.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16

@@ -155,3 +155,31 @@ def test_cli_stage1_and_threshold_option(ava, tmp_path):
     result = CliRunner().invoke(cli, ["train", "stage1", "ava", str(root), "--backbone", "tiny",
                                       "--out", str(tmp_path / "r2"), "--batch-size", "0"])
     assert result.exit_code != 0 and "batch_size must be a positive integer" in result.output
+
+
+def test_header_probe_matches_the_decoded_view_for_rotated_and_large_jpegs(tmp_path):
+    from PIL import Image
+
+    from gpf.model.geometry import peripheral_size
+    from gpf.train.stage1 import PeripheralViews, upright_size
+
+    rng = np.random.default_rng(0)
+    rotated = tmp_path / "rotated.jpg"                  # stored 120x60, EXIF 6: upright 60x120
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 255, (60, 120, 3), dtype=np.uint8)).save(rotated, exif=exif.tobytes())
+    large = tmp_path / "large.jpg"                      # decoded reduced (JPEG draft) for a 32 px view
+    Image.fromarray(rng.integers(0, 255, (900, 1600, 3), dtype=np.uint8)).save(large, quality=80)
+
+    assert upright_size(str(rotated), None) == (60, 120)
+    assert upright_size(str(large), None) == (1600, 900)
+    items = []
+    for path, (width, height) in ((rotated, (60, 120)), (large, (1600, 900))):
+        view_w, view_h = peripheral_size(width, height, 32, 8, 8)
+        items.append(ImageItem(path.stem, str(path), 0, 3.0, (view_h, view_w)))
+    views = PeripheralViews(items, view_size=32, stride=8, min_side=8, max_pixels=None)
+    for index, item in enumerate(items):
+        _, tensor, error = views[index]
+        assert error is None
+        assert tensor.dtype == torch.uint8 and tuple(tensor.shape) == (3, *item.shape)
+    assert items[0].shape == (32, 16) and items[1].shape == (16, 32)

@@ -82,9 +82,11 @@ class Stage2Config(TrainConfig):
 
 # Keys a resume may change: they decide where and how fast a run goes, not what it computes.
 # (``workers`` is not among them: the data order of an epoch depends on it.)
+# Data locations (root, shards, stage1) may move: a resume checks the data itself instead
+# (stage 1: the dataset's split_spec; stage 2: the manifest and shard checksums).
 RESUME_MUTABLE_KEYS = frozenset({
     "out", "resume", "device", "amp", "compile", "progress", "tensorboard",
-    "log_interval", "epochs", "patience",
+    "log_interval", "epochs", "patience", "root", "shards", "stage1",
 })
 USE_FEATURES_CHOICES = ("auto", "yes", "no")
 

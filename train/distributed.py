@@ -140,6 +140,12 @@ def gather_rows(ctx: DistContext, rows: torch.Tensor) -> torch.Tensor:
     """
     if not ctx.distributed:
         return rows.cpu()
+    # a rank without validation data has an empty, shapeless tensor: take the others' row shape
+    shapes = gather_objects(ctx, (int(rows.shape[0]), tuple(rows.shape[1:]), str(rows.dtype)))
+    filled = [s for s in shapes if s[0] > 0]
+    if filled and rows.shape[0] == 0:
+        dtype = getattr(torch, filled[0][2].replace("torch.", ""))
+        rows = torch.zeros((0,) + filled[0][1], dtype=dtype)
     local = rows.to(ctx.device).contiguous()
     counts = [torch.zeros(1, dtype=torch.long, device=ctx.device) for _ in range(ctx.world_size)]
     dist.all_gather(counts, torch.tensor([local.shape[0]], device=ctx.device))

@@ -33,7 +33,8 @@ from torch import nn
 from gpf.errors import GPFError
 from gpf.pipeline.progress import Progress
 from gpf.train.config import TrainConfig, to_dict
-from gpf.train.distributed import DistContext, all_reduce_max, all_reduce_sum, gather_rows
+from gpf.train.distributed import (DistContext, all_reduce_max, all_reduce_sum, gather_objects,
+                                   gather_rows)
 from gpf.train.logging import DataWaitTimer, MetricsCSV, RunLog, TensorBoard, epoch_summary
 from gpf.train.schedule import EarlyStopping, make_optimizer, make_scheduler
 from gpf.train.state import rng_state, seed_epoch, set_rng_state
@@ -317,8 +318,6 @@ class Trainer:
         timer = DataWaitTimer()
         step = 0
         for batch in timer.iterate(task.train_batches(epoch)):
-            if step >= steps:
-                break
             with self.amp.autocast():
                 loss, n = task.train_loss(self.forward, batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -340,6 +339,8 @@ class Trainer:
                 self.hooks.after_step(StepInfo(epoch + 1, step, self.global_step, loss.detach(), self.model,
                                               batch))
             progress.update(n * ctx.world_size, **{"data-wait": f"{timer.fraction:.0%}"})
+            if step >= steps:           # --limit-train-batches (the loader ends by itself otherwise)
+                break
         watch.check(epoch + 1)
         self._sync_buffers()
         if ctx.device.type == "cuda":
@@ -389,12 +390,7 @@ class Trainer:
         return self.task.val_metrics(pred, target)
 
     # -- checkpoints
-    def _payload(self, epoch_done: int) -> dict:
-        states = [rng_state()]
-        if self.ctx.distributed:
-            from gpf.train.distributed import gather_objects
-
-            states = gather_objects(self.ctx, states[0])
+    def _payload(self, epoch_done: int, rng_states: list[dict]) -> dict:
         payload = dict(self.task.checkpoint_payload())
         if "state_dict" not in payload:
             payload["state_dict"] = to_cpu(self.model.state_dict())
@@ -406,7 +402,7 @@ class Trainer:
             "scheduler": to_cpu(self.scheduler.state_dict()),
             "scaler": self.amp.scaler.state_dict() if self.amp.scaler is not None else None,
             "early_stopping": self.stopper.state_dict(),
-            "rng": {"ranks": states},
+            "rng": {"ranks": rng_states},
             "history": self.history,
             "world_size": self.ctx.world_size,
         }
@@ -421,10 +417,10 @@ class Trainer:
                 f"after epoch {epoch_done} the weights hold NaN/inf ({', '.join(bad[:5])}"
                 f"{' ...' if len(bad) > 5 else ''}); nothing was saved, {self.run_dir / LAST} is the "
                 "last good state. Lower --lr or try --no-amp.")
-        payload = self._payload(epoch_done)   # every rank joins the RNG gather
+        rng_states = gather_objects(self.ctx, rng_state())   # every rank takes part
         if not self.ctx.is_main:
             return
-        save_checkpoint(self.run_dir / LAST, payload)
+        save_checkpoint(self.run_dir / LAST, self._payload(epoch_done, rng_states))
         if improved:
             _copy_atomic(self.run_dir / LAST, self.run_dir / BEST)
 

@@ -72,13 +72,7 @@ def open_stage1_dataset(cfg: Stage1Config):
     """The dataset with the configured split options and threshold."""
     from gpf.pipeline.sources import open_dataset
 
-    options = dict(cfg.dataset_options)
-    threshold = options.pop("threshold", None)
-    dataset = open_dataset(cfg.dataset, cfg.root, strict=False, check_images=False, **options)
-    if threshold is not None:
-        # not every loader takes a threshold; it only decides the high/low label
-        dataset.threshold = float(threshold)
-    return dataset
+    return open_dataset(cfg.dataset, cfg.root, strict=False, check_images=False, **cfg.dataset_options)
 
 
 def mean_scores(votes: np.ndarray, scores: Sequence[float]) -> np.ndarray:
@@ -300,8 +294,7 @@ class Stage1Task(Task):
         self.new_failures: list[Skipped] = []
         self.run_dir, self.log = run_dir, log
         self.rank_batch = per_rank_batch_size(cfg.batch_size, ctx.world_size)
-        backbone = model  # PeripheralNet: normalize, spec
-        self.normalize = backbone.normalize
+        self.normalize = model.normalize          # uint8 -> the backbone's normalised float, on the device
         self.stride, self.min_side = model.spec.stride, model.spec.min_input
         self.channels_last = ctx.device.type == "cuda"
         self.workers = cfg.workers if cfg.workers is not None else min(4, max(1, (os.cpu_count() or 1) - 1))
@@ -418,6 +411,11 @@ def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
     validate(cfg)
     if not cfg.root:
         raise Stage1Error("no dataset root given")
+    if not cfg.backbone:
+        raise Stage1Error("no backbone: pass --backbone NAME (see `gpf models`)")
+    from gpf.model.backbones import get_spec
+
+    get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
     with run_context(cfg, "stage1") as run:
         ctx, log = run.ctx, run.log
         dataset = open_stage1_dataset(cfg)

@@ -67,10 +67,12 @@ class ShardFacts:
     contrastive: bool
     stage1_digest: str | None       # None: the crops came from an ImageNet classifier
     stage1_path: str | None
+    attention_digest: str | None    # digest of the attention model's state dict (either kind)
     attention_backbone: str | None
     attention_weights: str | None
     random_crops: int
     features: bool
+    features_digest: str | None     # digest of the network that computed pfeat.npy
     split_spec: dict | None
     samples: dict                   # split -> samples
 
@@ -105,13 +107,18 @@ class ShardFacts:
             contrastive=bool(_lookup(manifest, "contrastive", "attention.contrastive", "config.contrastive",
                                      default=False)),
             stage1_digest=_lookup(manifest, "stage1_digest", "config.stage1_digest"),
-            stage1_path=_lookup(manifest, "config.stage1", "attention.model.path"),
-            attention_backbone=_lookup(manifest, "config.backbone", "attention.model.backbone"),
-            attention_weights=_lookup(manifest, "config.weights", "attention.model.weights"),
+            stage1_path=_lookup(manifest, "config.attention_model.path", "config.stage1", "attention.model.path"),
+            attention_digest=_lookup(manifest, "stage1_digest", "config.attention_model.digest",
+                                     "attention.digest"),
+            attention_backbone=_lookup(manifest, "config.attention_model.backbone", "config.backbone",
+                                       "attention.model.backbone"),
+            attention_weights=_lookup(manifest, "config.attention_model.weights", "config.weights",
+                                      "attention.model.weights"),
             random_crops=int(_lookup(manifest, "random_crops", "extras.random_crops",
                                      "config.random_crops", default=0)),
             features=bool(_lookup(manifest, "features", "extras.store_features", default=False)),
-            split_spec=_lookup(manifest, "dataset.split_spec", "split_spec"),
+            features_digest=_lookup(manifest, "config.features_digest", "extras.features_digest"),
+            split_spec=_lookup(manifest, "config.split_spec", "dataset.split_spec", "split_spec"),
             samples=samples,
         )
 
@@ -227,6 +234,12 @@ def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Mappin
     from gpf.model.gpf import imagenet_classifier
 
     model = imagenet_classifier(facts.attention_backbone, weights=facts.attention_weights)
+    digest = state_dict_digest(model.state_dict())
+    if facts.attention_digest and digest != facts.attention_digest:
+        raise Stage2Error(f"the ImageNet classifier {facts.attention_backbone} ({facts.attention_weights}) has digest "
+                          f"{digest[:12]}... here, but the shards in {facts.folder} were made with digest "
+                          f"{facts.attention_digest[:12]}... (other weights files?); a checkpoint could not "
+                          "reproduce their crops. Re-run preprocessing with the weights at hand")
     block = attention_block(model, tau=facts.tau, eb_layer=facts.eb_layer, contrastive=facts.contrastive,
                             view_size=facts.view_size)
     return Attention(block, None, f"ImageNet classifier {facts.attention_backbone} ({facts.attention_weights})")
@@ -287,13 +300,14 @@ class Stage2Task(Task):
         if self.second == "fovea":
             members.append("fovea")
         train_shards = [s for s in list_shards(cfg.shards, "train") if s.count > 0]
-        workers = cfg.workers
-        if workers is None:
-            workers = default_num_workers(len(train_shards), ctx.world_size, shuffle=True)
-        workers = min(workers, len(train_shards) // ctx.world_size)
         if len(train_shards) < ctx.world_size:
             raise Stage2Error(f"{cfg.shards} has {len(train_shards)} training shard(s), fewer than the "
                               f"{ctx.world_size} processes; preprocess with a smaller --samples-per-shard")
+        workers = cfg.workers
+        if workers is None:
+            workers = default_num_workers(len(train_shards), ctx.world_size, shuffle=True)
+        # the reader needs world_size x workers non-empty shards; fewer workers only cost speed
+        workers = min(workers, len(train_shards) // ctx.world_size)
         self.workers = workers
         common = dict(rank=ctx.rank, world_size=ctx.world_size, members=tuple(members),
                       random_crop_member=self.second == "rand", with_features=use_features,
@@ -384,6 +398,8 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
         reasons.append("the shards hold no peripheral features (preprocess with --store-features)")
     elif cfg.train_peripheral:
         reasons.append("--train-peripheral changes the peripheral, so stored features go stale")
+    elif facts.features_digest and facts.features_digest != attention.block.get("stage1_digest"):
+        reasons.append("the stored features were computed by another network than the shards' attention model")
     elif not features_match(model, attention):
         reasons.append("the frozen peripheral is not the network that computed the stored features "
                        "(start it from the stage-1 model that made the shards)")
@@ -410,10 +426,16 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
         raise Stage2Error("no shards: pass --shards DIR (made by `gpf preprocess`)")
     if not cfg.backbone:
         raise Stage2Error("no backbone: pass --backbone NAME (see `gpf models`)")
+    from gpf.model.backbones import get_spec
+
+    get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
     try:
         manifest = read_manifest(cfg.shards)
     except ManifestError as exc:
         raise Stage2Error(str(exc)) from None
+    if manifest.get("complete") is False:
+        raise Stage2Error(f"{cfg.shards}: preprocessing has not finished (manifest.json says complete: false); "
+                          "rerun the same `gpf preprocess` command to finish it")
     facts = ShardFacts.from_manifest(manifest, cfg.shards)
     identity = shards_identity(manifest)
     if cfg.variant == "random" and facts.random_crops < 1:

@@ -1,0 +1,94 @@
+"""``gpf predict``: score raw photos with the whole online path (peripheral view, EB, crop, fovea, fusion)."""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+
+import click
+
+from gpf.cli.common import echo_err, friendly_errors
+
+_HEADER = f"{'mean':>6} {'std':>6} {'class':<5} {'box x0,y0,x1,y1':<20} image"
+
+
+def _table_row(result) -> str:
+    where = result.path or result.id
+    if not result.ok:
+        return f"{'-':>6} {'-':>6} {'-':<5} {result.status:<20} {where}"
+    verdict = "-" if result.high is None else ("high" if result.high else "low")
+    box = ",".join(map(str, result.box)) if result.box else "-"
+    return f"{result.mean:6.3f} {result.std:6.3f} {verdict:<5} {box:<20} {where}"
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+              help="Stage-2 checkpoint file, or a run folder (best.pt, else last.pt).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout instead of the table.")
+@click.option("--parquet", "parquet_out", type=click.Path(dir_okay=False),
+              help="Write one row per image here (id, path, mean, std, distribution, high, box, status, error).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Decoding threads (0 = one per CPU core).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--random-crops", type=click.IntRange(min=1), default=None,
+              help="'random' variant: crops averaged per photo (default 5).")
+@click.option("--threshold", type=float, default=None,
+              help="High/low cut on the mean score (default: the checkpoint's).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Decompression-bomb limit in pixels (default as in preprocess).")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@friendly_errors()
+def predict(images, checkpoint, as_json, parquet_out, batch_size, workers, device, random_crops, threshold,
+            max_pixels, quiet):
+    """Score photos: IMAGES are files or folders (searched recursively for image files).
+
+    Prints a table (or JSON lines with --json; only a summary with --parquet
+    alone). Unreadable images are reported and skipped; the exit code is 1
+    only when no image could be scored.
+    """
+    from gpf.model.checkpoint import CheckpointError
+    from gpf.pipeline.progress import Progress
+    from gpf.pipeline.scoring import ParquetResultWriter, Scorer, iter_image_files
+
+    try:
+        scorer = Scorer.from_checkpoint(checkpoint, device, random_crops=random_crops, threshold=threshold,
+                                        max_pixels=max_pixels, workers=workers)
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from None
+    files = list(iter_image_files(images))
+    if not files:
+        raise click.ClickException(f"no image files in {', '.join(images)} (extensions looked for: "
+                                   "jpg jpeg png webp tif tiff bmp gif ...)")
+    table = not as_json and not parquet_out
+    progress = Progress(len(files), "predict", enabled=not quiet)
+    writer = ParquetResultWriter(parquet_out, metadata=scorer.describe()) if parquet_out else None
+    statuses: Counter = Counter()
+    try:
+        if table:
+            click.echo(_HEADER)
+        for result in scorer.score_many(files, batch_size, progress=progress):
+            statuses[result.status] += 1
+            if writer is not None:
+                writer.write(result)
+            if as_json:
+                click.echo(json.dumps(result.as_dict()))
+            elif table:
+                click.echo(_table_row(result))
+            if not result.ok:
+                echo_err(f"skipped: {result.error}")
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    progress.close()
+    if writer is not None:
+        writer.close()
+    scored = statuses.pop("ok", 0)
+    failed = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+    echo_err(f"scored {scored} of {len(files)} images" + (f" ({failed})" if failed else "")
+             + (f"; scores written to {parquet_out}" if parquet_out else ""))
+    if scored == 0:
+        echo_err("error: no image could be scored")
+        sys.exit(1)

@@ -1,0 +1,417 @@
+"""Evaluate a stage-2 checkpoint on preprocessed shards: the paper's Table I and Table IV.
+
+Metrics (paper, section IV-B; :func:`gpf.model.metrics.evaluate`): accuracy of
+the high/low call (mean score > threshold), SRCC, LCC, MAE and RMSE of the mean
+score, and EMD (r = 1) of the distributions. ``by_category`` repeats them per
+AVA category (Table IV: the ``{category}_test.jpgl`` lists, recorded per image in
+the shards' Parquet metadata) or, when the shards record no category, per
+semantic tag (an image with two tags counts in both groups).
+
+Before any image is read the checkpoint is checked against the shards'
+``manifest.json``; a mismatch is refused with one line saying what to do:
+
+* number of score buckets N (refused: the distributions cannot be compared);
+* view size (refused: the network would see views of another scale);
+* for the attention variants (``gpf``, ``pf``): the attention model embedded in
+  the checkpoint (stage-1 digest, tau, EB layer, contrastive flag) against the
+  one that made the shards' crops. Refused by default, because the numbers
+  would then describe crops that ``gpf predict`` never makes for this model;
+  ``allow_attention_mismatch=True`` (``--allow-attention-mismatch``) evaluates
+  anyway and records a warning;
+* bucket scores or threshold that differ from the checkpoint's with the same N:
+  a warning; the shards' (the dataset's) values are used.
+
+The ``random`` variant is scored with every random crop the shards store for an
+image and the predicted distributions averaged, the same estimator that
+:class:`gpf.pipeline.scoring.Scorer` uses on new photos.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from gpf.errors import GPFError
+from gpf.model.metrics import METRIC_KEYS
+
+DEFAULT_BATCH_SIZE = 64
+#: Column titles of the paper's Table I, in :data:`METRIC_KEYS` order.
+COLUMN_TITLES = {"accuracy": "accuracy %", "srcc": "SRCC", "lcc": "LCC", "mae": "MAE", "rmse": "RMSE",
+                 "emd": "EMD"}
+SPLITS = ("train", "val", "test")
+
+
+class EvaluationError(GPFError):
+    """A checkpoint and shards that cannot be evaluated together; the message says what to do."""
+
+
+@dataclass
+class GroupResult:
+    """Metrics of the images of one category or tag (a row of Table IV)."""
+    name: str
+    n: int
+    metrics: dict
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of a checkpoint on one split of a shard folder, with every image's prediction.
+
+    ``pred_dist`` and ``true_dist`` are ``[n, N]`` float64 rows that sum to 1, in
+    the order of ``ids``. ``metrics`` holds :data:`gpf.model.metrics.METRIC_KEYS`
+    (accuracy as a fraction in [0, 1]).
+    """
+
+    checkpoint: str
+    shard_dir: str
+    split: str
+    variant: str
+    backbone: str
+    scores: tuple[float, ...]
+    threshold: float
+    metrics: dict
+    ids: list[str]
+    pred_dist: np.ndarray
+    true_dist: np.ndarray
+    group_kind: str | None = None              # 'category' | 'tag' | None (not asked)
+    groups: list[GroupResult] = field(default_factory=list)
+    ungrouped: int = 0                          # images without a category / tag
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def pred_mean(self) -> np.ndarray:
+        return self.pred_dist @ np.asarray(self.scores)
+
+    @property
+    def true_mean(self) -> np.ndarray:
+        return self.true_dist @ np.asarray(self.scores)
+
+    @property
+    def emd_per_image(self) -> np.ndarray:
+        """EMD (r = 1, paper Eq. 1) of each image; its mean is ``metrics['emd']``."""
+        gap = np.abs(np.cumsum(self.pred_dist, axis=1) - np.cumsum(self.true_dist, axis=1))
+        return gap.mean(axis=1)
+
+    def to_json(self) -> dict:
+        """Plain JSON: the six metric keys at the top level, plus n, split, checkpoint and the groups.
+
+        NaN (a correlation of a constant vector, e.g. a group of one image) becomes null.
+        """
+        out = {key: _json_number(self.metrics[key]) for key in METRIC_KEYS}
+        out.update({"n": self.n, "split": self.split, "checkpoint": self.checkpoint,
+                    "shards": self.shard_dir, "variant": self.variant, "backbone": self.backbone,
+                    "scores": list(self.scores), "threshold": self.threshold,
+                    "warnings": list(self.warnings)})
+        if self.group_kind is not None:
+            out["by_category"] = {
+                "kind": self.group_kind, "ungrouped": self.ungrouped,
+                "groups": {g.name: {"n": g.n, **{k: _json_number(g.metrics[k]) for k in METRIC_KEYS}}
+                           for g in self.groups}}
+        return out
+
+    def table_lines(self) -> list[str]:
+        """The terminal report: Table I's columns, and Table IV's rows when groups were asked."""
+        lines = [f"checkpoint {self.checkpoint} ({self.variant}, {self.backbone})",
+                 f"shards     {self.shard_dir}, split {self.split}, {self.n} images, "
+                 f"threshold {self.threshold:g}"]
+        lines += format_table([("all", self.n, self.metrics)], first="")
+        if self.group_kind is not None:
+            lines.append("")
+            if self.groups:
+                lines += format_table([(g.name, g.n, g.metrics) for g in self.groups], first=self.group_kind)
+                if self.ungrouped:
+                    lines.append(f"({self.ungrouped} images have no {self.group_kind})")
+            else:
+                lines.append("no image of this split has a category or a semantic tag")
+        return lines
+
+
+def _json_number(value):
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+
+
+def _cell(key: str, value: float) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:.2f}" if key == "accuracy" else f"{value:.4f}"
+
+
+def format_table(rows: Sequence[tuple[str, int, dict]], first: str) -> list[str]:
+    """Fixed-width rows ``name n accuracy% SRCC LCC MAE RMSE EMD`` (right-aligned numbers)."""
+    header = [first, "n", *(COLUMN_TITLES[k] for k in METRIC_KEYS)]
+    body = [[name, str(n), *(_cell(k, metrics[k]) for k in METRIC_KEYS)] for name, n, metrics in rows]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    out = []
+    for row in [header, *body]:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _manifest_attention(manifest: dict) -> dict:
+    config = manifest.get("config") or {}
+    described = config.get("attention_model") or {}
+    return {"digest": manifest.get("stage1_digest") or described.get("digest"),
+            "tau": manifest.get("tau", config.get("tau")),
+            "eb_layer": manifest.get("eb_layer"),
+            "contrastive": config.get("contrastive")}
+
+
+def attention_differences(block: dict, manifest: dict) -> list[str]:
+    """How the checkpoint's embedded attention model differs from the one that made the shards."""
+    made = _manifest_attention(manifest)
+    diffs = []
+    if made["digest"] and block.get("stage1_digest") != made["digest"]:
+        diffs.append(f"stage-1 digest {str(block.get('stage1_digest'))[:12]}... vs the shards' "
+                     f"{made['digest'][:12]}...")
+    if made["tau"] is not None and not math.isclose(float(block.get("tau", math.nan)), float(made["tau"])):
+        diffs.append(f"tau {block.get('tau')} vs {made['tau']}")
+    if made["eb_layer"] and block.get("eb_layer") != made["eb_layer"]:
+        diffs.append(f"EB layer {block.get('eb_layer')!r} vs {made['eb_layer']!r}")
+    if made["contrastive"] is not None and bool(block.get("contrastive")) != bool(made["contrastive"]):
+        diffs.append(f"contrastive {block.get('contrastive')} vs {made['contrastive']}")
+    return diffs
+
+
+def check_fit(payload: dict, manifest: dict, shard_dir, source: str, *,
+              allow_attention_mismatch: bool = False) -> list[str]:
+    """Refuse a checkpoint that does not fit the shards (see the module doc); returns warnings."""
+    from gpf.pipeline.scoring import checkpoint_scale
+
+    where = Path(shard_dir) / "manifest.json"
+    scores, threshold, view = manifest.get("scores"), manifest.get("threshold"), manifest.get("view_size")
+    missing = [k for k, v in (("scores", scores), ("threshold", threshold), ("view_size", view)) if v is None]
+    if missing:
+        raise EvaluationError(f"{where} lacks {', '.join(missing)}; rewrite it with `gpf shards verify "
+                              f"{shard_dir} --write-manifest` or re-run `gpf preprocess`")
+    config = payload["model_config"]
+    n = int(config["num_classes"])
+    if n != len(scores):
+        raise EvaluationError(f"{source} predicts N = {n} score buckets but the shards in {shard_dir} have "
+                              f"N = {len(scores)} (scores {list(scores)}); evaluate on shards of the dataset "
+                              "the checkpoint was trained on")
+    trained_view = config.get("view_size") or (payload.get("attention") or {}).get("view_size")
+    if trained_view is not None and int(trained_view) != int(view):
+        raise EvaluationError(f"{source} was trained on {trained_view} px views but the shards in {shard_dir} "
+                              f"were made with --view-size {view}; preprocess with --view-size {trained_view}")
+    warnings = []
+    ckpt_scores, ckpt_threshold = checkpoint_scale(payload)
+    if not np.allclose(ckpt_scores, [float(s) for s in scores]):
+        warnings.append(f"the checkpoint's bucket scores {list(ckpt_scores)} differ from the shards' "
+                        f"{list(scores)}; the shards' are used")
+    if ckpt_threshold is not None and not math.isclose(ckpt_threshold, float(threshold)):
+        warnings.append(f"the checkpoint's threshold {ckpt_threshold:g} differs from the shards' "
+                        f"{float(threshold):g}; the shards' is used")
+    variant = config.get("variant")
+    if variant in ("gpf", "pf"):
+        diffs = attention_differences(payload.get("attention") or {}, manifest)
+        if diffs:
+            text = (f"the attention model embedded in {source} did not make the crops of the shards in "
+                    f"{shard_dir} ({'; '.join(diffs)})")
+            if not allow_attention_mismatch:
+                raise EvaluationError(f"{text}: the numbers would not be what `gpf predict` gives with this "
+                                      "checkpoint. Evaluate on shards made with its stage-1 model, or pass "
+                                      "--allow-attention-mismatch to evaluate anyway")
+            warnings.append(text)
+    if variant == "random" and int(manifest.get("random_crops") or 0) < 1:
+        raise EvaluationError(f"the 'random' variant needs the random crops stored in shards, but the shards "
+                              f"in {shard_dir} have none; preprocess with --random-crops K")
+    return warnings
+
+
+# ----------------------------------------------------------------------------- streaming
+
+def _loader_batches(shard_dir, split: str, batch_size: int, workers: int | None, members: tuple,
+                    pin_memory: bool) -> Iterator[dict]:
+    """Batches of ``make_loader`` in evaluation mode: every sample exactly once."""
+    from gpf.shards.reader import make_loader
+
+    loader = make_loader(shard_dir, split, batch_size, shuffle=False, num_workers=workers,
+                         members=members, pin_memory=pin_memory)
+    for batch in loader:
+        batch["second"] = [batch["fovea"]] if "fovea" in batch else []
+        yield batch
+
+
+def _random_crop_batches(shard_dir, split: str, batch_size: int) -> Iterator[dict]:
+    """Batches with every stored random crop of each sample (``second`` = K tensors [B, 3, S, S]).
+
+    ``make_loader`` shows one random crop per sample and epoch (what training
+    wants); averaging the ``random`` variant over all K needs them all, so the
+    shards are read here directly, batched by peripheral shape like the loader.
+    """
+    import json
+
+    import torch
+
+    from gpf.shards.layout import JSON, PERIPH, jpeg_size, rand_index
+    from gpf.shards.reader import decode_jpegs_uint8, iter_samples, list_shards
+
+    def keep(_key: str, member: str) -> bool:
+        return member in (JSON, PERIPH) or rand_index(member) is not None
+
+    def collate(samples: list[dict]) -> dict:
+        metas = [json.loads(s[JSON]) for s in samples]
+        names = [f"{s['__shard__']}, key {s['__key__']!r}" for s in samples]
+        crops = sorted({m for s in samples for m in s if rand_index(m) is not None}, key=rand_index)
+        incomplete = [n for n, s in zip(names, samples) if any(c not in s for c in crops)]
+        if incomplete:
+            raise EvaluationError(f"{incomplete[0]}: fewer random crops than other samples; "
+                                  "run `gpf shards verify` on the folder")
+        periph = torch.stack(decode_jpegs_uint8([s[PERIPH] for s in samples], names))
+        second = [torch.stack(decode_jpegs_uint8([s[c] for s in samples], names)) for c in crops]
+        return {"id": [m.get("id", s["__key__"]) for m, s in zip(metas, samples)],
+                "votes": torch.tensor([m["votes"] for m in metas], dtype=torch.float32),
+                "periph": periph, "second": second}
+
+    buckets: dict[tuple[int, int], list[dict]] = {}
+    for spec in list_shards(shard_dir, split):
+        for sample in iter_samples(spec.path, keep):
+            if PERIPH not in sample or JSON not in sample:
+                raise EvaluationError(f"{spec.path}, key {sample['__key__']!r}: no periph.jpg or json member; "
+                                      "run `gpf shards verify` on the folder")
+            bucket = buckets.setdefault(jpeg_size(sample[PERIPH]), [])
+            bucket.append(sample)
+            if len(bucket) == batch_size:
+                yield collate(bucket)
+                bucket.clear()
+    for bucket in buckets.values():
+        if bucket:
+            yield collate(bucket)
+
+
+def predict_batch(model, batch: dict, device) -> np.ndarray:
+    """Softmax distributions ``[B, N]`` of one shard batch, averaged over its second views (if several)."""
+    import torch
+
+    with torch.inference_mode():
+        periph = model.normalize(batch["periph"].to(device, non_blocking=True))
+        if not model.needs_fovea:
+            return torch.softmax(model(periph).float(), dim=1).cpu().double().numpy()
+        feat = model.peripheral_descriptor(periph)
+        total = 0
+        for view in batch["second"]:
+            fovea = model.normalize(view.to(device, non_blocking=True))
+            total = total + torch.softmax(model(periph_feat=feat, fovea=fovea).float(), dim=1)
+        return (total / len(batch["second"])).cpu().double().numpy()
+
+
+# ----------------------------------------------------------------------------- groups
+
+def _group_labels(shard_dir, manifest: dict, split: str) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+    """id -> (category, tags) of the split's images, from the shards' Parquet metadata."""
+    import pyarrow.parquet as pq
+
+    labels = {}
+    for entry in manifest["shards"]:
+        if entry["split"] != split:
+            continue
+        path = Path(shard_dir) / entry["parquet"]
+        try:
+            table = pq.read_table(path, columns=["id", "category", "tags", "status"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise EvaluationError(f"{path}: cannot read the category and tags of the images ({exc}); run "
+                                  "`gpf shards verify` on the folder") from None
+        for row in table.to_pylist():
+            if row["status"] == "ok":
+                labels[row["id"]] = (row["category"], tuple(row["tags"] or ()))
+    return labels
+
+
+def group_results(ids: Sequence[str], pred: np.ndarray, true: np.ndarray, labels: dict, threshold: float,
+                  scores) -> tuple[str, list[GroupResult], int]:
+    """Table IV: metrics per category, or per semantic tag when no image has a category."""
+    from gpf.model.metrics import evaluate
+
+    category = [labels.get(i, (None, ()))[0] for i in ids]
+    if any(c is not None for c in category):
+        kind, members = "category", [(c,) if c is not None else () for c in category]
+    else:
+        kind, members = "tag", [labels.get(i, (None, ()))[1] for i in ids]
+    rows: dict[str, list[int]] = {}
+    for index, names in enumerate(members):
+        for name in dict.fromkeys(names):
+            rows.setdefault(name, []).append(index)
+    groups = [GroupResult(name, len(rows[name]), evaluate(pred[rows[name]], true[rows[name]], threshold, scores))
+              for name in sorted(rows)]
+    return kind, groups, sum(1 for names in members if not names)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_size: int = DEFAULT_BATCH_SIZE,
+                        workers: int | None = None, device="auto", by_category: bool = False,
+                        allow_attention_mismatch: bool = False, progress: bool = False) -> EvaluationResult:
+    """Evaluate a stage-2 checkpoint (file or run folder) on ``split`` of a shard folder.
+
+    ``workers``: loader processes (None: up to 4). Every sample of the split is
+    read exactly once. See the module doc for the checks and the ``random`` variant.
+    """
+    from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint
+    from gpf.model.metrics import evaluate, normalize
+    from gpf.pipeline.crops import resolve_checkpoint_path
+    from gpf.pipeline.preprocess import resolve_device
+    from gpf.pipeline.progress import Progress
+    from gpf.shards.manifest import ManifestError, read_manifest
+
+    if split not in SPLITS:
+        raise EvaluationError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise EvaluationError(f"batch size must be a positive int, got {batch_size!r}")
+    path = resolve_checkpoint_path(checkpoint)
+    payload = load_checkpoint(path, expect="stage2")
+    try:
+        manifest = read_manifest(shard_dir)
+    except ManifestError as exc:
+        raise EvaluationError(str(exc)) from None
+    warnings = check_fit(payload, manifest, shard_dir, str(path),
+                         allow_attention_mismatch=allow_attention_mismatch)
+    scores = tuple(float(s) for s in manifest["scores"])
+    threshold = float(manifest["threshold"])
+    total = sum(int(e.get("count", 0)) for e in manifest["shards"] if e["split"] == split)
+    if total == 0:
+        splits = sorted({e["split"] for e in manifest["shards"] if e.get("count")})
+        raise EvaluationError(f"the shards in {shard_dir} hold no {split!r} images; splits with images: "
+                              f"{', '.join(splits) or 'none'}")
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    model = model_from_checkpoint(payload).to(device).eval()
+    if model.fovea_source == "random":
+        batches = _random_crop_batches(shard_dir, split, batch_size)
+    else:
+        members = ("periph", "fovea") if model.needs_fovea else ("periph",)
+        batches = _loader_batches(shard_dir, split, batch_size, workers, members, device.type == "cuda")
+
+    ids: list[str] = []
+    preds, trues = [], []
+    bar = Progress(total, f"evaluate {split}", enabled=progress)
+    try:
+        for batch in batches:
+            preds.append(predict_batch(model, batch, device))
+            trues.append(normalize(batch["votes"].double().numpy(), "votes"))
+            ids += [str(i) for i in batch["id"]]
+            bar.update(len(batch["id"]))
+    except ValueError as exc:   # the reader's message names the shard and key
+        raise EvaluationError(str(exc)) from None
+    bar.close()
+    pred, true = np.concatenate(preds), np.concatenate(trues)
+    if pred.shape[1] != len(scores):
+        raise EvaluationError(f"the model predicts {pred.shape[1]} buckets, the shards' votes have {len(scores)}")
+    result = EvaluationResult(checkpoint=str(path), shard_dir=str(shard_dir), split=split,
+                              variant=model.variant, backbone=model.spec.name, scores=scores,
+                              threshold=threshold, metrics=evaluate(pred, true, threshold, scores),
+                              ids=ids, pred_dist=pred, true_dist=true, warnings=warnings)
+    if by_category:
+        labels = _group_labels(shard_dir, manifest, split)
+        result.group_kind, result.groups, result.ungrouped = group_results(ids, pred, true, labels,
+                                                                          threshold, scores)
+    return result

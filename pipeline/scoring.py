@@ -1,0 +1,624 @@
+"""Online scoring of raw photos: the whole GPF-CNN path on images that were never preprocessed.
+
+Per photo (paper, section III and Fig. 2): upright RGB decode at full
+resolution -> peripheral view (aspect kept, longest side = view size) ->
+Excitation Backprop map of the *embedded* stage-1 model (Eq. 2-3) -> optimal
+tau box (Eq. 4), mapped to original pixels -> foveal view (the box of the
+original, zoomed to view size square) -> both subnets and the fusion -> softmax
+over the N score buckets. The box is computed by :func:`gpf.pipeline.crops.attend_views`
+with the view geometry of ``gpf preprocess``, so a photo of a shard gets exactly
+the box stored in the shard's Parquet row.
+
+Usage (README)::
+
+    from gpf.pipeline.scoring import Scorer
+    scorer = Scorer.from_checkpoint("runs/gpf-vgg16/best.pt")   # device='auto'
+    result = scorer.score(Image.open("photo.jpg"))              # or a path
+    print(result.mean, result.distribution, result.box)
+
+Variants (Table I): ``gpf`` and ``pf`` use the attention crop; ``single`` uses
+the peripheral view only (no box is computed); ``random`` averages the predicted
+distributions over K seeded random view-size crops (see :class:`Scorer`).
+
+Shards store their views as JPEG (quality 95); scoring feeds the resized pixels
+directly, so a score here can differ from ``gpf evaluate``'s on the same photo
+by the effect of that JPEG round trip (a few hundredths of a score point).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from gpf.errors import GPFError
+from gpf.pipeline.crops import AttentionModel, Attended, attend_views, resolve_checkpoint_path
+
+DEFAULT_BATCH_SIZE = 32
+#: Random crops averaged per photo by the ``random`` variant (see :class:`Scorer`).
+DEFAULT_RANDOM_CROPS = 5
+#: Status of a photo that decoded but whose batch failed in the network.
+SCORE_ERROR = "score_error"
+#: File name extensions that ``iter_image_files`` picks from folders.
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".j2k", ".jpx", ".avif", ".mpo",
+})
+
+
+class ScoringError(GPFError):
+    """A checkpoint or input that cannot be scored; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The score of one photo, or why it has none (``status`` != ``'ok'``).
+
+    ``distribution`` is the predicted probability of each score bucket,
+    ``mean``/``std`` its mean score and spread over the bucket scores, ``high``
+    whether ``mean > threshold`` (paper, section IV-B), ``box`` the attended
+    region ``(x0, y0, x1, y1)`` in pixels of the upright original (half-open;
+    None for the ``single`` and ``random`` variants), ``size`` the upright
+    original's ``(width, height)``.
+    """
+
+    id: str
+    path: str | None
+    status: str = "ok"
+    error: str | None = None
+    mean: float | None = None
+    std: float | None = None
+    distribution: tuple[float, ...] | None = None
+    high: bool | None = None
+    box: tuple[int, int, int, int] | None = None
+    attn_fraction: float | None = None
+    size: tuple[int, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def as_dict(self) -> dict:
+        """Plain JSON types; the box as ``x0 y0 x1 y1`` like the shards' Parquet rows."""
+        box = self.box or (None, None, None, None)
+        width, height = self.size or (None, None)
+        return {"id": self.id, "path": self.path, "width": width, "height": height,
+                "mean": self.mean, "std": self.std,
+                "distribution": list(self.distribution) if self.distribution is not None else None,
+                "high": self.high, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3],
+                "attn_fraction": self.attn_fraction, "status": self.status, "error": self.error}
+
+
+@dataclass
+class AttentionView:
+    """What the attention stage made of one photo (the panels of the paper's Fig. 4)."""
+
+    image: Any                       # upright RGB original (PIL)
+    periph: Any                      # peripheral view (PIL)
+    attended: Attended               # EB map, box, share of attention inside
+    fovea: Any                       # foveal view (PIL, view size square)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def image_id_of(source, index: int = 0) -> str:
+    """The id a photo is reported under: its file name without extension (AVA: the id)."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).stem
+    filename = getattr(source, "filename", None)
+    return Path(filename).stem if filename else f"image{index}"
+
+
+def upright_rgb(image, label: str = "<PIL image>", max_pixels: int | None = None):
+    """A PIL image as ``load_image`` would have decoded it: EXIF orientation applied, 8-bit RGB.
+
+    Raises :class:`~gpf.pipeline.images.ImageError` for an image over ``max_pixels``
+    or one whose (lazily loaded) pixel data does not decode.
+    """
+    from gpf.pipeline import images
+
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise images.ImageError(label, "too_large", f"{width}x{height} = {width * height} pixels is over "
+                                                    f"the limit of {max_pixels} (possible decompression bomb)")
+    try:
+        image.load()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for damaged data
+        raise images._decode_failure(label, exc) from exc
+    orientation = images._exif_orientation(image)
+    rgb = images._to_rgb(label, image)
+    if orientation in images._UPRIGHT:
+        rgb = rgb.transpose(images._UPRIGHT[orientation])
+    return rgb
+
+
+def load_source(source, max_pixels: int | None):
+    """``(upright RGB image, path or None)`` of a path or a PIL image; raises ImageError."""
+    from gpf.pipeline.images import load_image
+
+    if isinstance(source, (str, os.PathLike)):
+        return load_image(source, max_pixels=max_pixels), str(source)
+    if hasattr(source, "size") and hasattr(source, "mode"):
+        filename = getattr(source, "filename", None) or None
+        return upright_rgb(source, filename or "<PIL image>", max_pixels), filename
+    raise TypeError(f"expected an image path or a PIL.Image, got {type(source).__name__}")
+
+
+def iter_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Iterator[Path]:
+    """Files named on the command line, and the image files of folders (sorted, hidden ones skipped).
+
+    A file given explicitly is always yielded (a bad one is then reported by the
+    scorer); inside folders only names with an extension of :data:`IMAGE_EXTENSIONS`.
+    """
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            yield path
+            continue
+        for folder, subdirs, files in os.walk(path):
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")) if recursive else []
+            for name in sorted(files):
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    yield Path(folder) / name
+
+
+# ----------------------------------------------------------------------------- attention only
+
+def attention_view(att: AttentionModel, image, view_size: int) -> AttentionView:
+    """Peripheral view, EB map, tau box and foveal view of one upright RGB image (as preprocess makes them)."""
+    from gpf.pipeline.images import foveal_view, peripheral_view
+
+    periph = peripheral_view(image, view_size, stride=att.stride, min_side=att.min_side)
+    attended = attend_views(att, [periph], [image.size])[0]
+    return AttentionView(image=image, periph=periph, attended=attended,
+                         fovea=foveal_view(image, attended.box, view_size))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def load_stage2_checkpoint(checkpoint) -> tuple[dict, Path]:
+    """The payload of a stage-2 checkpoint (file or run folder) and its path.
+
+    Refuses, with one line saying what to pass instead, a stage-1 checkpoint or
+    any file without the embedded attention model (the network that makes the
+    foveal crops).
+    """
+    from gpf.model.checkpoint import load_checkpoint
+
+    path = resolve_checkpoint_path(checkpoint)
+    payload = load_checkpoint(path)
+    if payload["format"] == "gpf-stage1":
+        raise ScoringError(
+            f"{path} is a stage-1 checkpoint (the peripheral attention model only): it predicts no score "
+            "distribution. Pass a stage-2 checkpoint from `gpf train stage2`, which embeds this attention "
+            "model (`gpf attention` accepts stage-1 checkpoints)")
+    block = payload.get("attention")
+    if not isinstance(block, dict) or "stage1_state_dict" not in block:
+        raise ScoringError(f"{path} does not embed the attention model that made its crops, so the foveal "
+                           "crops cannot be reproduced; use a stage-2 checkpoint from `gpf train stage2`")
+    return payload, path
+
+
+def checkpoint_scale(payload: dict) -> tuple[tuple[float, ...], float | None]:
+    """(score of each bucket, high/low threshold) a checkpoint was trained with (threshold may be None)."""
+    config = payload["model_config"]
+    dataset = payload.get("dataset") if isinstance(payload.get("dataset"), dict) else {}
+    n = int(config["num_classes"])
+    scores = config.get("scores") or dataset.get("scores") or list(range(1, n + 1))
+    if len(scores) != n:
+        raise ScoringError(f"the checkpoint has {n} score buckets but {len(scores)} bucket scores "
+                           f"({list(scores)}); the file is damaged")
+    threshold = config.get("threshold", dataset.get("threshold"))
+    return tuple(float(s) for s in scores), None if threshold is None else float(threshold)
+
+
+def _shards_seed(payload: dict) -> int:
+    """The preprocess seed of the shards a checkpoint was trained on (random crop positions)."""
+    run = (payload.get("shards") or {}).get("run") or {}
+    seed = (run.get("config") or {}).get("seed", 0)
+    return int(seed) if isinstance(seed, int) else 0
+
+
+# ----------------------------------------------------------------------------- the scorer
+
+@dataclass
+class _Work:
+    """One photo on its way through a batch."""
+    id: str
+    path: str | None
+    source: Any = None
+    status: str = "ok"
+    error: str | None = None
+    image: Any = None
+    periph: Any = None
+    second: list = field(default_factory=list)   # foveal view, or the K random crops
+    size: tuple[int, int] | None = None
+    box: tuple[int, int, int, int] | None = None
+    attn_fraction: float | None = None
+    dist: np.ndarray | None = None
+
+    def fail(self, status: str, error: str) -> None:
+        self.status, self.error = status, error
+        self.image = self.periph = None
+        self.second = []
+
+
+class Scorer:
+    """Scores photos with a stage-2 GPF-CNN and the attention model it embeds.
+
+    ``random`` variant: the model was trained on one random view-size crop per
+    image and epoch (Random-VGG16, after RAPID [17]), so its score is a random
+    variable of the crop position. The scorer reports the expectation over
+    positions, estimated by averaging the predicted distributions of
+    ``random_crops`` (default 5) crops at seeded positions: deterministic,
+    unbiased, and with ``K`` times less variance than one crop. A centre crop
+    would be one fixed (and biased: photographers centre subjects) sample. The
+    positions follow :func:`gpf.pipeline.images.random_crop_boxes` with the
+    shards' preprocess seed and the photo's id (its file name), so a photo of
+    the dataset gets the crops its shard stores.
+    """
+
+    def __init__(self, model, attention: AttentionModel, *, view_size: int, scores: Sequence[float],
+                 threshold: float | None, device, random_crops: int = DEFAULT_RANDOM_CROPS, seed: int = 0,
+                 max_pixels: int | None = None, workers: int = 0, source: str | None = None):
+        from gpf.pipeline.preprocess import DEFAULT_MAX_PIXELS
+
+        if not isinstance(random_crops, int) or isinstance(random_crops, bool) or random_crops < 1:
+            raise ScoringError(f"random_crops must be a positive int, got {random_crops!r}")
+        if not isinstance(workers, int) or workers < 0:
+            raise ScoringError(f"workers must be an int >= 0 (0 = one per CPU core), got {workers!r}")
+        if len(scores) != model.num_classes:
+            raise ScoringError(f"{len(scores)} bucket scores for a model with {model.num_classes} buckets")
+        self.device = device
+        self.model = model.to(device).eval()
+        self.attention = attention
+        self.view_size = int(view_size)
+        self.scores = tuple(float(s) for s in scores)
+        self.threshold = threshold
+        self.random_crops = random_crops
+        self.seed = seed
+        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+        self.workers = workers or os.cpu_count() or 1
+        self.source = source
+        # Peripheral geometry of `gpf preprocess`: the attention model's stride and minimum side
+        # (raised to what the stage-2 backbone needs, should that be larger).
+        self.stride = attention.stride
+        self.min_side = max(attention.min_side, model.spec.min_input)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, device="auto", *, random_crops: int | None = None,
+                        threshold: float | None = None, max_pixels: int | None = None,
+                        workers: int = 0) -> "Scorer":
+        """A scorer for a stage-2 checkpoint file or run folder (``best.pt``, else ``last.pt``).
+
+        ``threshold`` overrides the checkpoint's high/low cut; ``device`` is
+        ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a ``torch.device``.
+        """
+        payload, path = load_stage2_checkpoint(checkpoint)
+        return cls.from_payload(payload, device, source=str(path), random_crops=random_crops,
+                                threshold=threshold, max_pixels=max_pixels, workers=workers)
+
+    @classmethod
+    def from_payload(cls, payload: dict, device="auto", *, source: str | None = None,
+                     random_crops: int | None = None, threshold: float | None = None,
+                     max_pixels: int | None = None, workers: int = 0) -> "Scorer":
+        """A scorer for a loaded stage-2 payload (see :meth:`from_checkpoint`)."""
+        from gpf.model.checkpoint import model_from_checkpoint
+        from gpf.pipeline.preprocess import resolve_device
+
+        device = resolve_device(device) if isinstance(device, str) else device
+        model = model_from_checkpoint(payload)
+        attention = AttentionModel.from_stage2_checkpoint(payload, device)
+        scores, saved_threshold = checkpoint_scale(payload)
+        view_size = payload["model_config"].get("view_size") or payload["attention"]["view_size"]
+        return cls(model, attention, view_size=int(view_size), scores=scores,
+                   threshold=saved_threshold if threshold is None else float(threshold), device=device,
+                   random_crops=random_crops or DEFAULT_RANDOM_CROPS, seed=_shards_seed(payload),
+                   max_pixels=max_pixels, workers=workers, source=source)
+
+    # -- properties
+    @property
+    def variant(self) -> str:
+        return self.model.variant
+
+    @property
+    def uses_attention(self) -> bool:
+        return self.model.fovea_source == "attention"
+
+    def describe(self) -> dict:
+        """Plain description for output metadata."""
+        return {"checkpoint": self.source, "variant": self.variant, "backbone": self.model.spec.name,
+                "scores": list(self.scores), "threshold": self.threshold, "view_size": self.view_size,
+                "tau": self.attention.tau,
+                "random_crops": self.random_crops if self.model.fovea_source == "random" else None}
+
+    # -- public scoring
+    def score(self, image, image_id: str | None = None) -> ScoreResult:
+        """Score one photo (path or PIL image). Raises ImageError when it cannot be decoded."""
+        work = self._decode(_Work(image_id or image_id_of(image), None, source=image), keep_error=True)
+        self._score_batch([work])
+        return self._result(work)
+
+    def explain(self, image, image_id: str | None = None) -> tuple[ScoreResult, AttentionView]:
+        """Score one photo and return the attention panels (for ``gpf attention``)."""
+        from gpf.pipeline.images import foveal_view
+
+        work = self._decode(_Work(image_id or image_id_of(image), None, source=image), keep_error=True)
+        full_image, periph = work.image, work.periph
+        attended = attend_views(self.attention, [periph], [full_image.size])[0]
+        self._score_batch([work], attended=[attended])
+        view = AttentionView(image=full_image, periph=periph, attended=attended,
+                             fovea=foveal_view(full_image, attended.box, self.view_size))
+        return self._result(work), view
+
+    def score_many(self, images: Iterable, batch_size: int = DEFAULT_BATCH_SIZE, *,
+                   progress=None) -> Iterator[ScoreResult]:
+        """Results of photos (paths or PIL images) in input order, streaming.
+
+        Decoding runs in a pool of ``workers`` threads (PIL releases the GIL),
+        one batch ahead of the network, so at most two batches of decoded
+        photos are in memory. A photo that cannot be decoded or scored comes
+        back with its ``status`` and ``error``; nothing is raised for it.
+        ``progress``: a :class:`gpf.pipeline.progress.Progress` to update.
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ScoringError(f"batch_size must be a positive int, got {batch_size!r}")
+        chunks = _chunks(enumerate(images), batch_size)
+        with cf.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="gpf-score") as pool:
+            pending = self._submit(pool, next(chunks, None))
+            while pending:
+                batch = [future.result() for future in pending]
+                pending = self._submit(pool, next(chunks, None))
+                yield from self._finish(batch, pool)
+                if progress is not None:
+                    progress.update(len(batch), failed=sum(w.status != "ok" for w in batch))
+
+    # -- stages
+    def _submit(self, pool: cf.Executor, chunk) -> list[cf.Future]:
+        if not chunk:
+            return []
+        works = [_Work(image_id_of(src, i), str(src) if isinstance(src, (str, os.PathLike)) else None,
+                       source=src) for i, src in chunk]
+        return [pool.submit(self._decode, w) for w in works]
+
+    def _decode(self, work: _Work, keep_error: bool = False) -> _Work:
+        """Full-resolution upright decode and the peripheral view (runs in a worker thread)."""
+        from gpf.pipeline.images import ImageError, peripheral_view
+
+        try:
+            work.image, path = load_source(work.source, self.max_pixels)
+            work.path = work.path or path
+            work.size = work.image.size
+            work.periph = peripheral_view(work.image, self.view_size, stride=self.stride,
+                                          min_side=self.min_side)
+        except ImageError as exc:
+            if keep_error:
+                raise
+            work.fail(exc.status, str(exc))
+        except Exception as exc:  # an unforeseen file: report it, keep going
+            if keep_error:
+                raise
+            work.fail("decode_error", f"{work.path or work.id}: {type(exc).__name__}: {exc}")
+        finally:
+            work.source = None
+        return work
+
+    def _finish(self, batch: list[_Work], pool: cf.Executor) -> list[ScoreResult]:
+        ok = [w for w in batch if w.status == "ok"]
+        if ok:
+            try:
+                self._score_batch(ok, pool)
+            except Exception as exc:  # the network failed on this batch: report, go on
+                for work in ok:
+                    work.fail(SCORE_ERROR, f"{work.path or work.id}: scoring failed "
+                                           f"({type(exc).__name__}: {exc})")
+        return [self._result(w) for w in batch]
+
+    def _score_batch(self, works: list[_Work], pool: cf.Executor | None = None,
+                     attended: list[Attended] | None = None) -> None:
+        """Attention boxes, second views and the predicted distributions of decoded photos."""
+        if self.uses_attention:
+            if attended is None:
+                attended = attend_views(self.attention, [w.periph for w in works], [w.size for w in works])
+            for work, res in zip(works, attended):
+                work.box, work.attn_fraction = res.box, res.attn_fraction
+        mapper = pool.map if pool is not None else map
+        for work, views in zip(works, mapper(self._second_views, works)):
+            work.second = views
+        dists = self._predict([w.periph for w in works], [w.second for w in works])
+        for work, dist in zip(works, dists):
+            work.dist = dist
+            work.image = work.periph = None
+            work.second = []
+
+    def _second_views(self, work: _Work) -> list:
+        """The foveal view (attention variants), K random crops (``random``) or nothing (``single``)."""
+        from gpf.pipeline.images import foveal_view, random_crops
+
+        source = self.model.fovea_source
+        if source == "attention":
+            return [foveal_view(work.image, work.box, self.view_size)]
+        if source == "random":
+            return random_crops(work.image, self.random_crops, self.view_size, self.seed, work.id)
+        return []
+
+    def _predict(self, periphs: list, seconds: list[list]) -> np.ndarray:
+        """Softmax distributions ``[B, N]`` (float64); the ``random`` variant's averaged over its crops."""
+        import torch
+
+        from gpf.pipeline.images import to_uint8_tensor
+
+        model, device = self.model, self.device
+        with torch.inference_mode():
+            periph = model.normalize([to_uint8_tensor(p).to(device) for p in periphs])
+            feat = model.peripheral_descriptor(periph)
+            if not model.needs_fovea:
+                probs = torch.softmax(model(periph_feat=feat).float(), dim=1)
+            else:
+                probs = 0
+                crops = len(seconds[0])
+                for k in range(crops):
+                    fovea = model.normalize(torch.stack([to_uint8_tensor(s[k]) for s in seconds]).to(device))
+                    probs = probs + torch.softmax(model(periph_feat=feat, fovea=fovea).float(), dim=1)
+                probs = probs / crops
+        return probs.cpu().double().numpy()
+
+    def _result(self, work: _Work) -> ScoreResult:
+        from gpf.model.metrics import mean_score, std_score
+
+        if work.status != "ok":
+            return ScoreResult(id=work.id, path=work.path, status=work.status, error=work.error)
+        dist = work.dist / work.dist.sum()
+        mean = float(mean_score(dist, self.scores))
+        return ScoreResult(id=work.id, path=work.path, mean=mean, std=float(std_score(dist, self.scores)),
+                           distribution=tuple(float(p) for p in dist),
+                           high=None if self.threshold is None else bool(mean > self.threshold),
+                           box=work.box, attn_fraction=work.attn_fraction, size=work.size)
+
+
+# ----------------------------------------------------------------------------- one photo, any checkpoint
+
+@dataclass
+class Explanation:
+    """The attention of one photo under a checkpoint, and its score when the checkpoint has one."""
+    view: AttentionView
+    tau: float
+    result: ScoreResult | None          # None for a stage-1 checkpoint
+    kind: str                           # 'stage1' | 'stage2'
+    model: str                          # e.g. 'gpf tiny' or 'stage-1 tiny'
+
+    def title(self, image_id: str) -> str:
+        if self.result is None:
+            return f"{image_id}: attention of the {self.model} model (no score)"
+        r = self.result
+        verdict = "" if r.high is None else f", {'high' if r.high else 'low'}"
+        return f"{image_id}: predicted mean score {r.mean:.2f} (std {r.std:.2f}{verdict}); {self.model}"
+
+
+def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None, eb_layer: str | None = None,
+                  contrastive: bool | None = None, view_size: int | None = None,
+                  max_pixels: int | None = None) -> Explanation:
+    """Attention map, tau box and foveal view of one photo (paper Fig. 4) under any gpf checkpoint.
+
+    A stage-2 checkpoint uses its embedded attention model and also scores the
+    photo; its tau, EB layer, contrastive flag and view size made its crops and
+    cannot be overridden. A stage-1 checkpoint gives the attention only, with
+    ``tau`` (default 0.7), ``eb_layer`` (default: the backbone's),
+    ``contrastive`` and ``view_size`` (default: the checkpoint's, else 224).
+    Raises ImageError when the photo cannot be decoded.
+    """
+    from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint
+    from gpf.pipeline.preprocess import DEFAULT_MAX_PIXELS, resolve_device
+
+    if tau is not None and not 0 < tau <= 1:
+        raise ScoringError(f"tau must be in (0, 1] (the paper uses 0.7), got {tau}")
+    if view_size is not None and view_size < 8:
+        raise ScoringError(f"view size must be at least 8 pixels, got {view_size}")
+    path = resolve_checkpoint_path(checkpoint)
+    payload = load_checkpoint(path)
+    device = resolve_device(device) if isinstance(device, str) else device
+    if payload["format"] == "gpf-stage2":
+        given = [name for name, value in (("tau", tau), ("EB layer", eb_layer), ("contrastive", contrastive),
+                                          ("view size", view_size)) if value is not None]
+        if given:
+            raise ScoringError(f"{path} is a stage-2 checkpoint: its embedded attention model fixes "
+                               f"{', '.join(given)} (they made the crops it was trained on); drop those options")
+        payload, _ = load_stage2_checkpoint(path)
+        scorer = Scorer.from_payload(payload, device, source=str(path), max_pixels=max_pixels)
+        result, view = scorer.explain(image)
+        return Explanation(view, scorer.attention.tau, result, "stage2",
+                           f"{scorer.variant} {scorer.model.spec.name}")
+    model = model_from_checkpoint(payload)
+    att = AttentionModel.from_model(model, device=device, tau=0.7 if tau is None else tau, eb_layer=eb_layer,
+                                    contrastive=bool(contrastive))
+    size = view_size or payload["model_config"].get("view_size") or 224
+    full, _ = load_source(image, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    return Explanation(attention_view(att, full, int(size)), att.tau, None, "stage1",
+                       f"stage-1 {model.spec.name}")
+
+
+# ----------------------------------------------------------------------------- Parquet output
+
+def _parquet_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()), ("path", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+        ("mean", pa.float64()), ("std", pa.float64()), ("distribution", pa.list_(pa.float64())),
+        ("high", pa.bool_()), ("x0", pa.int32()), ("y0", pa.int32()), ("x1", pa.int32()), ("y1", pa.int32()),
+        ("attn_fraction", pa.float64()), ("status", pa.string()), ("error", pa.string()),
+    ])
+
+
+class ParquetResultWriter:
+    """Streams :class:`ScoreResult` rows (``ScoreResult.as_dict`` columns) into a Parquet file.
+
+    Rows are written in row groups of ``rows_per_group``, so memory stays flat
+    for any number of photos; the file appears under its name only when
+    :meth:`close` succeeds (temp file + rename), so a crash never leaves a
+    half-written file that looks complete. ``metadata`` (plain JSON) is stored
+    in the file's schema metadata under ``gpf``.
+    """
+
+    def __init__(self, path, metadata: dict | None = None, rows_per_group: int = 1024):
+        import json
+
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        schema = _parquet_schema()
+        if metadata:
+            schema = schema.with_metadata({"gpf": json.dumps(metadata, sort_keys=True)})
+        self._schema = schema
+        self._writer = pq.ParquetWriter(self._tmp, schema)
+        self._rows: list[dict] = []
+        self._per_group = rows_per_group
+        self.count = 0
+
+    def write(self, result: ScoreResult) -> None:
+        self._rows.append(result.as_dict())
+        self.count += 1
+        if len(self._rows) >= self._per_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._rows:
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
+            self._rows = []
+
+    def close(self) -> Path:
+        self._flush()
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ParquetResultWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(iterable)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

@@ -1,0 +1,309 @@
+"""`gpf evaluate` / `evaluate_checkpoint` against an independent reference.
+
+The fixture writes a tiny AVA folder (real formats: AVA.txt with 15 columns,
+tags.txt, generic and category test lists, JPEGs including one with an EXIF
+rotation), a stage-1 checkpoint, shards made by `run_preprocess`, and stage-2
+checkpoints with random weights. The reference reads the shard tars with
+`tarfile` and PIL, runs the model one image at a time and scores with
+`gpf.model.metrics.evaluate`. The data is built once per session and shared
+with test_predict.py and test_attention_cli.py (`eval_data`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+SCORES = [float(s) for s in range(1, 11)]
+VIEW = 64
+N_IMAGES = 20
+TEST_IDS = [str(800000 + i) for i in range(6, N_IMAGES)]          # 14 test images, 6 train
+CATEGORIES = {"animal": TEST_IDS[:5], "landscape": TEST_IDS[5:9]}  # the other 5 have no category
+EXIF_ID = str(800000 + 7)                                          # stored sideways, EXIF orientation 6
+TAG_NAMES = {1: "Abstract", 2: "Nature", 3: "Portraiture"}
+
+
+# ----------------------------------------------------------------------------- fixture builders
+
+def _votes(rng: np.random.Generator, peak: int) -> list[int]:
+    votes = rng.integers(0, 4, 10)
+    votes[peak] += 12
+    votes[max(0, peak - 1)] += 4
+    return [int(v) for v in votes]
+
+
+def write_ava(root: Path, seed: int = 0) -> dict:
+    """An AVA folder of N_IMAGES noisy colour photos whose votes follow their redness."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "aesthetics_image_lists").mkdir()
+    sizes = [(96, 64), (64, 96), (120, 60), (80, 80), (100, 72)]
+    lines = []
+    for i in range(N_IMAGES):
+        image_id = str(800000 + i)
+        width, height = sizes[i % len(sizes)]
+        red = i % 4
+        pixels = rng.integers(0, 90, (height, width, 3), dtype=np.uint8)
+        pixels[..., 0] += np.uint8(40 * red)
+        pixels[..., 2] += np.uint8(40 * (3 - red))
+        # a bright blob so attention has a place to look
+        cy, cx = rng.integers(height // 4, 3 * height // 4), rng.integers(width // 4, 3 * width // 4)
+        pixels[max(0, cy - 8):cy + 8, max(0, cx - 8):cx + 8] = 240
+        path = root / "images" / f"{image_id}.jpg"
+        if image_id == EXIF_ID:
+            exif = Image.Exif()
+            exif[0x0112] = 6   # stored rotated; viewers turn it 90 degrees clockwise
+            Image.fromarray(np.rot90(pixels, 1).copy()).save(path, "JPEG", quality=92, exif=exif)
+        else:
+            Image.fromarray(pixels).save(path, "JPEG", quality=92)
+        tags = (1 + i % 3, 0 if i % 2 else 1 + (i + 1) % 3)
+        votes = _votes(rng, 2 + 2 * red + int(rng.integers(0, 2)))
+        lines.append(f"{i + 1} {image_id} {' '.join(map(str, votes))} {tags[0]} {tags[1]} {100 + i}")
+    (root / "AVA.txt").write_text("\n".join(lines) + "\n")
+    (root / "tags.txt").write_text("".join(f"{k} {v}\n" for k, v in TAG_NAMES.items()))
+    lists = root / "aesthetics_image_lists"
+    (lists / "generic_test.jpgl").write_text("\n".join(TEST_IDS) + "\n")
+    for name, ids in CATEGORIES.items():
+        (lists / f"{name}_test.jpgl").write_text("\n".join(ids) + "\n")
+    return {"root": root}
+
+
+def save_stage1(path: Path, seed: int = 0) -> Path:
+    from gpf.model.checkpoint import save_checkpoint, stage1_payload
+    from gpf.model.gpf import PeripheralNet
+
+    torch.manual_seed(seed)
+    save_checkpoint(path, stage1_payload(PeripheralNet("tiny"), view_size=VIEW, threshold=5.0, scores=SCORES))
+    return path
+
+
+def make_stage2(path: Path, stage1: Path, variant: str = "gpf", *, eb_layer: str, num_classes: int = 10,
+                view_size: int = VIEW, tau: float = 0.7, seed: int = 1, sharpen: float = 30.0) -> Path:
+    """A stage-2 checkpoint with random weights; the classifier is scaled up so that the
+    predicted distribution is peaked and depends clearly on the input."""
+    from gpf.model.checkpoint import attention_block, load_checkpoint, save_checkpoint, stage2_payload
+    from gpf.model.gpf import GPFNet
+
+    torch.manual_seed(seed)
+    model = GPFNet("tiny", variant, num_classes=num_classes, branch_width=16, fusion_width=32)
+    with torch.no_grad():
+        model.classifier.weight.mul_(sharpen)
+    block = attention_block(load_checkpoint(stage1, expect="stage1"), tau=tau, eb_layer=eb_layer,
+                            contrastive=False, view_size=view_size)
+    save_checkpoint(path, stage2_payload(model, block, view_size=view_size, threshold=5.0,
+                                         scores=[float(s) for s in range(1, num_classes + 1)]))
+    return path
+
+
+def build_eval_data(tmp_path_factory) -> dict:
+    """Build (once per session, shared by the three test files) the AVA folder, shards and checkpoints."""
+    from gpf.pipeline.preprocess import PreprocessConfig, run_preprocess
+
+    base = tmp_path_factory.getbasetemp() / "gpf_eval_data"
+    data = {"base": base, "ava": base / "ava", "stage1": base / "stage1.pt", "shards": base / "shards",
+            "gpf": base / "gpf.pt", "random": base / "random.pt", "single": base / "single.pt"}
+    if (base / "done").exists():
+        return data
+    base.mkdir()
+    write_ava(data["ava"])
+    save_stage1(data["stage1"])
+    run_preprocess(PreprocessConfig(dataset="ava", root=str(data["ava"]), out=str(data["shards"]),
+                                    stage1=str(data["stage1"]), view_size=VIEW, samples_per_shard=4,
+                                    random_crops=2, workers=2, batch_size=8, progress=False))
+    eb_layer = json.loads((data["shards"] / "manifest.json").read_text())["eb_layer"]
+    for variant in ("gpf", "random", "single"):
+        make_stage2(data[variant], data["stage1"], variant, eb_layer=eb_layer)
+    (base / "done").write_text("ok")
+    return data
+
+
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory):
+    return build_eval_data(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def gpf_result(eval_data):
+    from gpf.pipeline.evaluation import evaluate_checkpoint
+
+    return evaluate_checkpoint(eval_data["gpf"], eval_data["shards"], "test", batch_size=5, workers=0,
+                               device="cpu", by_category=True)
+
+
+# ----------------------------------------------------------------------------- the reference
+
+def _uint8(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+
+
+def reference_predictions(shard_dir: Path, checkpoint: Path, split: str = "test") -> dict:
+    """id -> (predicted distribution, true distribution), one image at a time from the raw tars."""
+    from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    out = {}
+    for tar in sorted(shard_dir.glob(f"{split}-*.tar")):
+        samples: dict = defaultdict(dict)
+        with tarfile.open(tar) as archive:
+            for member in archive.getmembers():
+                key, _, name = member.name.partition(".")
+                samples[key][name] = archive.extractfile(member).read()
+        for sample in samples.values():
+            meta = json.loads(sample["json"])
+            with torch.no_grad():
+                periph = model.normalize(_uint8(sample["periph.jpg"])[None])
+                if model.variant == "single":
+                    probs = torch.softmax(model(periph), 1)
+                elif model.variant == "random":
+                    crops = sorted(k for k in sample if k.startswith("rand"))
+                    assert len(crops) == 2
+                    probs = sum(torch.softmax(model(periph, model.normalize(_uint8(sample[k])[None])), 1)
+                                for k in crops) / len(crops)
+                else:
+                    probs = torch.softmax(model(periph, model.normalize(_uint8(sample["fovea.jpg"])[None])), 1)
+            votes = np.asarray(meta["votes"], float)
+            out[meta["id"]] = (probs[0].double().numpy(), votes / votes.sum())
+    return out
+
+
+def _reference_metrics(reference: dict, ids) -> dict:
+    from gpf.model.metrics import evaluate
+
+    pred = np.stack([reference[i][0] for i in ids])
+    true = np.stack([reference[i][1] for i in ids])
+    return evaluate(pred, true, 5.0, SCORES)
+
+
+# ----------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("variant", ["gpf", "random", "single"])
+def test_metrics_equal_the_reference_computed_image_by_image(eval_data, gpf_result, variant):
+    from gpf.pipeline.evaluation import evaluate_checkpoint
+
+    result = gpf_result if variant == "gpf" else evaluate_checkpoint(
+        eval_data[variant], eval_data["shards"], "test", batch_size=3, workers=0, device="cpu")
+    reference = reference_predictions(eval_data["shards"], eval_data[variant])
+    assert sorted(result.ids) == sorted(TEST_IDS)            # every test image exactly once
+    expected = _reference_metrics(reference, sorted(reference))
+    for key in ("accuracy", "srcc", "lcc", "mae", "rmse", "emd"):
+        assert result.metrics[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+    for row, image_id in enumerate(result.ids):
+        np.testing.assert_allclose(result.pred_dist[row], reference[image_id][0], atol=1e-5)
+        np.testing.assert_allclose(result.true_dist[row], reference[image_id][1], atol=1e-12)
+    # the model is input-dependent, so matching the reference is not a coincidence of constants
+    assert np.ptp(result.pred_mean) > 0.2
+
+
+def test_by_category_is_table_iv_on_the_category_lists(eval_data, gpf_result):
+    reference = reference_predictions(eval_data["shards"], eval_data["gpf"])
+    assert gpf_result.group_kind == "category"
+    assert [g.name for g in gpf_result.groups] == sorted(CATEGORIES)
+    for group in gpf_result.groups:
+        ids = CATEGORIES[group.name]
+        assert group.n == len(ids)
+        expected = _reference_metrics(reference, ids)
+        for key in ("mae", "rmse", "emd", "accuracy", "lcc"):
+            assert group.metrics[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6)
+    assert gpf_result.ungrouped == len(TEST_IDS) - sum(map(len, CATEGORIES.values()))
+
+
+def test_groups_fall_back_to_semantic_tags_when_no_category_is_recorded():
+    from gpf.model.metrics import evaluate
+    from gpf.pipeline.evaluation import group_results
+
+    rng = np.random.default_rng(3)
+    pred = rng.dirichlet(np.ones(10), size=6)
+    true = rng.dirichlet(np.ones(10), size=6)
+    ids = [f"i{k}" for k in range(6)]
+    labels = {"i0": (None, ("Nature",)), "i1": (None, ("Nature", "Abstract")), "i2": (None, ("Abstract",)),
+              "i3": (None, ()), "i4": (None, ("Nature",)), "i5": (None, ("Abstract", "Abstract"))}
+    kind, groups, ungrouped = group_results(ids, pred, true, labels, 5.0, SCORES)
+    assert kind == "tag" and ungrouped == 1
+    by_name = {g.name: g for g in groups}
+    assert {k: g.n for k, g in by_name.items()} == {"Abstract": 3, "Nature": 3}
+    assert by_name["Nature"].metrics["emd"] == pytest.approx(evaluate(pred[[0, 1, 4]], true[[0, 1, 4]], 5.0)["emd"])
+
+
+def test_cli_json_table_and_plots(eval_data, tmp_path):
+    from gpf.cli.evaluate import evaluate
+
+    out, plots = tmp_path / "metrics.json", tmp_path / "plots"
+    run = CliRunner().invoke(evaluate, ["--checkpoint", str(eval_data["gpf"]), "--shards", str(eval_data["shards"]),
+                                        "--by-category", "--json", str(out), "--plots", str(plots),
+                                        "--workers", "0", "--device", "cpu", "--quiet", "--batch-size", "4"])
+    assert run.exit_code == 0, run.output
+    assert "accuracy %" in run.stdout and "SRCC" in run.stdout and "animal" in run.stdout
+    report = json.loads(out.read_text())
+    assert {"accuracy", "srcc", "lcc", "mae", "rmse", "emd", "n", "split", "checkpoint"} <= set(report)
+    assert report["n"] == len(TEST_IDS) and report["split"] == "test"
+    reference = reference_predictions(eval_data["shards"], eval_data["gpf"])
+    assert report["srcc"] == pytest.approx(_reference_metrics(reference, sorted(reference))["srcc"], rel=1e-5)
+    groups = report["by_category"]["groups"]
+    assert report["by_category"]["kind"] == "category" and groups["animal"]["n"] == 5
+    # the accuracy column of the table is a percentage of the JSON's fraction
+    assert f"{100 * report['accuracy']:.2f}" in run.stdout
+    pngs = sorted(plots.glob("*.png"))
+    assert [p.name for p in pngs] == ["distributions.png", "emd_hist.png", "mean_scatter.png"]
+    for png in pngs:
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.width > 100 and im.height > 100
+
+
+def test_best_and_worst_panels_are_the_extremes_of_emd():
+    from gpf.pipeline.plots import best_and_worst
+
+    best, worst = best_and_worst(np.array([0.3, 0.1, 0.5, 0.2, 0.4]), 2)
+    assert best.tolist() == [1, 3] and worst.tolist() == [2, 4]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"num_classes": 7}, ["N = 7", "N = 10"]),
+    ({"view_size": 96}, ["96", "--view-size 64"]),
+])
+def test_checkpoint_that_does_not_fit_the_shards_is_refused(eval_data, tmp_path, change, words):
+    from gpf.pipeline.evaluation import EvaluationError, evaluate_checkpoint
+
+    manifest = json.loads((eval_data["shards"] / "manifest.json").read_text())
+    ckpt = make_stage2(tmp_path / "other.pt", eval_data["stage1"], eb_layer=manifest["eb_layer"], **change)
+    with pytest.raises(EvaluationError) as info:
+        evaluate_checkpoint(ckpt, eval_data["shards"], workers=0, device="cpu")
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_other_attention_model_is_refused_unless_allowed(eval_data, tmp_path):
+    from gpf.cli.evaluate import evaluate
+    from gpf.pipeline.evaluation import evaluate_checkpoint
+
+    manifest = json.loads((eval_data["shards"] / "manifest.json").read_text())
+    other_stage1 = save_stage1(tmp_path / "other-stage1.pt", seed=5)
+    ckpt = make_stage2(tmp_path / "other.pt", other_stage1, eb_layer=manifest["eb_layer"])
+    args = ["--checkpoint", str(ckpt), "--shards", str(eval_data["shards"]), "--workers", "0",
+            "--device", "cpu", "--quiet"]
+    refused = CliRunner().invoke(evaluate, args)
+    assert refused.exit_code == 1
+    assert "did not make the crops" in refused.output and "--allow-attention-mismatch" in refused.output
+    assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
+
+    result = evaluate_checkpoint(ckpt, eval_data["shards"], workers=0, device="cpu",
+                                 allow_attention_mismatch=True)
+    assert result.n == len(TEST_IDS) and any("stage-1 digest" in w for w in result.warnings)
+
+
+def test_stage1_checkpoint_and_missing_split_are_one_line_errors(eval_data):
+    from gpf.cli.evaluate import evaluate
+
+    base = ["--shards", str(eval_data["shards"]), "--workers", "0", "--device", "cpu", "--quiet"]
+    stage1 = CliRunner().invoke(evaluate, ["--checkpoint", str(eval_data["stage1"]), *base])
+    assert stage1.exit_code == 1 and "stage-1" in stage1.output and "Traceback" not in stage1.output
+    no_val = CliRunner().invoke(evaluate, ["--checkpoint", str(eval_data["gpf"]), "--split", "val", *base])
+    assert no_val.exit_code == 1 and "'val'" in no_val.output and "Traceback" not in no_val.output
