@@ -307,3 +307,20 @@ def test_stage1_checkpoint_and_missing_split_are_one_line_errors(eval_data):
     assert stage1.exit_code == 1 and "stage-1" in stage1.output and "Traceback" not in stage1.output
     no_val = CliRunner().invoke(evaluate, ["--checkpoint", str(eval_data["gpf"]), "--split", "val", *base])
     assert no_val.exit_code == 1 and "'val'" in no_val.output and "Traceback" not in no_val.output
+
+
+def test_json_is_strict_when_a_group_of_one_image_has_no_correlation():
+    from gpf.model.metrics import evaluate
+    from gpf.pipeline.evaluation import EvaluationResult, group_results
+
+    pred = np.array([[0.1] * 10, [0.0] * 9 + [1.0]])
+    true = np.array([[0.0] * 9 + [1.0], [0.1] * 10])
+    labels = {"a": ("animal", ()), "b": ("floral", ())}
+    kind, groups, _ = group_results(["a", "b"], pred, true, labels, 5.0, SCORES)
+    result = EvaluationResult("ckpt.pt", "shards", "test", "gpf", "tiny", tuple(SCORES), 5.0,
+                              evaluate(pred, true, 5.0), ["a", "b"], pred, true, kind, groups)
+    report = json.loads(json.dumps(result.to_json(), allow_nan=False))
+    assert report["by_category"]["groups"]["animal"]["srcc"] is None            # one image: undefined
+    assert report["by_category"]["groups"]["animal"]["mae"] == pytest.approx(4.5)   # |5.5 - 10|
+    assert report["accuracy"] == 1.0                  # means 5.5 and 10 are both high
+    assert any("n/a" in line for line in result.table_lines())
