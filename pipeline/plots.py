@@ -181,9 +181,11 @@ def attention_figure(view, title: str, tau: float, panel_height: int = PANEL_HEI
     draw.rectangle(_scaled_box(view.attended.box, scale), outline=(0, 255, 120), width=3)
     fovea = view.fovea.resize((panel_height, panel_height), Image.Resampling.BICUBIC)
     x0, y0, x1, y1 = view.attended.box
+    fraction = view.attended.attn_fraction
+    held = ("map all zero: whole photo" if view.attended.zero or fraction is None
+            else f"box holds {100 * fraction:.1f}%")
     captions = [f"photo {image.width}x{image.height}",
-                f"EB attention, tau={tau:g} box holds {100 * view.attended.attn_fraction:.1f}%"
-                + (" (map all zero)" if view.attended.zero else ""),
+                f"EB attention, tau={tau:g} {held}",
                 f"foveal view {view.fovea.width}x{view.fovea.height} of box ({x0},{y0})-({x1},{y1})"]
     panels = [shown, overlay, fovea]
     gap, title_h, caption_h = 12, 34, 24

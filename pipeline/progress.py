@@ -26,6 +26,7 @@ class Progress:
         self._start = time.perf_counter()
         self._last = 0.0
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_line: str | None = None
 
     def update(self, n: int = 1, failed: int = 0, **extra) -> None:
         self.done += n
@@ -49,12 +50,14 @@ class Progress:
         return "  ".join(parts)
 
     def _emit(self) -> None:
-        if not self.enabled:
+        line = self._line()
+        if not self.enabled or (line == self._last_line and not self._tty):
             return
+        self._last_line = line
         if self._tty:
-            self.stream.write("\r" + self._line() + "\x1b[K")
+            self.stream.write("\r" + line + "\x1b[K")
         else:
-            self.stream.write(self._line() + "\n")
+            self.stream.write(line + "\n")
         self.stream.flush()
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ with test_predict.py and test_attention_cli.py (`eval_data`).
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import tarfile
@@ -144,6 +145,7 @@ def _uint8(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
 
 
+@functools.lru_cache(maxsize=None)
 def reference_predictions(shard_dir: Path, checkpoint: Path, split: str = "test") -> dict:
     """id -> (predicted distribution, true distribution), one image at a time from the raw tars."""
     from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint
