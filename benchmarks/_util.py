@@ -43,3 +43,20 @@ def machine_line() -> str:
         pass
     import os
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def stats_of(values) -> dict:
+    """``time_repeats``-style summary (median, min, max, n) of already measured ``values``."""
+    values = list(values)
+    if not values:
+        raise ValueError("stats_of needs at least one value")
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages: on a shared machine they explain slow absolute figures."""
+    import os
+    try:
+        return ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    except (AttributeError, OSError):
+        return "unknown"

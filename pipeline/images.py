@@ -186,6 +186,27 @@ def decode_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_P
     return Decoded(rgb, original_size, im.format)
 
 
+def upright_rgb(image, label: str = "<PIL image>", max_pixels: int | None = None):
+    """A PIL image as ``load_image`` would have decoded it: EXIF orientation applied, 8-bit RGB.
+
+    Raises :class:`~gpf.pipeline.ImageError` for an image over ``max_pixels``
+    or one whose (lazily loaded) pixel data does not decode.
+    """
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(label, "too_large", f"{width}x{height} = {width * height} pixels is over "
+                                                    f"the limit of {max_pixels} (possible decompression bomb)")
+    try:
+        image.load()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for damaged data
+        raise _decode_failure(label, exc) from exc
+    orientation = _exif_orientation(image)
+    rgb = _to_rgb(label, image)
+    if orientation in _UPRIGHT:
+        rgb = rgb.transpose(_UPRIGHT[orientation])
+    return rgb
+
+
 def decode_jpeg_to_uint8(data: bytes) -> np.ndarray:
     """Decode JPEG bytes (e.g. a shard member) to an ``[H, W, 3]`` uint8 RGB array.
 

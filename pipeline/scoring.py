@@ -115,32 +115,9 @@ def image_id_of(source, index: int = 0) -> str:
     return Path(filename).stem if filename else f"image{index}"
 
 
-def upright_rgb(image, label: str = "<PIL image>", max_pixels: int | None = None):
-    """A PIL image as ``load_image`` would have decoded it: EXIF orientation applied, 8-bit RGB.
-
-    Raises :class:`~gpf.pipeline.images.ImageError` for an image over ``max_pixels``
-    or one whose (lazily loaded) pixel data does not decode.
-    """
-    from gpf.pipeline import images
-
-    width, height = image.size
-    if max_pixels is not None and width * height > max_pixels:
-        raise images.ImageError(label, "too_large", f"{width}x{height} = {width * height} pixels is over "
-                                                    f"the limit of {max_pixels} (possible decompression bomb)")
-    try:
-        image.load()
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... for damaged data
-        raise images._decode_failure(label, exc) from exc
-    orientation = images._exif_orientation(image)
-    rgb = images._to_rgb(label, image)
-    if orientation in images._UPRIGHT:
-        rgb = rgb.transpose(images._UPRIGHT[orientation])
-    return rgb
-
-
 def load_source(source, max_pixels: int | None):
     """``(upright RGB image, path or None)`` of a path or a PIL image; raises ImageError."""
-    from gpf.pipeline.images import load_image
+    from gpf.pipeline.images import load_image, upright_rgb
 
     if isinstance(source, (str, os.PathLike)):
         return load_image(source, max_pixels=max_pixels), str(source)
