@@ -83,7 +83,9 @@ def _make_command(kind: str, root_help: str):
     @preprocess.command(name=kind, help=f"Preprocess a {kind} dataset. ROOT: {root_help}")
     @click.argument("root", type=click.Path(exists=True))
     @_preprocess_options
-    @friendly_errors()
+    # LabelError, CheckpointError, an unknown backbone ... are ValueErrors whose
+    # messages name the input and the fix (as in `gpf train`).
+    @friendly_errors(ValueError)
     def command(root, **kw):
         _run(kind, root, **kw)
     return command

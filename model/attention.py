@@ -570,7 +570,6 @@ def supported_module_names() -> list[str]:
     return sorted(f"{kind.__module__}.{kind.__qualname__}" for kind in _step_rules())
 
 
-
 # --------------------------------------------------------------------------- #
 # The model as a chain of steps: features children, then head children.
 # --------------------------------------------------------------------------- #
@@ -610,23 +609,25 @@ def _append_steps(steps: list[_Step], container: nn.Sequential, prefix: str,
                   rules: dict, in_features: bool) -> None:
     """Flatten nested Sequentials; fold a BatchNorm2d into the Conv2d right before it."""
     first = len(steps)
+    previous: _Step | None = None  # the step made of this container's previous child
     for name, module in container.named_children():
         path = f"{prefix}.{name}"
         if type(module) is nn.Sequential:
             _append_steps(steps, module, path, rules, in_features)
+            previous = None
             continue
         if type(module) not in rules:
             raise NotImplementedError(
                 f"Excitation Backprop has no rule for module {path!r} of type "
                 f"{_type_name(module)}; supported: {', '.join(supported_module_names())}")
-        previous = steps[-1] if len(steps) > first else None
         if (type(module) is nn.BatchNorm2d and previous is not None
                 and len(previous.modules) == 1 and type(previous.modules[0]) is nn.Conv2d):
             previous.modules += (module,)  # the conv's output is read as the bn's
             previous.paths += (path,)
             previous.names.append(path)
             continue
-        steps.append(_Step((module,), (path,), rules[type(module)], in_features, [path]))
+        previous = _Step((module,), (path,), rules[type(module)], in_features, [path])
+        steps.append(previous)
     if len(steps) > first and in_features:
         steps[-1].names.append(prefix)
 

@@ -98,6 +98,7 @@ class Summary:
     total_shards: int
     zero_attention: int
     out: Path
+    notes: list[str] = field(default_factory=list)   # the dataset's notes (absent test-list ids, ...)
 
     @property
     def total(self) -> int:
@@ -115,7 +116,7 @@ class Summary:
             f"{self.total_shards} in this run's share",
             f"all-zero attention maps (whole image used): {self.zero_attention}",
             f"output: {self.out}",
-        ]
+        ] + [f"note: {note}" for note in self.notes]
 
 
 @dataclass
@@ -509,7 +510,7 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
 
     _maybe_write_manifest(out, jobs, cfg, environment, att, dataset)
     return Summary(counts=counts, written_shards=written, skipped_shards=skipped,
-                   total_shards=len(mine), zero_attention=zero, out=out)
+                   total_shards=len(mine), zero_attention=zero, out=out, notes=list(dataset.notes))
 
 
 def _process_shard(job: _ShardJob, worker: _Worker, att: AttentionModel, cfg: PreprocessConfig,
