@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
+from gpf.errors import GPFError
 
 FORMAT_VERSION = 1
 FORMATS = {"stage1": "gpf-stage1", "stage2": "gpf-stage2"}
@@ -40,7 +41,7 @@ _PLAIN_SEQUENCES = (list, tuple, torch.Size)
 _TENSORS = (torch.Tensor, nn.Parameter)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GPFError, ValueError):
     """A checkpoint that cannot be written, read or used (message names the file and the fix)."""
 
 
@@ -165,6 +166,23 @@ def _short_reason(text: str) -> str:
 
 def _kind(fmt: str) -> str:
     return {v: k for k, v in FORMATS.items()}[fmt]
+
+
+def resolve_checkpoint_path(path: str | os.PathLike, prefer: str = "best") -> Path:
+    """A checkpoint file, or a run folder's ``best.pt`` (``prefer='best'``) else ``last.pt`` (or the reverse)."""
+    if prefer not in ("best", "last"):
+        raise ValueError(f"prefer must be 'best' or 'last', got {prefer!r}")
+    path = Path(path)
+    if path.is_dir():
+        order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+        for name in order:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path} is a folder without {' or '.join(order)}; pass a checkpoint file "
+                              "or a run folder made by `gpf train`")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    return path
 
 
 def load_checkpoint(path: str | os.PathLike, expect: str | None = None, map_location="cpu") -> dict:

@@ -26,6 +26,7 @@ from typing import Mapping
 
 import torch
 from torch import nn
+from gpf.errors import GPFError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ _LIST_LIMIT = 8
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
 
-class WeightsError(ValueError):
+class WeightsError(GPFError, ValueError):
     """Weights that cannot be found, read, or fitted to the model (message says which and why)."""
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from gpf.errors import GPFError
+from gpf.model.checkpoint import resolve_checkpoint_path  # noqa: F401  (re-exported)
 
 
 class AttentionModelError(GPFError):
@@ -82,20 +83,6 @@ def check_layer(model, layer: str) -> None:
             f"EB layer {layer!r} is not a module of the attention model"
             + (f"; close matches: {', '.join(close)}" if close else "")
             + f". Layers: {', '.join(n for n in names if n.count('.') <= 1)}")
-
-
-def resolve_checkpoint_path(path, names: Sequence[str] = ("best.pt", "last.pt")) -> Path:
-    """A checkpoint file, or the best (else last) checkpoint of a run folder."""
-    path = Path(path)
-    if path.is_dir():
-        for name in names:
-            if (path / name).is_file():
-                return path / name
-        raise AttentionModelError(f"{path} is a folder without {' or '.join(names)}; pass a checkpoint "
-                                  "file or a run folder made by `gpf train`")
-    if not path.exists():
-        raise AttentionModelError(f"{path}: no such checkpoint file or run folder")
-    return path
 
 
 @dataclass

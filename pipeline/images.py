@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from gpf.errors import GPFError
 from gpf.model.geometry import peripheral_size
 
 #: Largest accepted width x height, checked on the header before any pixel is
@@ -92,7 +93,7 @@ _SIGNATURES = (
 )
 
 
-class ImageError(Exception):
+class ImageError(GPFError):
     """An image file that cannot be used: ``.path``, ``.status`` (one of
     :data:`STATUSES`) and ``.reason``; ``str()`` is ``"PATH: reason (what to do)"``."""
 

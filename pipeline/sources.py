@@ -34,6 +34,7 @@ import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from gpf.errors import GPFError
 
 __all__ = [
     "Record", "Problem", "Dataset", "LabelError", "open_dataset",
@@ -84,7 +85,7 @@ _FIX_ROW = "fix or delete this row"
 
 # --------------------------------------------------------------------------- types
 
-class LabelError(ValueError):
+class LabelError(GPFError, ValueError):
     """A label row (or a whole label file) that cannot be used.
 
     ``str(err)`` names the file, the 1-based line and what is wrong; the same text

@@ -15,6 +15,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from gpf.errors import GPFError
 from gpf.shards.layout import (MANIFEST_NAME, STATS_SUFFIX, TEMP_PREFIX, parse_shard_name,
                                parquet_relpath, tar_filename)
 from gpf.shards.writer import atomic_write_bytes, dump_json, read_stats
@@ -23,7 +24,7 @@ MANIFEST_FORMAT = 1
 _RUN_FIELDS = ("dataset", "scores", "threshold", "view_size", "tau", "eb_layer", "stage1_digest")
 
 
-class ManifestError(ValueError):
+class ManifestError(GPFError, ValueError):
     """``manifest.json`` is missing, unreadable or not a gpf manifest."""
 
 

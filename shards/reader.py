@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from gpf.errors import GPFError
 from gpf.shards.layout import (ATTN, FEATURES, FOVEA, JSON, PERIPH, jpeg_size, rand_index,
                                split_member_name)
 from gpf.shards.manifest import read_manifest
@@ -167,7 +168,7 @@ def eval_batch_count(plan: WorkerPlan, batch_size: int, by_periph: bool) -> int:
 
 
 # ---------------------------------------------------------------- reading tars
-class TarFormatError(ValueError):
+class TarFormatError(GPFError, ValueError):
     """A tar header is corrupt or the file ends inside a member."""
 
 

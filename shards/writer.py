@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gpf.errors import GPFError
 from gpf.shards.layout import (ATTN, FEATURES, JSON, PARQUET_COLUMNS, PARQUET_SCHEMA, PERIPH,
                                REQUIRED_MEMBERS, STATUS_OK, is_contract_member, is_safe_key,
                                jpeg_size, member_order, parquet_relpath, rand_index, safe_key,
@@ -413,7 +414,7 @@ def write_shard(out_dir: str | os.PathLike, split: str, index: int,
 
 
 # ---------------------------------------------------------------- done markers
-class StatsError(ValueError):
+class StatsError(GPFError, ValueError):
     """A stats file is missing or unreadable."""
 
 

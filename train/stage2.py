@@ -167,18 +167,10 @@ def check_checkpoint_fits_shards(model_config: Mapping, facts: ShardFacts, sourc
 # ----------------------------------------------------------------------------- attention + peripheral
 
 def resolve_checkpoint_file(path: str | os.PathLike, prefer: str = "best") -> Path:
-    """A checkpoint file, or a run folder's ``best.pt`` (``prefer='best'``) / ``last.pt``."""
-    path = Path(path)
-    if path.is_dir():
-        order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
-        for name in order:
-            if (path / name).is_file():
-                return path / name
-        raise Stage2Error(f"{path} holds no checkpoint ({' or '.join(order)}); pass a run folder of "
-                          "`gpf train` or a checkpoint file")
-    if not path.is_file():
-        raise Stage2Error(f"checkpoint {path} does not exist")
-    return path
+    """A checkpoint file, or a run folder's ``best.pt`` / ``last.pt`` (see ``model.checkpoint``)."""
+    from gpf.model.checkpoint import resolve_checkpoint_path
+
+    return resolve_checkpoint_path(path, prefer)
 
 
 @dataclass
