@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from gpf.errors import GPFError
+from gpf.fsutil import atomic_write
 
 FORMAT_VERSION = 1
 FORMATS = {"stage1": "gpf-stage1", "stage2": "gpf-stage2"}
@@ -97,19 +97,6 @@ def default_meta(**extra: Any) -> dict:
 
 # ----------------------------------------------------------------------------- files
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> Path:
     """Write ``payload`` atomically: temp file in the same folder, fsync, ``os.replace``.
 
@@ -124,18 +111,7 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> Path:
     check_plain(payload)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(payload), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    atomic_write(path, lambda handle: torch.save(dict(payload), handle))
     return path
 
 

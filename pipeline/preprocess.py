@@ -35,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from gpf.errors import GPFError
+from gpf.fsutil import atomic_write_bytes
 from gpf.pipeline.crops import AttentionModel, attend_views, resolve_checkpoint_path
 from gpf.pipeline.progress import Progress
 
@@ -430,7 +431,7 @@ def _prepare_out_dir(cfg: PreprocessConfig, environment: dict, out: Path) -> Non
             return
     if cfg.overwrite:
         _remove_outputs(out)
-    _atomic_write_text(run_file, json.dumps(current, sort_keys=True, indent=1))
+    atomic_write_bytes(run_file, json.dumps(current, sort_keys=True, indent=1).encode())
 
 
 def _diff_lines(old: dict, new: dict) -> list[str]:
@@ -444,15 +445,6 @@ def _remove_outputs(out: Path) -> None:
             path.unlink()
     if (out / "meta").exists():
         shutil.rmtree(out / "meta")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def run_preprocess(cfg: PreprocessConfig) -> Summary:

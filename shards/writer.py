@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpf.errors import GPFError
+from gpf.fsutil import atomic_write_bytes as _atomic_write_bytes, fsync_dir
 from gpf.shards.layout import (ATTN, FEATURES, JSON, PARQUET_COLUMNS, PARQUET_SCHEMA, PERIPH,
                                REQUIRED_MEMBERS, STATUS_OK, is_contract_member, is_safe_key,
                                jpeg_size, member_order, parquet_relpath, rand_index, safe_key,
@@ -39,30 +40,9 @@ _COPY_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------- small file helpers
-def fsync_dir(folder: Path) -> None:
-    """Persist a rename inside ``folder`` (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temp file next to ``path``, fsync, rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(temp_name(path.name))
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Write ``data`` atomically under a temp name that a rerun recognises and cleans."""
+    _atomic_write_bytes(path, data, temp_name(Path(path).name))
 
 
 def file_sha256(path: Path) -> str:
