@@ -5,7 +5,7 @@ does not import torch.
 """
 from __future__ import annotations
 
-import importlib
+from gpf._lazy import lazy_exports
 
 _EXPORTS = {
     # backbones
@@ -23,21 +23,14 @@ _EXPORTS = {
     "state_dict_digest": "checkpoint", "stage1_payload": "checkpoint", "stage2_payload": "checkpoint",
     "attention_block": "checkpoint", "model_from_checkpoint": "checkpoint",
     "attention_model_from_checkpoint": "checkpoint",
+    # attention, crop search, loss, metrics
+    "excitation_backprop": "attention", "upsample_map": "attention", "eb_layer_names": "attention",
+    "best_box": "crop", "best_boxes": "crop", "map_box_to_image": "crop", "box_fraction": "crop",
+    "emd_loss": "losses", "evaluate": "metrics", "mean_score": "metrics", "std_score": "metrics",
     # geometry
     "peripheral_size": "geometry",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gpf.model' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"gpf.model.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

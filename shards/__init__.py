@@ -6,7 +6,7 @@ is cheap and has no side effects. See ``docs/shards.md``.
 """
 from __future__ import annotations
 
-import importlib
+from gpf._lazy import lazy_exports
 
 _EXPORTS = {
     "shard_name": "layout", "safe_key": "layout", "assign_shards": "layout",
@@ -21,14 +21,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'gpf.shards' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"gpf.shards.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

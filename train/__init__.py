@@ -8,7 +8,7 @@ See docs/training.md.
 """
 from __future__ import annotations
 
-import importlib
+from gpf._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "config", "Stage1Config": "config", "Stage2Config": "config", "ConfigError": "config",
@@ -21,15 +21,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gpf.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"gpf.train.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
