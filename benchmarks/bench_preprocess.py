@@ -212,8 +212,8 @@ def section(times: dict, n: int, mean_kb: float, backbones, workers, batch_size:
         f"{rounds} interleaved rounds after a warm-up round; ratios are taken within each round.",
         "",
         "| attention network | workers (threads) | whole preprocess (img/s) | vs bare decode "
-        "| vs 1 worker | attention step alone (img/s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| vs {workers[0]} worker(s) | attention step alone (img/s) | whole vs attention alone |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for backbone in backbones:
         att = times[f"attention:{backbone}"]
@@ -222,14 +222,19 @@ def section(times: dict, n: int, mean_kb: float, backbones, workers, batch_size:
             t = times[f"preprocess:{backbone}:{w}"]
             vs_decode = stats_of(d / p for d, p in zip(decode, t))
             vs_one = stats_of(o / p for o, p in zip(one, t))
+            vs_att = stats_of(a / p for a, p in zip(att, t))
             lines.append(f"| {backbone} | {w} | {fmt_range(rate_stats(stats_of(t), n), digits=1)} "
                          f"| {fmt_range(vs_decode, 100, digits=1)} % | {fmt_range(vs_one)}× "
-                         f"| {fmt_range(rate_stats(stats_of(att), n), digits=1)} |")
+                         f"| {fmt_range(rate_stats(stats_of(att), n), digits=1)} "
+                         f"| {fmt_range(vs_att, 100, digits=0)} % |")
     lines += ["", f"Baseline: PIL bare decode of the same files, one thread: "
                   f"{fmt_range(rate_stats(stats_of(decode), n), digits=0)} img/s.", "",
               "*Attention step alone* = `attend_views` (EB on the peripheral view + upsampling + "
-              "crop search) over the already decoded views: on CPU it bounds the whole pass; "
-              "the decode/encode threads overlap with it."]
+              "crop search) over the already decoded views, in the main thread as in the pass. When the "
+              "whole pass runs near that rate, the network is the bound: the decode/encode threads "
+              "overlap with it and more of them cannot help (here they also share the machine's cores "
+              "with it). On a GPU the bound moves to the CPU part (`bench_preprocess_cpu.py`, "
+              "`gpu_bench.py`)."]
     return "\n".join(lines) + "\n"
 
 

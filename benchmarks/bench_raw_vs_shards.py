@@ -40,7 +40,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import fmt_range, load_average, machine_line, rate_stats, stats_of  # noqa: E402
+from _util import fmt_range, load_average, machine_line, stats_of  # noqa: E402
 from bench_preprocess import VIEW, make_photo_dataset, preprocess_config, timed_preprocess  # noqa: E402
 
 DOC = REPO / "docs" / "bench" / "raw_vs_shards.md"
@@ -90,7 +90,7 @@ def shard_items(shard_dir: Path) -> tuple[list[dict], list[bytes]]:
         for sample in iter_samples(tar, lambda key, member: member in ("periph.jpg", "fovea.jpg")):
             row = by_key[sample["__key__"]]
             items.append({"path": row["path"], "box": (row["x0"], row["y0"], row["x1"], row["y1"]),
-                          "periph_size": jpeg_size(sample["periph.jpg"])[::-1], "votes": row["votes"]})
+                          "periph_size": jpeg_size(sample["periph.jpg"]), "votes": row["votes"]})
             blobs += [sample["periph.jpg"], sample["fovea.jpg"]]
     return items, blobs
 
@@ -167,7 +167,7 @@ def section(rates: dict, facts: dict, command: str) -> str:
         "",
         f"Originals: {facts['images']} photo-like JPEGs 640x480, quality 90, mean {facts['mean_kb']:.0f} KB. "
         f"Shards: `run_preprocess` at view {VIEW}, {facts['samples']} training samples in "
-        f"{facts['shards']} shards, periph {facts['periph']} + fovea {VIEW}x{VIEW}, mean member "
+        f"{facts['shards']} shards, periph {facts['periph']} (HxW) + fovea {VIEW}x{VIEW}, mean member "
         f"{facts['member_kb']:.1f} KB (quality 95). Batches of {facts['batch']} with both views as uint8 "
         f"tensors and the votes; one process (`num_workers=0`: the work of one loader worker). "
         f"Median (min–max) over {len(members)} interleaved rounds after a warm-up round.",
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         items, blobs = shard_items(shard_dir)
         from gpf.shards.layout import jpeg_size
 
-        shapes = sorted({"x".join(map(str, jpeg_size(blob))) for blob in blobs[0::2]})
+        shapes = sorted({"{1}x{0}".format(*jpeg_size(blob)) for blob in blobs[0::2]})  # H x W
         facts = {"images": args.images, "mean_kb": dataset.mean_kb, "samples": len(items),
                  "shards": len(list(shard_dir.glob("train-*.tar"))), "periph": ", ".join(shapes),
                  "member_kb": float(np.mean([len(b) for b in blobs])) / 1024, "batch": args.batch}

@@ -3,6 +3,7 @@
 # benchmarks/gpu_bench.py (its docstring lists what is measured).
 #
 #   bash benchmarks/gpu.sh [OUT_DIR] [gpu_bench.py options...]
+#   bash benchmarks/gpu.sh /tmp/dry --device cpu --tiny      # CPU dry run of the same paths
 #
 # OUT_DIR defaults to $OUT, else ./gpu_bench_out. Results (results.json,
 # results.md) are rewritten after every stage, so a run cut short keeps what it
@@ -19,8 +20,8 @@
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=${1:-${OUT:-$repo/gpu_bench_out}}
-[ $# -gt 0 ] && shift
+out=${OUT:-$repo/gpu_bench_out}
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then out=$1; shift; fi   # a first argument not an option
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 py=${PYTHON:-python3}
 log="$out/install.log"

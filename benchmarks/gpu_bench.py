@@ -77,11 +77,12 @@ class Sizes:
     skip_batches: int = 5       # per epoch, before the steady-state timer starts
     loader_batches: int = 40
     baseline_images: int = 1024  # decode / CPU-part / attention baselines
+    head: int | None = None     # branch and fusion FC widths (None: the paper's 2048 / 4096)
 
 
 TINY = Sizes(backbone="tiny", view=64, photo=(160, 120), images=48, unique=6, batch=4, per_shard=8,
              warmup_steps=1, steps=2, repeat=2, baseline_steps=1, baseline_repeat=1, fed_epochs=1,
-             skip_batches=1, loader_batches=3, baseline_images=8)
+             skip_batches=1, loader_batches=3, baseline_images=8, head=64)
 
 
 # ----------------------------------------------------------------------------- results
@@ -149,13 +150,16 @@ def elapsed(device: torch.device, fn) -> float:
 class StepRunner:
     """One stage-2 training step as ``Stage2Task.train_loss`` + ``Trainer._train_epoch`` do it."""
 
-    def __init__(self, backbone: str, device: torch.device, amp: bool, channels_last: bool):
+    def __init__(self, backbone: str, device: torch.device, amp: bool, channels_last: bool,
+                 head: int | None = None):
         from gpf.model.gpf import GPFNet
         from gpf.train.loop import resolve_amp
         from gpf.train.schedule import make_optimizer
 
         torch.manual_seed(0)
-        self.model = GPFNet(backbone, "gpf", NUM_CLASSES, weights="none").freeze_peripheral().to(device)
+        widths = {"branch_width": head, "fusion_width": head} if head else {}
+        self.model = GPFNet(backbone, "gpf", NUM_CLASSES, weights="none", **widths)
+        self.model.freeze_peripheral().to(device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.model.train()
@@ -211,6 +215,9 @@ class Bench:
         self.cores = os.cpu_count() or 1
         self.amp = args.amp if args.amp is not None else device.type == "cuda"
         self.pinned = "pinned memory, " if device.type == "cuda" else ""
+        self.dataset = None                      # set by the data stage
+        self.shards: Path | None = None          # set by the preprocess stage
+        self.step_rate: float | None = None      # set by the step stage
 
     @property
     def amp_label(self) -> str:
@@ -218,9 +225,6 @@ class Bench:
         from gpf.train.loop import resolve_amp
 
         return resolve_amp(self.amp, self.device).label
-        self.dataset = None
-        self.shards: Path | None = None
-        self.step_rate: float | None = None
 
     # 1
     def env(self) -> dict:
@@ -268,7 +272,7 @@ class Bench:
             previous, runner = torch.backends.cudnn.benchmark, None
             torch.backends.cudnn.benchmark = cudnn_benchmark
             try:
-                runner = StepRunner(s.backbone, device, amp, channels_last)
+                runner = StepRunner(s.backbone, device, amp, channels_last, s.head)
 
                 def run(n):
                     for _ in range(n):
@@ -286,9 +290,10 @@ class Bench:
         self.step_rate = main["median"]
         table = [["setting", "samples/s", "vs fp32 NCHW"]]
         table += [[label, rate_cell(r), f"{r['median'] / base:.2f}×"] for label, r in rates.items()]
-        notes = [f"`GPFNet({s.backbone!r}, 'gpf')`, peripheral frozen, batch {s.batch}, periph "
-                 f"{height}x{width} + fovea {s.view}x{s.view} uint8 already on the device, normalised in "
-                 f"the step; {s.warmup_steps} warm-up steps, then median (min–max) of blocks of timed steps."]
+        notes = [f"`GPFNet({s.backbone!r}, 'gpf')`, head widths {s.head or '2048/4096 (paper)'}, peripheral "
+                 f"frozen, batch {s.batch}, periph {height}x{width} + fovea {s.view}x{s.view} uint8 already on "
+                 f"the device, normalised in the step; {s.warmup_steps} warm-up steps, then median (min–max) "
+                 "of blocks of timed steps."]
         return {"rates": rates, "table": table, "notes": notes}
 
     # 3
@@ -307,7 +312,7 @@ class Bench:
         from gpf.model.gpf import PeripheralNet
 
         torch.manual_seed(0)
-        model = PeripheralNet(self.sizes.backbone, num_classes=2)
+        model = PeripheralNet(self.sizes.backbone, num_classes=2, weights="none")
         payload = stage1_payload(model, view_size=self.sizes.view, threshold=5.5,
                                  scores=[float(k) for k in range(1, NUM_CLASSES + 1)])
         payload["meta"] = {k: str(v) for k, v in payload["meta"].items()}
@@ -336,9 +341,9 @@ class Bench:
         table = [["path", "images/s", "vs whole preprocess"],
                  [f"whole `run_preprocess` ({self.cores} threads + {device.type})", rate_cell(whole), "1.00×"]]
         table += [[label, rate_cell(r), f"{r['median'] / whole['median']:.2f}×"] for label, r in base.items()]
-        notes = [f"{n} images {s.photo[0]}x{s.photo[1]} (stage-1 `PeripheralNet({s.backbone!r})`, random weights), view {s.view}, "
-                 f"batch {s.batch}, {s.per_shard} samples/shard, workers = one thread per core "
-                 f"({self.cores}); median (min–max) of {len(seconds)} run(s) after a warm-up run on "
+        notes = [f"{n} images {s.photo[0]}x{s.photo[1]} (stage-1 `PeripheralNet({s.backbone!r})`, random "
+                 f"weights), view {s.view}, batch {s.batch}, {s.per_shard} samples/shard, workers = one "
+                 f"thread per core ({self.cores}); median (min–max) of {len(seconds)} run(s) after a warm-up run on "
                  f"{2 * s.batch} images per split."]
         return {"whole": whole, "baselines": base, "table": table, "notes": notes}
 
@@ -398,7 +403,7 @@ class Bench:
 
         s, device = self.sizes, self.device
         workers = max(1, min(self.cores - 2, self._train_shards()))
-        runner = StepRunner(s.backbone, device, self.amp, channels_last=True)
+        runner = StepRunner(s.backbone, device, self.amp, channels_last=True, head=s.head)
         loader = self._loader(workers, s.batch)
         steady, waits, whole = [], [], []
         for epoch in range(s.fed_epochs + 1):         # epoch 0 warms up (cuDNN, allocator)
@@ -470,14 +475,15 @@ class Bench:
         workers = max(1, min(self.cores - 2, self._train_shards()))
         cfg = Stage2Config(out=str(self.scratch / "stage2"), shards=str(self.shards), backbone=s.backbone,
                            weights="none", variant="gpf", epochs=2, batch_size=s.batch, workers=workers,
-                           device=self.device.type, amp=self.amp, progress=False, tensorboard=False)
+                           device=self.device.type, amp=self.amp, progress=False, tensorboard=False,
+                           **({"branch_width": s.head, "fusion_width": s.head} if s.head else {}))
         result = train_stage2(cfg)
         rows = result.history
         table = [["epoch", "samples/s", "data-wait", "epoch seconds (incl. validation, checkpoint)"]]
         table += [[r["epoch"], f"{r['samples_per_s']:.0f}", f"{100 * r['data_wait']:.0f} %",
                    f"{r['epoch_s']:.1f}"] for r in rows]
         notes = [f"`train_stage2` gpf variant, {workers} workers, batch {s.batch}, AMP "
-                 f"{self.amp_label}, paper head widths (2048/4096)."]
+                 f"{self.amp_label}, head widths {s.head or '2048/4096 (paper)'}."]
         return {"history": rows, "table": table, "notes": notes}
 
 

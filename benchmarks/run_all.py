@@ -176,7 +176,7 @@ def summarise_train(text: str) -> list[SummaryRow]:
 class Benchmark:
     name: str                                  # its section is docs/bench/<name>.md
     title: str
-    script: str                                # under benchmarks/
+    script: str                                # under benchmarks/ (or an absolute path)
     full: tuple[str, ...] = ()
     quick: tuple[str, ...] = ("--quick",)
     summarise: Callable[[str], list[SummaryRow]] | None = None
@@ -277,8 +277,33 @@ def bench_args(bench: Benchmark, quick: bool, target: Path, pillow: Path | None)
     if bench.pillow and pillow is not None:
         args += ["--other-python", str(pillow)]
     if bench.takes_out:
-        args += ["--out", str(target)]
+        args += ["--out", shown(target)]            # relative to the repository, where it runs
     return args
+
+
+def run_child(argv: list[str], log: Path, timeout_s: float) -> int | None:
+    """Exit status of ``argv`` run in the repository with its output in ``log``; None when it
+    ran past ``timeout_s`` (then its whole process group, workers included, is killed)."""
+    with open(log, "w") as sink:
+        child = subprocess.Popen(argv, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            return None
+
+
+def collect_pinned_section(fixed: Path, target: Path, saved: bytes | None, fresh: bool) -> None:
+    """A script that always writes ``fixed`` wrote (or not) a new section there: copy it to
+    ``target`` and put back what ``fixed`` held before (the recorded full-run section)."""
+    if fresh:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(fixed, target)
+    if saved is not None:
+        fixed.write_bytes(saved)
+    elif fresh:
+        fixed.unlink()
 
 
 def run_one(bench: Benchmark, *, quick: bool, sections: Path, logs: Path, pillow: Path | None,
@@ -287,40 +312,28 @@ def run_one(bench: Benchmark, *, quick: bool, sections: Path, logs: Path, pillow
     target = sections / f"{bench.name}.md"
     if not bench.path.exists():
         return Outcome(bench, "missing", detail=f"{shown(bench.path)} does not exist (yet)")
+    sections.mkdir(parents=True, exist_ok=True)
     args = bench_args(bench, quick, target, pillow)
-    argv = [sys.executable, str(bench.path), *args]
-    command = " ".join([shown(sys.executable), shown(bench.path), *(shown(a) if "/" in a else a for a in args)])
+    command = " ".join([shown(sys.executable), shown(bench.path), *args])
     fixed = SECTIONS / f"{bench.name}.md"
-    redirect = not bench.takes_out and fixed.resolve() != target.resolve()
-    saved = fixed.read_bytes() if redirect and fixed.exists() else None
-    written_by_it = fixed if redirect else target
-    before = file_state(written_by_it)
+    pinned = not bench.takes_out and fixed.resolve() != target.resolve()
+    saved = fixed.read_bytes() if pinned and fixed.exists() else None
+    written = fixed if pinned else target
+    before = file_state(written)
     outcome = Outcome(bench, "ok", command=command, load_before=load_average())
     log = logs / f"{bench.name}.log"
     print(f"[run_all] {bench.name}: {command}", flush=True)
     start = time.perf_counter()
-    with open(log, "w") as sink:
-        child = subprocess.Popen(argv, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            outcome.returncode = child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)   # the script and the workers it started
-            child.wait()
-            outcome.status, outcome.detail = "timeout", f"stopped after {timeout_s:.0f} s"
-    outcome.seconds = time.perf_counter() - start
-    outcome.load_after = load_average()
-    fresh = file_state(written_by_it) not in (None, before)
-    if redirect:
-        if fresh:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(fixed, target)
-        if saved is not None:
-            fixed.write_bytes(saved)               # the recorded full-run section stays as it was
-        elif fresh:
-            fixed.unlink()
-    if outcome.status == "ok" and outcome.returncode != 0:
+    outcome.returncode = run_child([sys.executable, str(bench.path), *args], log, timeout_s)
+    outcome.seconds, outcome.load_after = time.perf_counter() - start, load_average()
+    fresh = file_state(written) not in (None, before)
+    if pinned:
+        collect_pinned_section(fixed, target, saved, fresh)
+    if outcome.returncode is None:
+        outcome.status, outcome.detail = "timeout", f"stopped after {timeout_s:.0f} s"
+    elif outcome.returncode != 0:
         outcome.status = "failed"
-    if outcome.status == "ok" and not fresh:
+    elif not fresh:
         outcome.status, outcome.detail = "no_section", f"exit 0 but {shown(target)} was not written"
     if outcome.status != "ok":
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
@@ -388,6 +401,8 @@ def demote(text: str) -> tuple[str | None, str]:
 
 
 def summary_rows(bench: Benchmark, outcome: Outcome | None, text: str | None) -> list[SummaryRow]:
+    if outcome is not None and outcome.status == "missing":
+        return [SummaryRow("not available: see its section", "—", "—", None)]
     if outcome is not None and outcome.status != "ok":
         return [SummaryRow(f"{outcome.status}: see its section", "—", "—", False)]
     if text is None:
@@ -425,22 +440,28 @@ def gpu_part(gpu_results: Path | None) -> list[str]:
 
 def assemble(sections: Path, outcomes: dict[str, Outcome], *, quick: bool, pillow_note: str,
              loads: tuple[str, str], command: str, gpu_results: Path | None = None,
-             benchmarks=BENCHMARKS, started: str | None = None) -> str:
+             benchmarks: tuple[Benchmark, ...] | None = None, started: str | None = None) -> str:
     """The whole ``benchmarks.md`` from the section files in ``sections``; ``outcomes`` holds the
     benchmarks this invocation ran (none: the doc is only reassembled)."""
+    benchmarks = BENCHMARKS if benchmarks is None else benchmarks
     run_kind = ("Quick run" if quick else "Full run") if outcomes else \
         "Assembled from the existing sections (no benchmark run by this invocation)"
+    if outcomes and set(outcomes) != {b.name for b in benchmarks}:
+        run_kind += (f" of {', '.join(outcomes)}; the other sections are from earlier runs (each states "
+                     "the command that made it)")
     texts = {}
     for bench in benchmarks:
         path = sections / f"{bench.name}.md"
         texts[bench.name] = path.read_text() if path.exists() else None
     lines = ["# Benchmarks", "",
-             "Written by `benchmarks/run_all.py` from the sections in `docs/bench/` (each benchmark "
-             "writes its own; do not edit this file by hand). Reproduce with `make bench` "
+             f"Written by `benchmarks/run_all.py` from the sections in `{shown(sections)}/` (each "
+             "benchmark writes its own; do not edit this file by hand). Reproduce with `make bench` "
              "(= `.venv/bin/python benchmarks/run_all.py`); `--quick` for a fast pass, `--only NAME` for "
              "some, `--assemble-only` to rebuild this file. Figures are medians (min–max) of repeated "
              "runs; every ratio is against a baseline measured in the same run, with the rounds "
-             "interleaved so machine load hits both sides alike.", "",
+             "interleaved so machine load hits both sides alike. The plain-Pillow comparison runs in a "
+             "throw-away environment, made by `run_all.py` when missing: `python3 -m venv /tmp/venv-pillow "
+             "&& /tmp/venv-pillow/bin/pip install pillow numpy` (`--no-pillow-venv` skips it).", "",
              f"{run_kind}: `{command}`, started {started or 'now'}.", "",
              "## Machine", "", "| | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in machine_facts(pillow_note, loads)]
@@ -503,8 +524,8 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sections = args.sections or (QUICK_ROOT / "bench" if args.quick else SECTIONS)
-    doc = args.doc or (QUICK_ROOT / "benchmarks.md" if args.quick else DOC)
+    sections = (args.sections or (QUICK_ROOT / "bench" if args.quick else SECTIONS)).resolve()
+    doc = (args.doc or (QUICK_ROOT / "benchmarks.md" if args.quick else DOC)).resolve()
     sections.mkdir(parents=True, exist_ok=True)
     started = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load_start = load_average()

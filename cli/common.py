@@ -53,9 +53,23 @@ def friendly_errors(*error_types):
             try:
                 return fn(*args, **kwargs)
             except (GPFError, FileNotFoundError, *error_types) as exc:
-                raise click.ClickException(str(exc)) from None
+                raise click.ClickException(error_text(exc)) from None
         return wrapper
     return decorate
+
+
+def error_text(exc: BaseException) -> str:
+    """The message of an expected error, unwrapped from torch's DataLoader worker re-raise.
+
+    An error raised in a loader worker comes back with the worker's whole
+    traceback in its message; the user needs its last line only.
+    """
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    name, sep, message = last.partition(": ")
+    return message if sep and name.replace(".", "").replace("_", "").isalnum() else last
 
 
 def echo_err(message: str) -> None:

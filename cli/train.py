@@ -11,7 +11,7 @@ import os
 
 import click
 
-from gpf.cli.common import DATASET_KINDS, collect_dataset_options, dataset_options, friendly_errors
+from gpf.cli.common import error_text, DATASET_KINDS, collect_dataset_options, dataset_options, friendly_errors
 
 
 def _library_errors(fn):
@@ -26,7 +26,7 @@ def _library_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(error_text(exc)) from None
     return wrapper
 
 

@@ -125,7 +125,10 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint",
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         text = str(exc)
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        # torch words a refused global two ways: "Unsupported global: GLOBAL x.y" and, for blocked
+        # modules, "unsupported GLOBAL x.y whose module x is blocked". Never pass on torch's advice to
+        # retry with weights_only=False: that would run the file's code.
+        refused = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
         if refused:
             raise error(f"{what} {path} holds pickled Python objects ({refused.group(1)}); gpf only loads "
                         f"tensors and plain types. Save state_dict()s and plain values instead.") from exc

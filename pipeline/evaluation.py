@@ -348,6 +348,16 @@ def group_results(ids: Sequence[str], pred: np.ndarray, true: np.ndarray, labels
 
 # ----------------------------------------------------------------------------- entry point
 
+def _refuse_damaged_shards(shard_dir, manifest: dict, split: str) -> None:
+    from gpf.shards.verify import check_checksums
+
+    problems = check_checksums(shard_dir, manifest, splits=(split,))
+    if problems:
+        raise EvaluationError(f"{len(problems)} damaged shard(s), not evaluated: {'; '.join(problems[:5])}. "
+                              f"Run `gpf shards verify {shard_dir}` for the full list and rewrite them "
+                              "(rerun the same `gpf preprocess` command after deleting their stats files)")
+
+
 def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_size: int = DEFAULT_BATCH_SIZE,
                         workers: int | None = None, device="auto", by_category: bool = False,
                         allow_attention_mismatch: bool = False, progress: bool = False) -> EvaluationResult:
@@ -373,6 +383,7 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
         manifest = read_manifest(shard_dir)
     except ManifestError as exc:
         raise EvaluationError(str(exc)) from None
+    _refuse_damaged_shards(shard_dir, manifest, split)
     warnings = check_fit(payload, manifest, shard_dir, str(path),
                          allow_attention_mismatch=allow_attention_mismatch)
     scores = tuple(float(s) for s in manifest["scores"])

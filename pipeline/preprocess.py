@@ -408,7 +408,11 @@ def plan_shards(items_by_split: dict[str, list[_Item]], cfg: PreprocessConfig) -
 
 def _prepare_out_dir(cfg: PreprocessConfig, environment: dict, out: Path) -> None:
     """Refuse to mix runs: a folder made with another config or environment needs --overwrite."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission, read-only disk ...
+        raise PreprocessError(f"cannot create the output folder --out {out}: {exc.strerror or exc}; "
+                              "choose another --out") from None
     run_file = out / "preprocess.json"
     current = {"config": cfg.identity(), "environment": environment}
     if run_file.exists():
@@ -546,6 +550,12 @@ def _validate(cfg: PreprocessConfig) -> None:
         problems.append(f"--split must be one of train, val, test, all; got {cfg.split!r}")
     if cfg.limit is not None and cfg.limit < 1:
         problems.append(f"--limit must be positive, got {cfg.limit}")
+    if cfg.workers < 0:
+        problems.append(f"--workers must be >= 0 (0 = one per core), got {cfg.workers}")
+    if cfg.max_pixels is not None and cfg.max_pixels < 1:
+        problems.append(f"--max-pixels must be positive, got {cfg.max_pixels}")
+    if not 0 <= cfg.max_failure_rate <= 1:
+        problems.append(f"--max-failure-rate must be in [0, 1], got {cfg.max_failure_rate}")
     if problems:
         raise PreprocessError("; ".join(problems))
 

@@ -25,6 +25,7 @@ from gpf.shards.layout import (ATTN, FEATURES, JSON, MANIFEST_NAME, META_DIR, PA
                                split_member_name)
 from gpf.shards.manifest import ManifestError, read_manifest, run_fields, write_manifest
 from gpf.shards.writer import StatsError, file_sha256, read_stats
+from gpf.fsutil import atomic_write_bytes
 
 _MANIFEST_FIELDS = ("count", "bytes", "sha256", "parquet_sha256")
 
@@ -428,3 +429,71 @@ def format_info(summary: dict) -> list[str]:
     if config:
         lines.append("config: " + json.dumps(config, sort_keys=True, default=str))
     return lines
+
+
+# ---------------------------------------------------------------- quick integrity gate for readers
+CHECKSUM_CACHE = ".gpf-checksums.json"
+
+
+def check_checksums(folder: str | os.PathLike, manifest: dict | None = None,
+                    splits: tuple[str, ...] | None = None, workers: int | None = None) -> list[str]:
+    """Problems (one line each) where a listed tar's size or sha256 differs from the manifest.
+
+    What training and evaluation run before they read a shard folder, so they
+    never learn from rotten bytes. A tar's sha256 is remembered in
+    ``CHECKSUM_CACHE`` keyed by (size, mtime), so only new or touched tars are
+    hashed again; the cache is skipped where the folder is read-only.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpf.shards.manifest import read_manifest
+
+    folder = Path(folder)
+    manifest = manifest if manifest is not None else read_manifest(folder)
+    entries = [e for e in manifest.get("shards", [])
+               if isinstance(e, dict) and (splits is None or str(e.get("name", "")).split("-")[0] in splits)]
+    cache = _read_checksum_cache(folder)
+    problems: list[str] = []
+    to_hash: list[tuple[dict, Path, list]] = []
+    for entry in entries:
+        tar = folder / f"{entry['name']}{TAR_SUFFIX}"
+        try:
+            st = tar.stat()
+        except OSError:
+            problems.append(f"{tar}: missing (listed in {MANIFEST_NAME})")
+            continue
+        if st.st_size != entry.get("bytes"):
+            problems.append(f"{tar}: {st.st_size} bytes, the manifest says {entry.get('bytes')} (truncated or "
+                            "overwritten)")
+            continue
+        key = [st.st_size, st.st_mtime_ns]
+        cached = cache.get(entry["name"])
+        if cached and cached[:2] == key:
+            if cached[2] != entry.get("sha256"):
+                problems.append(f"{tar}: sha256 differs from the manifest (content changed on disk)")
+            continue
+        to_hash.append((entry, tar, key))
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(lambda item: file_sha256(item[1]), to_hash))
+    for (entry, tar, key), digest in zip(to_hash, digests):
+        cache[entry["name"]] = [*key, digest]
+        if digest != entry.get("sha256"):
+            problems.append(f"{tar}: sha256 differs from the manifest (content changed on disk)")
+    if to_hash:
+        _write_checksum_cache(folder, cache)
+    return problems
+
+
+def _read_checksum_cache(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / CHECKSUM_CACHE).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_checksum_cache(folder: Path, cache: dict) -> None:
+    try:
+        atomic_write_bytes(folder / CHECKSUM_CACHE, json.dumps(cache, sort_keys=True).encode())
+    except OSError:
+        pass  # a read-only shard folder: hash again next time

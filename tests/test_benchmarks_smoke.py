@@ -195,29 +195,28 @@ def test_bench_preprocess_tiny_run_writes_its_section(tmp_path, torch_threads):
                                   "--batch-size", "2", "--out", str(out)]) == 0
     rows = run_all.table_with(out.read_text(), "whole preprocess (img/s)")
     assert [(r["attention network"], r["workers (threads)"]) for r in rows] == [("tiny", "1")]
-    assert rows[0]["vs 1 worker"].startswith("1.00")
+    assert rows[0]["vs 1 worker(s)"].startswith("1.00")
     assert run_all.summarise_preprocess(out.read_text())[0].met is None
 
 
 def test_raw_path_reproduces_the_stored_views(tmp_path, torch_threads):
-    """The raw-path Dataset must make the views the shards hold, or the comparison is unfair."""
+    """The raw-path Dataset must make the very views the shards hold, or the comparison is unfair:
+    re-encoded the way the pipeline encodes, they give the stored JPEG bytes."""
     from PIL import Image
 
     import bench_raw_vs_shards as raw
 
-    from gpf.shards.reader import decode_jpegs_uint8
+    from gpf.pipeline.images import encode_jpeg
 
     shard_dir, _ = raw.build_shards(tmp_path, 6, 3)
     items, blobs = raw.shard_items(shard_dir)
-    assert len(items) == 5 and len(blobs) == 10                # the 10th-image rule puts none in val
+    assert len(items) == 6 and len(blobs) == 12                # the 10th-image rule puts none in val
     views = raw.RawPhotoDataset(items, raw.VIEW, Image.Resampling.LANCZOS)
-    stored = decode_jpegs_uint8(blobs, ["x"] * len(blobs))
     for index in range(len(items)):
         made = views[index]
-        for name, ref in (("periph", stored[2 * index]), ("fovea", stored[2 * index + 1])):
-            assert made[name].shape == ref.shape
-            error = (made[name].float() - ref.float()).abs().mean().item()
-            assert error < 3.0, f"{name} of sample {index} differs by {error:.1f} grey levels"
+        for name, stored in (("periph", blobs[2 * index]), ("fovea", blobs[2 * index + 1])):
+            image = Image.fromarray(made[name].permute(1, 2, 0).numpy())
+            assert encode_jpeg(image, 95) == stored, f"{name} of sample {index} is not the stored view"
 
 
 def test_bench_raw_vs_shards_tiny_run_checks_both_targets(tmp_path, torch_threads):
@@ -231,11 +230,13 @@ def test_bench_raw_vs_shards_tiny_run_checks_both_targets(tmp_path, torch_thread
     assert paths[raw.MEMBERS]["vs decoding the two members alone"].startswith("1.00")
     targets = run_all.summarise_raw_vs_shards(text)
     assert len(targets) == 3 and all(t.met is not None for t in targets)
-    # 'met' follows the measured ratio and the threshold in the target
+    # 'met' follows the measured ratio and the threshold in the target (the printed value is
+    # rounded, so a ratio within rounding of the threshold is not checked)
     for row in targets:
         threshold = run_all.first_number(row.target) / (100 if "%" in row.target else 1)
         value = run_all.first_number(row.measured) / (100 if "%" in row.measured else 1)
-        assert row.met == (value >= threshold)
+        if abs(value - threshold) > 0.01 * threshold:
+            assert row.met == (value >= threshold)
 
 
 def test_gpu_bench_cpu_dry_run_covers_every_stage(tmp_path, torch_threads):
@@ -278,3 +279,18 @@ def test_gpu_bench_refuses_cuda_without_a_gpu(tmp_path):
         pytest.skip("this machine has CUDA")
     with pytest.raises(SystemExit, match="--device cpu"):
         gpu_bench.main(["--device", "cuda", "--out", str(tmp_path)])
+
+
+def test_gpu_bench_feeds_from_shards_without_the_step_stage(tmp_path, torch_threads, monkeypatch):
+    import gpu_bench
+
+    def broken(self):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(gpu_bench.Bench, "step", broken)
+    out = tmp_path / "gpu"
+    code = gpu_bench.main(["--device", "cpu", "--tiny", "--out", str(out), "--scratch", str(tmp_path),
+                           "--stages", "step", "data", "preprocess", "fed"])
+    stages = json.loads((out / "results.json").read_text())["stages"]
+    assert code == 1 and stages["step"]["status"] == "failed"
+    assert [stages[n]["status"] for n in ("data", "preprocess", "fed")] == ["ok", "ok", "ok"]
+    assert ["vs synthetic step (`step` stage)", "n/a"] in stages["fed"]["table"]

@@ -7,7 +7,6 @@ and file-level problems as one line and a non-zero exit, never a traceback.
 """
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys

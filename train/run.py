@@ -47,10 +47,15 @@ def saved_config(resume: str | Path) -> dict:
     if config_file.is_file():
         data = yaml.safe_load(config_file.read_text()) or {}
         if isinstance(data.get("config"), dict):
-            return data["config"]
+            return _portable(data["config"])
     from gpf.model.checkpoint import load_checkpoint
 
-    return dict(load_checkpoint(path).get("config") or {})
+    return _portable(dict(load_checkpoint(path).get("config") or {}))
+
+
+def _portable(config: dict) -> dict:
+    """A saved config without the keys that name where the run lived: a moved run resumes in place."""
+    return {k: v for k, v in config.items() if k not in ("out", "resume")}
 
 
 def _echo(message: str) -> None:
@@ -58,16 +63,20 @@ def _echo(message: str) -> None:
 
 
 @contextlib.contextmanager
-def run_context(cfg: TrainConfig, stage: str, echo=_echo) -> Iterator[RunSetup]:
-    """Join the process group, settle the run folder, load the resume state; clean up after."""
+def run_context(cfg: TrainConfig, stage: str, echo=_echo, check_resume=None) -> Iterator[RunSetup]:
+    """Join the process group, settle the run folder, load the resume state; clean up after.
+
+    ``check_resume(state, run_dir)`` runs before anything is written to the run
+    folder, so a refused resume leaves the folder as it was.
+    """
     ctx = init_distributed(cfg.device)
     try:
-        yield _prepare(cfg, stage, ctx, echo)
+        yield _prepare(cfg, stage, ctx, echo, check_resume)
     finally:
         shutdown(ctx)
 
 
-def _prepare(cfg: TrainConfig, stage: str, ctx: DistContext, echo) -> RunSetup:
+def _prepare(cfg: TrainConfig, stage: str, ctx: DistContext, echo, check_resume=None) -> RunSetup:
     from gpf.model.checkpoint import load_checkpoint
 
     resume_state = None
@@ -82,6 +91,8 @@ def _prepare(cfg: TrainConfig, stage: str, ctx: DistContext, echo) -> RunSetup:
             raise ConfigError(f"{path} holds no training state (optimizer, epoch); it cannot be resumed. "
                               "Start a new run, e.g. with --weights or --stage1 pointing at it")
         check_resume_compatible(resume_state["config"], cfg, run_dir)
+        if check_resume is not None:
+            check_resume(resume_state, run_dir)
     else:
         if not cfg.out:
             raise ConfigError("no run folder: pass --out RUN (or --resume RUN to continue a run)")

@@ -416,11 +416,9 @@ def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
     from gpf.model.backbones import get_spec
 
     get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
-    with run_context(cfg, "stage1") as run:
+    dataset = open_stage1_dataset(cfg)
+    with run_context(cfg, "stage1", check_resume=lambda state, _run_dir: _check_same_split(state, dataset)) as run:
         ctx, log = run.ctx, run.log
-        dataset = open_stage1_dataset(cfg)
-        if run.resume_state is not None:
-            _check_same_split(run.resume_state, dataset)
         seed_init(cfg.seed)
         model = build_stage1_model(cfg, resuming=run.resume_state is not None)
         spec = model.spec

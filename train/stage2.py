@@ -405,6 +405,17 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
     return False
 
 
+def _refuse_damaged_shards(shard_dir, manifest: Mapping) -> None:
+    """Never train on rotten bytes: every train/val tar must match the manifest's size and sha256."""
+    from gpf.shards.verify import check_checksums
+
+    problems = check_checksums(shard_dir, dict(manifest), splits=("train", "val"))
+    if problems:
+        raise Stage2Error(f"{len(problems)} damaged shard(s), not training on them: {'; '.join(problems[:5])}. "
+                          f"Run `gpf shards verify {shard_dir}` for the full list and rewrite them (delete "
+                          "their stats files and rerun the same `gpf preprocess` command)")
+
+
 def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     """Train a stage-2 variant on shards; see the module doc."""
     from gpf.model.gpf import GPFNet
@@ -428,6 +439,7 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     if manifest.get("complete") is False:
         raise Stage2Error(f"{cfg.shards}: preprocessing has not finished (manifest.json says complete: false); "
                           "rerun the same `gpf preprocess` command to finish it")
+    _refuse_damaged_shards(cfg.shards, manifest)
     facts = ShardFacts.from_manifest(manifest, cfg.shards)
     identity = shards_identity(manifest)
     if cfg.variant == "random" and facts.random_crops < 1:
@@ -442,16 +454,17 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
 
         trains = [s for s in list_shards(cfg.shards, "train") if s.count > 0]
         cfg.workers = default_num_workers(len(trains), int(os.environ.get("WORLD_SIZE", "1")), shuffle=True)
-    with run_context(cfg, "stage2") as run:
+    def check_resume(state: Mapping, run_dir: Path) -> None:
+        source = f"the run in {run_dir}"
+        check_checkpoint_fits_shards(state["model_config"], facts, source)
+        diffs = manifest_differences(state.get("shards") or {}, identity)
+        if diffs:
+            raise Stage2Error(f"cannot resume {run_dir}: the shards in {cfg.shards} differ from the ones "
+                              f"it was trained on ({'; '.join(diffs[:8])}). Resume with the original shards "
+                              "or start a new run")
+
+    with run_context(cfg, "stage2", check_resume=check_resume) as run:
         ctx, log, state = run.ctx, run.log, run.resume_state
-        if state is not None:
-            source = f"the run in {run.run_dir}"
-            check_checkpoint_fits_shards(state["model_config"], facts, source)
-            diffs = manifest_differences(state.get("shards") or {}, identity)
-            if diffs:
-                raise Stage2Error(f"cannot resume {run.run_dir}: the shards in {cfg.shards} differ from the ones "
-                                  f"it was trained on ({'; '.join(diffs[:8])}). Resume with the original shards "
-                                  "or start a new run")
         attention = resolve_attention(cfg, facts, state)
         seed_init(cfg.seed)
         model = GPFNet(cfg.backbone, cfg.variant, facts.num_classes,
