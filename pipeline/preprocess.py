@@ -37,9 +37,8 @@ import numpy as np
 from gpf.errors import GPFError
 from gpf.fsutil import atomic_write_bytes
 from gpf.pipeline.crops import AttentionModel, attend_views, resolve_checkpoint_path
+from gpf.pipeline.images import DEFAULT_MAX_PIXELS  # one pixel limit for every command
 from gpf.pipeline.progress import Progress
-
-DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default bomb limit (2 x 89.5 MP)
 
 # Config keys that decide the bytes of the shards: a rerun with a different
 # value for any of them must not mix outputs in one folder.

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gpf.errors import GPFError
+from gpf.pipeline.images import DEFAULT_MAX_PIXELS
 
 VARIANTS = ("gpf", "pf", "random", "single")
 DEVICE_HELP = "auto | cpu | cuda | cuda:N"
@@ -62,7 +63,7 @@ class Stage1Config(TrainConfig):
     root: str | None = None
     dataset_options: dict = field(default_factory=dict)   # open_dataset keywords (val_size, seed, ...)
     view_size: int = 224              # longest side of the peripheral view (paper IV-B)
-    max_pixels: int = 178_956_970     # decompression-bomb limit
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, as every command
 
 
 @dataclass
