@@ -24,8 +24,9 @@ to the rate of random boxes of the same sizes.
   of the plaid; the variants should tie (a gain there would be a leak).
 
 Quick mode: 448x336 photos, 96 px views, the ``tiny`` backbone, 3 seeds.
-Full mode: 640x480 photos, 224 px views (the paper's view size), more images
-and epochs, the ``small`` backbone; meant for a GPU (``--device cuda``).
+Full mode: 640x480 photos, 224 px views (the paper's view size, plaid period
+2 px), 4,000 photos, 30 epochs per stage, loader processes; meant for a GPU
+(``--device cuda``).
 """
 from __future__ import annotations
 
@@ -69,10 +70,9 @@ class Mode:
 
 QUICK = Mode("quick", n_images=1000, width=448, height=336, view_size=96, backbone="tiny",
              stage2={"epochs": 15, "lr_step": 10})
-FULL = Mode("full", n_images=6000, width=640, height=480, view_size=224, backbone="small",
-            stage1={"epochs": 30, "lr_step": 20, "batch_size": 64, "workers": 8},
-            stage2={"epochs": 40, "lr_step": 27, "batch_size": 64, "branch_width": 256, "fusion_width": 256,
-                    "workers": 4},
+FULL = Mode("full", n_images=4000, width=640, height=480, view_size=224, backbone="tiny",
+            stage1={"epochs": 30, "lr_step": 20, "workers": 8},
+            stage2={"epochs": 30, "lr_step": 20, "workers": 4},
             data_workers=8)
 
 
@@ -182,10 +182,19 @@ def hit_line(entry: dict) -> str:
             f"**{100 * chance[0]:.1f} ± {100 * chance[1]:.1f} %**.")
 
 
+def resolved_device(device: str) -> str:
+    """``auto`` spelled out as the device it picks."""
+    if device != "auto":
+        return device
+    import torch
+
+    return f"auto = {'cuda' if torch.cuda.is_available() else 'cpu'}"
+
+
 def markdown(summary: dict, mode: Mode, command: str, seconds: float, device: str, variants) -> str:
     lines = ["# Benchmark: fine-detail evidence (attention crops vs a single low-resolution column)", "",
              f"Command (from the repository root): `{command}`", "",
-             f"Machine: {machine_line()}; device {device}; load average before/after shown below; "
+             f"Machine: {machine_line()}; device {resolved_device(device)}; load average before/after below; "
              f"wall time {seconds / 60:.1f} min.", "",
              f"Mode **{mode.name}**: {mode.n_images} synthetic {mode.width}x{mode.height} photos per task and seed "
              f"(`gpf.pipeline.synthetic`, 20 % test), {mode.view_size} px views, backbone `{mode.backbone}` "
@@ -197,7 +206,9 @@ def markdown(summary: dict, mode: Mode, command: str, seconds: float, device: st
                   "", *task_table(entry), "", hit_line(entry), "", "Per seed:", "", *per_seed_table(entry), ""]
     lines += ["`detail`: the plaid (visible only in a foveal crop on the carrier) moves the score by 2 points, "
               "the carrier colour by up to 3; `control`: same images, the plaid replaced by a hidden bit "
-              "nobody can see, so the variants should tie. See docs/synthetic.md and docs/demo.md.", ""]
+              "nobody can see, so the variants should tie. `random` sees view-size crops of the "
+              "full-resolution photo at random places (Table I's Random-VGG16): the plaid only when one "
+              "lands on the carrier. See docs/synthetic.md and docs/demo.md.", ""]
     return "\n".join(lines)
 
 
