@@ -207,7 +207,9 @@ BENCHMARKS = (
     Benchmark("raw_vs_shards", "Shard loader vs the raw-JPEG path", "bench_raw_vs_shards.py",
               summarise=summarise_raw_vs_shards),
     Benchmark("train", "Stage-2 training, data-wait", "bench_train.py", summarise=summarise_train),
-    Benchmark("fine_detail", "Fine-detail experiment (quick)", "fine_detail.py", full=("--quick",)),
+    # `make bench` runs its 3-seed quick mode (~11 min on 2 cores); run_all --quick one seed of the detail task.
+    Benchmark("fine_detail", "Fine-detail experiment (quick)", "fine_detail.py", full=("--quick",),
+              quick=("--quick", "--seeds", "0", "--tasks", "detail")),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
 

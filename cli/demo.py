@@ -17,7 +17,7 @@ from gpf.cli.common import friendly_errors
               help="Seed of the generated dataset and of training.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Torch CPU threads (1 is fastest for the demo's tiny network on a small shared CPU).")
+              help="Torch CPU threads: 1 is the safe choice on a busy machine; more are faster on idle cores.")
 @click.option("--fresh", is_flag=True,
               help="Delete what an earlier demo wrote in --out and start again (default: resume).")
 @friendly_errors()

@@ -39,9 +39,14 @@ def test_mean_std_is_the_mean_and_sample_std():
     assert all(math.isnan(v) for v in fd.mean_std([None]))
 
 
+def _metrics(accuracy: float) -> dict:
+    return {"accuracy": accuracy, "srcc": accuracy / 2, "lcc": accuracy / 2, "mae": 1 - accuracy,
+            "rmse": 1.5 - accuracy, "emd": 0.1}
+
+
 def _fake_run(accuracy: dict, hit: float, chance: float, n: int = 200):
-    metrics = lambda a: {"accuracy": a, "srcc": a / 2, "lcc": a / 2, "mae": 1 - a, "rmse": 1.5 - a, "emd": 0.1}  # noqa: E731
-    return SimpleNamespace(variants={v: SimpleNamespace(metrics=metrics(a), n=n) for v, a in accuracy.items()},
+    """What summarise reads from an ExperimentResult: per-variant metrics and n, the hit rates."""
+    return SimpleNamespace(variants={v: SimpleNamespace(metrics=_metrics(a), n=n) for v, a in accuracy.items()},
                            hit_rates=SimpleNamespace(hit=hit, random=chance))
 
 

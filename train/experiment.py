@@ -43,6 +43,7 @@ import dataclasses
 import json
 import math
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -328,7 +329,7 @@ def _train(stage: str, config_cls, values: dict, run_dir: Path, restart: bool, e
         shutil.rmtree(run_dir)
     if (run_dir / LAST).exists():
         values = dict(values, resume=str(run_dir), out=None)
-        echo(f"  resuming {run_dir}")
+        echo(f"  {run_dir} holds a run: continuing it from its last.pt")
     else:
         values = dict(values, out=str(run_dir))
     cfg = build_config(config_cls, overrides=values)
@@ -363,7 +364,7 @@ def _preprocess(cfg: ExperimentConfig, stage1: Path, shards: Path, overwrite: bo
 
     values = _merged(DEFAULT_PREPROCESS, cfg.preprocess, _FIXED_PREPROCESS_KEYS, "preprocess")
     values.setdefault("random_crops", cfg.random_crops if "random" in cfg.variants else 0)
-    values.setdefault("workers", 2)
+    values.setdefault("workers", 0)             # decode threads: one per core
     pcfg = PreprocessConfig(dataset=cfg.dataset, root=str(cfg.root), out=str(shards), stage1=str(stage1),
                             view_size=cfg.view_size, seed=cfg.seed, device=cfg.device, progress=cfg.progress,
                             dataset_options=dict(cfg.dataset_options), overwrite=overwrite,
@@ -403,11 +404,11 @@ def crop_hit_rates(shards: str | Path, dataset_root: str | Path, split: str = "t
         if "period" in geometry:
             fovea = view_size or geometry.get("fovea_size")
             max_side = geometry["period"] * fovea / 2 if fovea else None
-    sides = sorted(max(w, h) for w, h in sizes.values())
+    sides = [max(w, h) for w, h in sizes.values()]
     return HitRates(hit=hit_rate(boxes, truth, min_cover=min_cover, max_side=max_side),
                     random=random_box_hit_rate(sizes, truth, seed, min_cover=min_cover, max_side=max_side),
                     n=len(boxes), min_cover=min_cover, max_side=max_side,
-                    median_side=float(sides[len(sides) // 2]))
+                    median_side=float(statistics.median(sides)))
 
 
 def attention_example(shards: str | Path, split: str, dataset_root: str | Path | None = None) -> tuple[str, str] | None:
@@ -543,8 +544,8 @@ def demo_plan(out: str | Path, *, quick: bool = False, seed: int = 0, device: st
     size), the ``tiny`` backbone from scratch with the module's default
     training settings. ``quick``: 1,000 photos and 20 stage-2 epochs; fewer
     photos leave the stage-1 attention too often diffuse (docs/demo.md).
-    ``threads=1``: on a small shared CPU one torch thread is the fastest for a
-    network this small.
+    ``threads=1``: on a busy small CPU one torch thread is the fastest for a
+    network this small (on idle cores more threads are faster; docs/demo.md).
     """
     out = Path(out)
     spec = SyntheticSpec(n_images=1000 if quick else 1500, seed=seed)
