@@ -180,13 +180,7 @@ class StepRunner:
             target = votes / votes.sum(dim=1, keepdim=True)
             loss = emd_loss(torch.softmax(logits.float(), dim=1), target, r=2, validate=False)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.amp.scaler is not None:
-            self.amp.scaler.scale(loss).backward()
-            self.amp.scaler.step(self.optimizer)
-            self.amp.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        self.amp.backward_step(loss, self.optimizer)
         return loss.detach()
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from gpf.errors import GPFError
-from gpf.model.checkpoint import resolve_checkpoint_path  # noqa: F401  (re-exported)
 
 
 class AttentionModelError(GPFError):

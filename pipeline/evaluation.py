@@ -368,7 +368,7 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
     """
     from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint
     from gpf.model.metrics import evaluate, normalize
-    from gpf.pipeline.crops import resolve_checkpoint_path
+    from gpf.model.checkpoint import resolve_checkpoint_path
     from gpf.pipeline.preprocess import resolve_device
     from gpf.pipeline.progress import Progress
     from gpf.shards.manifest import ManifestError, read_manifest

@@ -24,19 +24,19 @@ import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from gpf.errors import GPFError
 from gpf.fsutil import atomic_write_bytes
-from gpf.pipeline.crops import AttentionModel, attend_views, resolve_checkpoint_path
+from gpf.model.checkpoint import resolve_checkpoint_path
+from gpf.pipeline.crops import AttentionModel, attend_views
 from gpf.pipeline.images import DEFAULT_MAX_PIXELS  # one pixel limit for every command
 from gpf.pipeline.progress import Progress
 
@@ -453,7 +453,6 @@ def _remove_outputs(out: Path) -> None:
 def run_preprocess(cfg: PreprocessConfig) -> Summary:
     """Run (or resume) the stage-1 pass described by ``cfg``; returns the summary of this rank."""
     from gpf.env_info import environment_summary
-    from gpf.shards.layout import shard_name
     from gpf.shards.writer import is_shard_done, read_stats, write_shard
 
     _validate(cfg)

@@ -36,7 +36,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from gpf.errors import GPFError
-from gpf.pipeline.crops import AttentionModel, Attended, attend_views, resolve_checkpoint_path
+from gpf.model.checkpoint import resolve_checkpoint_path
+from gpf.pipeline.crops import AttentionModel, Attended, attend_views
 
 DEFAULT_BATCH_SIZE = 32
 #: Random crops averaged per photo by the ``random`` variant (see :class:`Scorer`).

@@ -137,6 +137,16 @@ class Amp:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
+    def backward_step(self, loss, optimizer) -> None:
+        """``loss.backward()`` and ``optimizer.step()``, through the fp16 loss scaler when there is one."""
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
     @property
     def label(self) -> str:
         return "off" if not self.enabled else str(self.dtype).replace("torch.", "")
@@ -321,13 +331,7 @@ class Trainer:
             with self.amp.autocast():
                 loss, n = task.train_loss(self.forward, batch)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.amp.scaler is not None:
-                self.amp.scaler.scale(loss).backward()
-                self.amp.scaler.step(self.optimizer)
-                self.amp.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
+            self.amp.backward_step(loss, self.optimizer)
             step += 1
             self.global_step += 1
             loss_sum += loss.detach().double() * n
