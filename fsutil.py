@@ -26,11 +26,26 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def temp_path(path: str | os.PathLike) -> Path:
+    """A hidden, unique temp name next to ``path`` (same folder, so the final rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Fsync the finished temp file ``tmp``, rename it over ``path`` and fsync the folder."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+    return Path(path)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object],
                  tmp_name: str | None = None) -> Path:
     """Call ``write(file)`` on a temp file next to ``path``, then rename it over ``path``."""
     path = Path(path)
-    tmp = path.with_name(tmp_name or f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(tmp_name) if tmp_name else temp_path(path)
     try:
         with open(tmp, "wb") as handle:
             write(handle)
@@ -46,3 +61,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object],
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, tmp_name: str | None = None) -> Path:
     return atomic_write(path, lambda handle: handle.write(data), tmp_name)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import fmt_range, machine_line, rate_stats, time_repeats  # noqa: E402
 
 from gpf.shards.layout import safe_key  # noqa: E402
-from gpf.shards.manifest import write_manifest  # noqa: E402
+from gpf.shards.manifest import RunFields, write_manifest  # noqa: E402
 from gpf.shards.reader import ShardDataset, decode_jpegs_uint8, iter_samples  # noqa: E402
 from gpf.shards.writer import write_shard  # noqa: E402
 
@@ -70,8 +70,8 @@ def build_folder(folder: Path, samples: int, per_shard: int, seed: int = 0) -> l
             rows.append({"id": image_id, "votes": batch[-1]["json"]["votes"], "status": "ok"})
         write_shard(folder, "train", index, batch, rows)
         made.extend(batch)
-    write_manifest(folder, {}, {}, dataset="bench", scores=list(range(1, 11)), threshold=5.0,
-                   view_size=VIEW, tau=0.7, eb_layer=None, stage1_digest=None)
+    write_manifest(folder, RunFields(dataset="bench", scores=tuple(range(1, 11)), threshold=5.0,
+                                     view_size=VIEW, tau=0.7))
     return made
 
 

@@ -150,7 +150,8 @@ def attention_step(dataset: PhotoDataset, backbone: str, batch_size: int):
     """A callable running EB + crop search on the dataset's peripheral views (decoded once, here)."""
     from gpf.pipeline.crops import attend_views
     from gpf.pipeline.images import load_image, peripheral_view
-    from gpf.pipeline.preprocess import load_attention_model, resolve_device
+    from gpf.model.device import resolve_device
+    from gpf.pipeline.preprocess import load_attention_model
 
     cfg = preprocess_config(dataset, Path("unused"), backbone, 1, batch_size)
     att = load_attention_model(cfg, resolve_device("cpu"))

@@ -34,7 +34,7 @@ DOC = REPO / "docs" / "bench" / "train.md"
 
 
 def make_shards(folder: Path, images: int, view: int, backbone: str) -> Path:
-    from gpf.model.checkpoint import save_checkpoint, stage1_payload
+    from gpf.model.checkpoint import save_checkpoint, stage1_checkpoint
     from gpf.model.gpf import PeripheralNet
     from gpf.pipeline.preprocess import PreprocessConfig, run_preprocess
     from gpf.pipeline.synthetic import make_ava_dataset
@@ -42,8 +42,7 @@ def make_shards(folder: Path, images: int, view: int, backbone: str) -> Path:
     make_ava_dataset(folder / "ava", images, seed=0, width=5 * view, height=15 * view // 4, view_size=view)
     torch.manual_seed(0)
     model = PeripheralNet(backbone, num_classes=2)
-    payload = stage1_payload(model, view_size=view, threshold=5.0, scores=[float(s) for s in range(1, 11)])
-    payload["meta"] = {k: str(v) for k, v in payload["meta"].items()}
+    payload = stage1_checkpoint(model, view_size=view, threshold=5.0, scores=[float(s) for s in range(1, 11)])
     save_checkpoint(folder / "stage1.pt", payload)
     cfg = PreprocessConfig(dataset="ava", root=str(folder / "ava"), out=str(folder / "shards"),
                            stage1=str(folder / "stage1.pt"), view_size=view, samples_per_shard=32,

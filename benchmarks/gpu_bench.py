@@ -302,14 +302,13 @@ class Bench:
                                                f"{seconds:.1f}"]]}
 
     def _stage1_checkpoint(self) -> Path:
-        from gpf.model.checkpoint import save_checkpoint, stage1_payload
+        from gpf.model.checkpoint import save_checkpoint, stage1_checkpoint
         from gpf.model.gpf import PeripheralNet
 
         torch.manual_seed(0)
         model = PeripheralNet(self.sizes.backbone, num_classes=2, weights="none")
-        payload = stage1_payload(model, view_size=self.sizes.view, threshold=5.5,
+        payload = stage1_checkpoint(model, view_size=self.sizes.view, threshold=5.5,
                                  scores=[float(k) for k in range(1, NUM_CLASSES + 1)])
-        payload["meta"] = {k: str(v) for k, v in payload["meta"].items()}
         path = self.scratch / "stage1.pt"
         save_checkpoint(path, payload)
         return path
@@ -348,7 +347,8 @@ class Bench:
         from bench_preprocess_cpu import fovea_box
         from gpf.pipeline.crops import attend_views
         from gpf.pipeline.images import encode_jpeg, foveal_view, load_image, peripheral_view
-        from gpf.pipeline.preprocess import load_attention_model, resolve_device
+        from gpf.model.device import resolve_device
+        from gpf.pipeline.preprocess import load_attention_model
 
         s, device = self.sizes, self.device
         paths = list(self.dataset.paths[:s.baseline_images])

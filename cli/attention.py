@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from gpf.cli.common import friendly_errors
+from gpf.vocabulary import DEVICE, DEVICE_CHOICES, TAU
 
 
 @click.command()
@@ -12,24 +13,19 @@ from gpf.cli.common import friendly_errors
               help="Stage-2 checkpoint (attention + score) or stage-1 checkpoint (attention only); "
                    "file or run folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--tau", type=float, default=None, help="Stage-1 only: share of attention in the box (default 0.7).")
+@click.option("--device", default=DEVICE, show_default=True, help=DEVICE_CHOICES)
+@click.option("--tau", type=float, default=None, help=f"Stage-1 only: share of attention in the box (default {TAU}).")
 @click.option("--eb-layer", default=None, help="Stage-1 only: module where the EB map is read.")
 @click.option("--contrastive/--no-contrastive", default=None, help="Stage-1 only: contrastive EB.")
 @click.option("--view-size", type=int, default=None, help="Stage-1 only: peripheral view size (default: the checkpoint's).")
-@friendly_errors()
+@friendly_errors
 def attention(image, checkpoint, out, device, tau, eb_layer, contrastive, view_size):
     """Draw IMAGE, its EB attention with the tau box, and the foveal crop side by side."""
-    from gpf.model.checkpoint import CheckpointError
-    from gpf.pipeline.images import ImageError
     from gpf.pipeline.plots import save_attention_figure
     from gpf.pipeline.scoring import explain_photo, image_id_of
 
-    try:
-        explanation = explain_photo(checkpoint, image, device, tau=tau, eb_layer=eb_layer,
-                                    contrastive=contrastive, view_size=view_size)
-    except (CheckpointError, ImageError) as exc:
-        raise click.ClickException(str(exc)) from None
+    explanation = explain_photo(checkpoint, image, device, tau=tau, eb_layer=eb_layer,
+                                contrastive=contrastive, view_size=view_size)
     path = save_attention_figure(explanation.view, out, explanation.title(image_id_of(image)), explanation.tau)
     box = ",".join(map(str, explanation.view.attended.box))
     score = "" if explanation.result is None else f", predicted mean {explanation.result.mean:.3f}"

@@ -1,6 +1,7 @@
 """Options and error handling shared by the gpf sub-commands."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 
@@ -43,19 +44,46 @@ def collect_dataset_options(kind: str, val_size, split_seed, image_root, thresho
     return opts
 
 
-def friendly_errors(*error_types):
-    """Turn the library's expected errors into one clear line and a non-zero exit, no traceback."""
-    def decorate(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            from gpf.errors import GPFError
+def config_default(cls: type, name: str):
+    """The default of field ``name`` of the library config dataclass ``cls``: the CLI never repeats one."""
+    for item in dataclasses.fields(cls):
+        if item.name == name:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+            raise ValueError(f"{cls.__name__}.{name} has no default")   # a bug in gpf, not user input
+    raise ValueError(f"{cls.__name__} has no field {name!r}")
 
-            try:
-                return fn(*args, **kwargs)
-            except (GPFError, FileNotFoundError, *error_types) as exc:
-                raise click.ClickException(error_text(exc)) from None
-        return wrapper
-    return decorate
+
+def default_help(text: str, cls: type, name: str) -> str:
+    """``text`` followed by ``[default: VALUE]`` from the config dataclass, for options whose value is None
+    when not given (so a config file or a resumed run can set it)."""
+    return f"{text} [default: {config_default(cls, name)}]."
+
+
+def is_user_os_error(exc: BaseException) -> bool:
+    """An OS error about a path the user gave (missing, not readable, not a folder ...), not a bug."""
+    return isinstance(exc, OSError) and (exc.filename is not None or isinstance(
+        exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)))
+
+
+def friendly_errors(fn):
+    """Turn the library's expected errors (:class:`~gpf.errors.GPFError`, and the OS errors of bad paths)
+    into one clear line and a non-zero exit, no traceback. Anything else is a bug and keeps its traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from gpf.errors import GPFError
+
+        try:
+            return fn(*args, **kwargs)
+        except GPFError as exc:
+            raise click.ClickException(error_text(exc)) from None
+        except OSError as exc:
+            if not is_user_os_error(exc):
+                raise
+            raise click.ClickException(error_text(exc)) from None
+    return wrapper
 
 
 def error_text(exc: BaseException) -> str:

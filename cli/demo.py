@@ -6,6 +6,7 @@ import time
 import click
 
 from gpf.cli.common import friendly_errors
+from gpf.vocabulary import DEVICE, DEVICE_CHOICES
 
 
 @click.command()
@@ -15,12 +16,12 @@ from gpf.cli.common import friendly_errors
               help="1,000 instead of 1,500 photos and 20 instead of 30 stage-2 epochs (about 60 % of the time).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the generated dataset and of training.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", default=DEVICE, show_default=True, help=DEVICE_CHOICES)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Torch CPU threads: 1 is the safe choice on a busy machine; more are faster on idle cores.")
 @click.option("--fresh", is_flag=True,
               help="Delete what an earlier demo wrote in --out and start again (default: resume).")
-@friendly_errors()
+@friendly_errors
 def demo(out, quick, seed, device, threads, fresh):
     """Generate a small fine-detail dataset in the AVA format, then run train stage1 -> preprocess ->
     train stage2 (single and gpf) -> evaluate, and print the comparison.

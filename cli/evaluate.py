@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from gpf.cli.common import echo_err, friendly_errors
+from gpf.pipeline.evaluation import DEFAULT_BATCH_SIZE
+from gpf.vocabulary import DEVICE, DEVICE_CHOICES, SPLITS
 
 
 @click.command()
@@ -14,21 +16,21 @@ from gpf.cli.common import echo_err, friendly_errors
               help="Stage-2 checkpoint file, or a run folder (best.pt, else last.pt).")
 @click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),
               help="Shard folder made by `gpf preprocess` (with manifest.json).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option("--by-category", is_flag=True,
               help="Also per AVA category (Table IV), or per semantic tag when the shards record no category.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write the metrics as JSON (accuracy srcc lcc mae rmse emd, n, split, checkpoint, groups).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
               help="Write PNG figures here: best/worst distributions, mean-score scatter, EMD histogram.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Loader processes (default: up to 4; 0 reads in the main process).")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", default=DEVICE, show_default=True, help=DEVICE_CHOICES)
 @click.option("--allow-attention-mismatch", is_flag=True,
               help="Evaluate although the checkpoint's attention model did not make the shards' crops.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
-@friendly_errors()
+@friendly_errors
 def evaluate(checkpoint, shards, split, by_category, json_out, plots_dir, batch_size, workers, device,
              allow_attention_mismatch, quiet):
     """Accuracy, SRCC, LCC, MAE, RMSE and EMD (r=1) of a stage-2 checkpoint on a split of shards.
@@ -37,15 +39,11 @@ def evaluate(checkpoint, shards, split, by_category, json_out, plots_dir, batch_
     size, and (gpf/pf variants) the attention model that made the shards' crops;
     see docs/evaluation.md.
     """
-    from gpf.model.checkpoint import CheckpointError
     from gpf.pipeline.evaluation import evaluate_checkpoint
 
-    try:
-        result = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, workers=workers,
-                                     device=device, by_category=by_category,
-                                     allow_attention_mismatch=allow_attention_mismatch, progress=not quiet)
-    except CheckpointError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, workers=workers,
+                                 device=device, by_category=by_category,
+                                 allow_attention_mismatch=allow_attention_mismatch, progress=not quiet)
     for warning in result.warnings:
         echo_err(f"warning: {warning}")
     for line in result.table_lines():

@@ -8,6 +8,7 @@ from collections import Counter
 import click
 
 from gpf.cli.common import echo_err, friendly_errors
+from gpf.vocabulary import DEVICE, DEVICE_CHOICES
 
 _HEADER = f"{'mean':>6} {'std':>6} {'class':<5} {'box x0,y0,x1,y1':<20} image"
 
@@ -31,7 +32,7 @@ def _table_row(result) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Decoding threads (0 = one per CPU core).")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--device", default=DEVICE, show_default=True, help=DEVICE_CHOICES)
 @click.option("--random-crops", type=click.IntRange(min=1), default=None,
               help="'random' variant: crops averaged per photo (default 5).")
 @click.option("--threshold", type=float, default=None,
@@ -39,7 +40,7 @@ def _table_row(result) -> str:
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Decompression-bomb limit in pixels (default as in preprocess).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
-@friendly_errors()
+@friendly_errors
 def predict(images, checkpoint, as_json, parquet_out, batch_size, workers, device, random_crops, threshold,
             max_pixels, quiet):
     """Score photos: IMAGES are files or folders (searched recursively for image files).
@@ -48,15 +49,11 @@ def predict(images, checkpoint, as_json, parquet_out, batch_size, workers, devic
     alone). Unreadable images are reported and skipped; the exit code is 1
     only when no image could be scored.
     """
-    from gpf.model.checkpoint import CheckpointError
     from gpf.pipeline.progress import Progress
     from gpf.pipeline.scoring import ParquetResultWriter, Scorer, iter_image_files
 
-    try:
-        scorer = Scorer.from_checkpoint(checkpoint, device, random_crops=random_crops, threshold=threshold,
-                                        max_pixels=max_pixels, workers=workers)
-    except CheckpointError as exc:
-        raise click.ClickException(str(exc)) from None
+    scorer = Scorer.from_checkpoint(checkpoint, device, random_crops=random_crops, threshold=threshold,
+                                    max_pixels=max_pixels, workers=workers)
     files = list(iter_image_files(images))
     if not files:
         raise click.ClickException(f"no image files in {', '.join(images)} (extensions looked for: "

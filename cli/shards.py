@@ -5,6 +5,8 @@ import json
 
 import click
 
+from gpf.cli.common import friendly_errors
+
 
 @click.group()
 def shards():
@@ -18,6 +20,7 @@ def shards():
 @click.option("--write-manifest", is_flag=True,
               help="(Re)write manifest.json from the stats files when every tar matches its "
                    "stats (keeps the config of a readable old manifest).")
+@friendly_errors
 def verify(folder, quick, write_manifest):
     """Check every shard of FOLDER against its stats and the manifest.
 
@@ -25,10 +28,7 @@ def verify(folder, quick, write_manifest):
     """
     from gpf.shards.verify import verify_shards
 
-    try:
-        report = verify_shards(folder, deep=not quick, write_manifest=write_manifest)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    report = verify_shards(folder, deep=not quick, write_manifest=write_manifest)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     for line in report.lines():
@@ -41,14 +41,12 @@ def verify(folder, quick, write_manifest):
 @shards.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@friendly_errors
 def info(folder, as_json):
     """Counts per split and status, box statistics and the config of FOLDER."""
     from gpf.shards.verify import format_info, info as shard_info
 
-    try:
-        summary = shard_info(folder)
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    summary = shard_info(folder)
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return

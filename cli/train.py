@@ -6,28 +6,14 @@ paper's defaults (docs/training.md).
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import click
 
-from gpf.cli.common import error_text, DATASET_KINDS, collect_dataset_options, dataset_options, friendly_errors
-
-
-def _library_errors(fn):
-    """Bad-input errors of the libraries underneath as one line, no traceback.
-
-    They are ValueErrors (CheckpointError, WeightsError, LabelError, ManifestError, an
-    unknown backbone, a threshold outside the score range, ...) whose messages name
-    the input and the fix.
-    """
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ValueError as exc:
-            raise click.ClickException(error_text(exc)) from None
-    return wrapper
+from gpf.cli.common import (DATASET_KINDS, collect_dataset_options, dataset_options, default_help,
+                            friendly_errors)
+from gpf.train.config import DEVICE_HELP, USE_FEATURES_CHOICES, Stage1Config, Stage2Config, TrainConfig
+from gpf.vocabulary import VARIANT_NAMES
 
 
 def _training_options(fn):
@@ -41,21 +27,22 @@ def _training_options(fn):
                      help="YAML file of config keys (see docs/training.md); command-line options win."),
         click.option("--backbone", default=None, help="Registered backbone (see `gpf models`)."),
         click.option("--weights", default=None,
-                     help="Initial weights of the trained subnet: imagenet | PATH | none [default: imagenet]."),
-        click.option("--epochs", type=int, default=None, help="At most this many epochs [default: 50]."),
-        click.option("--lr", type=float, default=None, help="Initial learning rate [default: 0.01]."),
-        click.option("--lr-step", type=int, default=None, help="Divide the lr every this many epochs [default: 10]."),
-        click.option("--lr-gamma", type=float, default=None, help="Factor applied every --lr-step epochs [default: 0.1]."),
-        click.option("--momentum", type=float, default=None, help="SGD momentum [default: 0.9]."),
-        click.option("--weight-decay", type=float, default=None, help="SGD weight decay [default: 0]."),
+                     help=default_help("Initial weights of the trained subnet: imagenet | PATH | none", TrainConfig,
+                                       "weights")),
+        click.option("--epochs", type=int, default=None, help=default_help("At most this many epochs", TrainConfig, "epochs")),
+        click.option("--lr", type=float, default=None, help=default_help("Initial learning rate", TrainConfig, "lr")),
+        click.option("--lr-step", type=int, default=None, help=default_help("Divide the lr every this many epochs", TrainConfig, "lr_step")),
+        click.option("--lr-gamma", type=float, default=None, help=default_help("Factor applied every --lr-step epochs", TrainConfig, "lr_gamma")),
+        click.option("--momentum", type=float, default=None, help=default_help("SGD momentum", TrainConfig, "momentum")),
+        click.option("--weight-decay", type=float, default=None, help=default_help("SGD weight decay", TrainConfig, "weight_decay")),
         click.option("--batch-size", type=int, default=None,
-                     help="Global batch size, split across DDP processes [default: 64]."),
+                     help=default_help("Global batch size, split across DDP processes", TrainConfig, "batch_size")),
         click.option("--patience", type=int, default=None,
-                     help="Stop after this many epochs without a validation-loss improvement (0: never) "
-                          "[default: 10]."),
+                     help=default_help("Stop after this many epochs without a validation-loss improvement "
+                                       "(0: never)", TrainConfig, "patience")),
         click.option("--workers", type=int, default=None, help="Loader processes per rank [default: up to 4]."),
-        click.option("--seed", type=int, default=None, help="Seed of the data order and the random draws [default: 0]."),
-        click.option("--device", default=None, help="auto | cpu | cuda | cuda:N [default: auto]."),
+        click.option("--seed", type=int, default=None, help=default_help("Seed of the data order and the random draws", TrainConfig, "seed")),
+        click.option("--device", default=None, help=default_help(DEVICE_HELP, TrainConfig, "device")),
         click.option("--amp/--no-amp", default=None,
                      help="Mixed precision (bf16, or fp16 with loss scaling) [default: on for CUDA, off on CPU]."),
         click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the model."),
@@ -117,10 +104,9 @@ def train():
 @click.argument("root", type=click.Path(exists=True))
 @_training_options
 @dataset_options
-@click.option("--view-size", type=int, default=None, help="Longest side of the peripheral view [default: 224].")
+@click.option("--view-size", type=int, default=None, help=default_help("Longest side of the peripheral view", Stage1Config, "view_size"))
 @click.option("--max-pixels", type=int, default=None, help="Decompression-bomb limit (pixels).")
-@friendly_errors()
-@_library_errors
+@friendly_errors
 def stage1(kind, root, val_size, split_seed, image_root, threshold, **kw):
     """Fine-tune the peripheral subnet on KIND dataset ROOT (high/low softmax, paper IV-B).
 
@@ -141,22 +127,21 @@ def stage1(kind, root, val_size, split_seed, image_root, threshold, **kw):
 @train.command()
 @click.option("--shards", type=click.Path(exists=True, file_okay=False), default=None,
               help="Shard folder made by `gpf preprocess`.")
-@click.option("--variant", type=click.Choice(["gpf", "pf", "random", "single"]), default=None,
-              help="gpf (gated fusion), pf (concat), random (random crops), single (peripheral only) "
-                   "[default: gpf].")
+@click.option("--variant", type=click.Choice(VARIANT_NAMES), default=None,
+              help=default_help("gpf (gated fusion), pf (concat), random (random crops), single (peripheral only)",
+                                Stage2Config, "variant"))
 @click.option("--stage1", "stage1_ckpt", type=click.Path(exists=True), default=None,
               help="Stage-1 checkpoint or run folder: the attention model that made the shards, and the "
                    "peripheral's initial weights [default: the one the manifest names].")
 @click.option("--peripheral-weights", default=None,
               help="Start the peripheral from imagenet | PATH | none instead of the stage-1 model.")
-@click.option("--use-features", type=click.Choice(["auto", "yes", "no"]), default=None,
-              help="Use the shards' stored peripheral features when they match the frozen peripheral "
-                   "[default: auto].")
+@click.option("--use-features", type=click.Choice(USE_FEATURES_CHOICES), default=None,
+              help=default_help("Use the shards' stored peripheral features when they match the frozen peripheral",
+                                Stage2Config, "use_features"))
 @click.option("--train-peripheral", is_flag=True, default=None,
               help="Fine-tune the peripheral too (the paper freezes it).")
 @_training_options
-@friendly_errors()
-@_library_errors
+@friendly_errors
 def stage2(stage1_ckpt, **kw):
     """Train the foveal subnet and fusion on shards with the EMD loss (r = 2), peripheral frozen."""
     from gpf.train.config import Stage2Config

@@ -12,21 +12,24 @@ _EXPORTS = {
     "Backbone": "backbones", "BackboneSpec": "backbones", "create_backbone": "backbones",
     "list_backbones": "backbones", "register_backbone": "backbones", "get_spec": "backbones",
     "normalize_images": "backbones", "IMAGENET_MEAN": "backbones", "IMAGENET_STD": "backbones",
+    "BackboneError": "backbones", "UnknownBackboneError": "backbones",
     # weights
     "WeightsError": "weights", "load_backbone_weights": "weights", "imagenet_cache_path": "weights",
     # GPF-CNN
     "Classifier": "gpf", "PeripheralNet": "gpf", "GPFNet": "gpf", "GatedInformationFusion": "gpf",
     "imagenet_classifier": "gpf", "build_model": "gpf", "forward_bucketed": "gpf", "VARIANTS": "gpf",
-    "describe_backbones": "gpf",
+    "describe_backbones": "gpf", "ModelError": "gpf",
     # checkpoints
+    "Checkpoint": "checkpoint", "AttentionBlock": "checkpoint",
     "CheckpointError": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
-    "state_dict_digest": "checkpoint", "stage1_payload": "checkpoint", "stage2_payload": "checkpoint",
+    "state_dict_digest": "checkpoint", "stage1_checkpoint": "checkpoint", "stage2_checkpoint": "checkpoint",
     "attention_block": "checkpoint", "model_from_checkpoint": "checkpoint",
     "attention_model_from_checkpoint": "checkpoint",
     # attention, crop search, loss, metrics
     "excitation_backprop": "attention", "upsample_map": "attention", "eb_layer_names": "attention",
     "best_box": "crop", "best_boxes": "crop", "map_box_to_image": "crop", "box_fraction": "crop",
     "emd_loss": "losses", "evaluate": "metrics", "mean_score": "metrics", "std_score": "metrics",
+    "EBLayerError": "attention", "AttentionMapError": "crop", "DistributionError": "metrics",
     # geometry
     "peripheral_size": "geometry",
 }

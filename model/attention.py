@@ -48,6 +48,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gpf.errors import GPFError
+
+
+class EBLayerError(GPFError, ValueError):
+    """An EB read-out layer that is not a module of the model (the message lists close matches)."""
+
 __all__ = [
     "excitation_backprop",
     "marginal_winning_probability",
@@ -657,7 +663,7 @@ def resolve_eb_layer(model: nn.Module, layer: str | None = None) -> str:
     for candidate in (layer, f"features.{layer}"):
         if candidate in names:
             return candidate
-    raise ValueError(_unknown_layer_message(model, layer, names))
+    raise EBLayerError(_unknown_layer_message(model, layer, names))
 
 
 def _default_layer(model: nn.Module, names: list[str]) -> str:
@@ -666,7 +672,7 @@ def _default_layer(model: nn.Module, names: list[str]) -> str:
         layer = getattr(owner, "default_eb_layer", None) if owner is not None else None
         if layer:
             return layer
-    raise ValueError(
+    raise EBLayerError(
         f"{type(model).__name__} has no default_eb_layer (nor have its .spec and .backbone); "
         f"pass layer=..., one of: {', '.join(names)}")
 
@@ -779,8 +785,8 @@ def marginal_winning_probability(model: nn.Module, images: Tensor, target=None,
     if result is None:
         result = torch.zeros_like(trace.readout.tensor)
     if result.dim() != 4:
-        raise ValueError(f"EB read-out layer {layer!r} gives shape {tuple(result.shape)}, "
-                         "not a spatial map [B, C, h, w]; choose a layer of model.features")
+        raise EBLayerError(f"EB read-out layer {layer!r} gives shape {tuple(result.shape)}, "
+                           "not a spatial map [B, C, h, w]; choose a layer of model.features")
     return result
 
 

@@ -23,11 +23,20 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from gpf.errors import GPFError
 from gpf.model import arch_alexnet, arch_inception, arch_resnet, arch_small, arch_vgg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_CLASSES = 1000
+
+
+class BackboneError(GPFError, ValueError):
+    """A backbone that cannot be registered or built as asked (the message names it and the fix)."""
+
+
+class UnknownBackboneError(BackboneError):
+    """A backbone name that is not registered; the message lists close matches and every registered name."""
 
 
 @dataclass(frozen=True)
@@ -152,22 +161,22 @@ def register_backbone(name: str, builder: Callable[[], nn.Sequential], *, channe
     (``{"features.0.": "features.conv1_1."}``; ``None`` drops a prefix).
     """
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(f"backbone name must be lower-case letters, digits and '_' "
+        raise BackboneError(f"backbone name must be lower-case letters, digits and '_' "
                          f"starting with a letter, got {name!r}")
     if name in _REGISTRY and not replace:
-        raise ValueError(f"backbone {name!r} is already registered; pass replace=True to override it")
+        raise BackboneError(f"backbone {name!r} is already registered; pass replace=True to override it")
     for label, value in (("channels", channels), ("stride", stride), ("min_input", min_input),
                          ("gif_hidden", gif_hidden)):
         if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"backbone {name!r}: {label} must be a positive int, got {value!r}")
+            raise BackboneError(f"backbone {name!r}: {label} must be a positive int, got {value!r}")
     if min_input < stride:
-        raise ValueError(f"backbone {name!r}: min_input ({min_input}) must be at least the stride ({stride})")
+        raise BackboneError(f"backbone {name!r}: min_input ({min_input}) must be at least the stride ({stride})")
     if not default_eb_layer.startswith("features."):
-        raise ValueError(f"backbone {name!r}: default_eb_layer must name a module under 'features.', "
+        raise BackboneError(f"backbone {name!r}: default_eb_layer must name a module under 'features.', "
                          f"got {default_eb_layer!r}")
     for label, value in (("mean", mean), ("std", std)):
         if len(value) != 3:
-            raise ValueError(f"backbone {name!r}: {label} needs 3 values (RGB), got {value!r}")
+            raise BackboneError(f"backbone {name!r}: {label} needs 3 values (RGB), got {value!r}")
     spec = BackboneSpec(name=name, channels=channels, stride=stride, min_input=min_input,
                         default_eb_layer=default_eb_layer, gif_hidden=gif_hidden,
                         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
@@ -182,11 +191,11 @@ def list_backbones() -> list[str]:
     return list(_REGISTRY)
 
 
-def unknown_backbone_error(name: object) -> ValueError:
+def unknown_backbone_error(name: object) -> UnknownBackboneError:
     names = list(_REGISTRY)
     close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown backbone {name!r}.{hint} Registered backbones: {', '.join(names)}.")
+    return UnknownBackboneError(f"unknown backbone {name!r}.{hint} Registered backbones: {', '.join(names)}.")
 
 
 def _registration(name: str) -> _Registration:
@@ -223,7 +232,7 @@ def create_backbone(name: str, weights: str | os.PathLike = "none", *, download:
     backbone = Backbone(reg.spec, features)
     layers = dict(backbone.named_modules())
     if reg.spec.default_eb_layer not in layers:
-        raise ValueError(f"backbone {name!r}: default_eb_layer {reg.spec.default_eb_layer!r} is not a module; "
+        raise BackboneError(f"backbone {name!r}: default_eb_layer {reg.spec.default_eb_layer!r} is not a module; "
                          f"choose one of {', '.join(n for n in layers if n.startswith('features.'))}")
     if weights not in (None, "none"):
         from gpf.model.weights import load_backbone_weights

@@ -1,17 +1,24 @@
-"""gpf checkpoints: one ``torch.save`` file of tensors and plain types.
+"""gpf checkpoints: one ``torch.save`` file of tensors and plain types, read as a :class:`Checkpoint`.
 
-Payload (format_version 1)::
+Payload (``format_version`` 2)::
 
-    {'format': 'gpf-stage1' | 'gpf-stage2', 'format_version': 1,
+    {'format': 'gpf-stage1' | 'gpf-stage2', 'format_version': 2,
      'model_config': {'model', 'backbone', 'num_classes', ..., 'view_size', 'threshold', 'scores', ...},
      'state_dict': {name: tensor},
      'meta': {'gpf_version', 'torch_version', 'created', ...},
      # stage 2 only: the attention model that made the foveal crops
      'attention': {'stage1_state_dict', 'stage1_config', 'stage1_digest', 'tau', 'eb_layer',
-                   'contrastive', 'view_size'}}
+                   'contrastive', 'view_size'},
+     # written by the trainers
+     'dataset': {'name', 'scores', 'threshold', 'split_spec', ...},
+     'shards': {...},            # stage 2: the identity of the shards it was trained on
+     'config': {...}, 'train': {...}}   # resolved config and trainer state (resume)
 
-Further top-level keys (e.g. a trainer's optimizer state) are allowed if they
-are plain too. Files are written atomically and read with
+Format history: 1 (gpf 0.1.0) also kept a stage-1 model's split at the top
+level (``split_spec``); 2 keeps it in ``dataset`` only. Version 1 files are
+read; a newer version is refused naming both. :class:`Checkpoint` is the only
+reader and writer of the payload: :meth:`Checkpoint.from_dict` and
+:meth:`Checkpoint.to_dict`. Files are written atomically and read with
 ``torch.load(weights_only=True)``; a file holding pickled Python objects is
 refused, never executed.
 """
@@ -21,6 +28,7 @@ import hashlib
 import os
 import re
 from collections import OrderedDict
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,7 +38,8 @@ from torch import nn
 from gpf.errors import GPFError
 from gpf.fsutil import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FORMATS = {"stage1": "gpf-stage1", "stage2": "gpf-stage2"}
 MADE_BY = {"gpf-stage1": "`gpf train stage1`", "gpf-stage2": "`gpf train stage2`"}
 # Exact types (not subclasses): torch.load(weights_only=True) refuses e.g. numpy.float64
@@ -95,23 +104,179 @@ def default_meta(**extra: Any) -> dict:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
+# ----------------------------------------------------------------------------- the typed payload
+
+@dataclass
+class AttentionBlock:
+    """The attention model embedded in a stage-2 checkpoint: the network and settings that made its crops."""
+    stage1_state_dict: dict
+    stage1_config: dict
+    stage1_digest: str
+    tau: float
+    eb_layer: str
+    contrastive: bool
+    view_size: int
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "AttentionBlock":
+        if not isinstance(data, Mapping):
+            raise CheckpointError(f"{where} is a stage-2 checkpoint without its 'attention' block; the file is damaged")
+        missing = [f.name for f in fields(cls) if f.name not in data]
+        if missing:
+            raise CheckpointError(f"{where}: the embedded attention model lacks {', '.join(missing)}; "
+                                  "the file is damaged")
+        return cls(stage1_state_dict=dict(data["stage1_state_dict"]), stage1_config=dict(data["stage1_config"]),
+                   stage1_digest=data["stage1_digest"], tau=float(data["tau"]), eb_layer=data["eb_layer"],
+                   contrastive=bool(data["contrastive"]), view_size=int(data["view_size"]))
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def verified_state_dict(self) -> dict:
+        """The embedded weights, checked against their recorded digest."""
+        digest = state_dict_digest(self.stage1_state_dict)
+        if digest != self.stage1_digest:
+            raise CheckpointError(f"the stage-1 weights embedded in this stage-2 checkpoint have digest "
+                                  f"{digest[:12]}..., not the recorded {str(self.stage1_digest)[:12]}...; "
+                                  f"the file is damaged")
+        return self.stage1_state_dict
+
+
+_KNOWN_KEYS = ("format", "format_version", "model_config", "state_dict", "meta", "attention", "dataset",
+               "shards", "config", "train")
+
+
+@dataclass
+class Checkpoint:
+    """A gpf checkpoint (see the module doc); ``extra`` keeps further plain top-level keys."""
+    format: str
+    model_config: dict
+    state_dict: dict
+    meta: dict = field(default_factory=dict)
+    attention: AttentionBlock | None = None
+    dataset: dict | None = None
+    shards: dict | None = None
+    config: dict | None = None
+    train: dict | None = None
+    extra: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def kind(self) -> str:
+        """``'stage1'`` or ``'stage2'``."""
+        return _kind(self.format)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model_config["num_classes"])
+
+    @property
+    def scores(self) -> tuple[float, ...]:
+        """The score of each bucket the model was trained with (1..N when none was recorded)."""
+        dataset = self.dataset or {}
+        n = self.num_classes
+        scores = self.model_config.get("scores") or dataset.get("scores") or list(range(1, n + 1))
+        if len(scores) != n:
+            raise CheckpointError(f"the checkpoint has {n} score buckets but {len(scores)} bucket scores "
+                                  f"({list(scores)}); the file is damaged")
+        return tuple(float(s) for s in scores)
+
+    @property
+    def threshold(self) -> float | None:
+        """The high/low cut the model was trained with (None when unknown)."""
+        value = self.model_config.get("threshold", (self.dataset or {}).get("threshold"))
+        return None if value is None else float(value)
+
+    @property
+    def view_size(self) -> int | None:
+        """The view size the model was trained on."""
+        value = self.model_config.get("view_size") or (self.attention.view_size if self.attention else None)
+        return None if value is None else int(value)
+
+    @property
+    def split_spec(self) -> dict | None:
+        """The train/val/test split a stage-1 model was trained with."""
+        return (self.dataset or {}).get("split_spec") or self.model_config.get("split_spec")
+
+    @property
+    def shards_seed(self) -> int:
+        """The preprocess seed of the shards a stage-2 model was trained on (random crop positions)."""
+        run = (self.shards or {}).get("run") or {}
+        seed = (run.get("config") or {}).get("seed", 0)
+        return int(seed) if isinstance(seed, int) else 0
+
+    @property
+    def digest(self) -> str:
+        """:func:`state_dict_digest` of the model's weights."""
+        return state_dict_digest(self.state_dict)
+
+    # -- plain form
+    def to_dict(self) -> dict:
+        payload = {"format": self.format, "format_version": FORMAT_VERSION, "model_config": dict(self.model_config),
+                   "state_dict": self.state_dict, "meta": dict(self.meta)}
+        if self.attention is not None:
+            payload["attention"] = self.attention.to_dict()
+        for name in ("dataset", "shards", "config", "train"):
+            if getattr(self, name) is not None:
+                payload[name] = getattr(self, name)
+        return {**self.extra, **payload}
+
+    @classmethod
+    def from_dict(cls, payload: Any, where: str = "checkpoint") -> "Checkpoint":
+        """Read a payload of any readable version; :class:`CheckpointError` naming ``where`` otherwise."""
+        fmt = payload.get("format") if isinstance(payload, Mapping) else None
+        if fmt not in MADE_BY:
+            raise CheckpointError(f"{where} is not a gpf checkpoint (no 'format' of {', '.join(MADE_BY)}); gpf "
+                                  f"checkpoints are made by `gpf train stage1` and `gpf train stage2`. To start a "
+                                  f"backbone from a plain state dict pass it as --weights PATH.")
+        version = payload.get("format_version")
+        if version not in READABLE_VERSIONS:
+            from gpf._version import __version__
+
+            made_by = (payload.get("meta") or {}).get("gpf_version", "?") if isinstance(payload.get("meta"), Mapping) \
+                else "?"
+            advice = "upgrade gpf to read it" if isinstance(version, int) and version > FORMAT_VERSION else \
+                "retrain it with this gpf"
+            raise CheckpointError(f"{where} has format_version {version!r} (written by gpf {made_by}); this gpf "
+                                  f"{__version__} reads format_version {', '.join(map(str, READABLE_VERSIONS))}: "
+                                  f"{advice}")
+        for key in ("model_config", "state_dict"):
+            if not isinstance(payload.get(key), Mapping):
+                raise CheckpointError(f"{where} ({fmt}) lacks its {key!r} dict; the file is damaged")
+        attention = None
+        if fmt == FORMATS["stage2"]:
+            attention = AttentionBlock.from_dict(payload.get("attention"), where)
+        dataset = dict(payload["dataset"]) if isinstance(payload.get("dataset"), Mapping) else None
+        if version == 1 and payload.get("split_spec") is not None:
+            dataset = dict(dataset or {})
+            if dataset.get("split_spec") is None:
+                dataset["split_spec"] = payload["split_spec"]
+        optional = {name: dict(payload[name]) if isinstance(payload.get(name), Mapping) else None
+                    for name in ("shards", "config", "train")}
+        extra = {k: v for k, v in payload.items() if k not in _KNOWN_KEYS and k != "split_spec"}
+        meta = dict(payload["meta"]) if isinstance(payload.get("meta"), Mapping) else {}
+        return cls(format=fmt, model_config=dict(payload["model_config"]), state_dict=dict(payload["state_dict"]),
+                   meta=meta, attention=attention, dataset=dataset, extra=extra, format_version=version,
+                   **optional)
+
+
 # ----------------------------------------------------------------------------- files
 
-def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> Path:
-    """Write ``payload`` atomically: temp file in the same folder, fsync, ``os.replace``.
+def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
+    """Write ``checkpoint`` atomically: temp file in the same folder, fsync, ``os.replace``.
 
     A crash or error leaves either the previous file or the new one, never a
-    partial file. ``payload`` must be plain (see :func:`check_plain`).
+    partial file. The payload must be plain (see :func:`check_plain`).
     """
-    if not isinstance(payload, Mapping):
-        raise CheckpointError(f"checkpoint payload must be a dict, got {type(payload).__name__}")
-    fmt = payload.get("format")
-    if fmt is not None and fmt not in MADE_BY:
-        raise CheckpointError(f"unknown checkpoint format {fmt!r}; expected one of {', '.join(MADE_BY)}")
+    if not isinstance(checkpoint, Checkpoint):
+        raise CheckpointError(f"save_checkpoint takes a Checkpoint, got {type(checkpoint).__name__}")
+    if checkpoint.format not in MADE_BY:
+        raise CheckpointError(f"unknown checkpoint format {checkpoint.format!r}; expected one of {', '.join(MADE_BY)}")
+    payload = checkpoint.to_dict()
     check_plain(payload)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda handle: torch.save(dict(payload), handle))
+    atomic_write(path, lambda handle: torch.save(payload, handle))
     return path
 
 
@@ -150,7 +315,7 @@ def _kind(fmt: str) -> str:
 def resolve_checkpoint_path(path: str | os.PathLike, prefer: str = "best") -> Path:
     """A checkpoint file, or a run folder's ``best.pt`` (``prefer='best'``) else ``last.pt`` (or the reverse)."""
     if prefer not in ("best", "last"):
-        raise ValueError(f"prefer must be 'best' or 'last', got {prefer!r}")
+        raise CheckpointError(f"prefer must be 'best' or 'last', got {prefer!r}")
     path = Path(path)
     if path.is_dir():
         order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
@@ -164,32 +329,18 @@ def resolve_checkpoint_path(path: str | os.PathLike, prefer: str = "best") -> Pa
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, expect: str | None = None, map_location="cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, expect: str | None = None, map_location="cpu") -> Checkpoint:
     """Read and check a gpf checkpoint; ``expect`` = ``'stage1'`` or ``'stage2'`` refuses the other kind."""
     if expect is not None and expect not in FORMATS:
-        raise ValueError(f"expect must be one of {', '.join(FORMATS)} or None, got {expect!r}")
+        raise CheckpointError(f"expect must be one of {', '.join(FORMATS)} or None, got {expect!r}")
     path = Path(path)
-    payload = safe_torch_load(path, "checkpoint", CheckpointError, map_location)
-    fmt = payload.get("format") if isinstance(payload, dict) else None
-    if fmt not in MADE_BY:
-        raise CheckpointError(f"{path} is not a gpf checkpoint (no 'format' of {', '.join(MADE_BY)}); gpf "
-                              f"checkpoints are made by `gpf train stage1` and `gpf train stage2`. To start a "
-                              f"backbone from a plain state dict pass it as --weights PATH.")
-    version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {version!r}; this gpf reads up to {FORMAT_VERSION}. "
-                              f"Upgrade gpf to read it.")
-    for key in ("model_config", "state_dict"):
-        if not isinstance(payload.get(key), dict):
-            raise CheckpointError(f"{path} ({fmt}) lacks its {key!r} dict; the file is damaged")
-    if expect is not None and fmt != FORMATS[expect]:
+    checkpoint = Checkpoint.from_dict(safe_torch_load(path, "checkpoint", CheckpointError, map_location), str(path))
+    if expect is not None and checkpoint.format != FORMATS[expect]:
         wanted = FORMATS[expect]
-        raise CheckpointError(f"{path} is a {_kind(fmt).replace('stage', 'stage-')} checkpoint (made by "
-                              f"{MADE_BY[fmt]}), but a {expect.replace('stage', 'stage-')} checkpoint "
+        raise CheckpointError(f"{path} is a {checkpoint.kind.replace('stage', 'stage-')} checkpoint (made by "
+                              f"{MADE_BY[checkpoint.format]}), but a {expect.replace('stage', 'stage-')} checkpoint "
                               f"(made by {MADE_BY[wanted]}) is needed here")
-    if fmt == FORMATS["stage2"] and not isinstance(payload.get("attention"), dict):
-        raise CheckpointError(f"{path} is a stage-2 checkpoint without its 'attention' block; the file is damaged")
-    return payload
+    return checkpoint
 
 
 # ----------------------------------------------------------------------------- payloads
@@ -199,33 +350,35 @@ def _data_config(view_size, threshold, scores) -> dict:
             "scores": list(scores) if scores is not None else None}
 
 
-def stage1_payload(model: nn.Module, *, view_size: int | None = None, threshold: float | None = None,
-                   scores=None, extra_config: Mapping | None = None, meta: Mapping | None = None) -> dict:
-    """Payload of a stage-1 (attention) model: a ``PeripheralNet`` or an ImageNet ``Classifier``."""
-    return {"format": FORMATS["stage1"], "format_version": FORMAT_VERSION,
-            "model_config": {**model.config(), **_data_config(view_size, threshold, scores), **(extra_config or {})},
-            "state_dict": cpu_state_dict(model), "meta": dict(meta) if meta is not None else default_meta()}
+def stage1_checkpoint(model: nn.Module, *, view_size: int | None = None, threshold: float | None = None,
+                      scores=None, extra_config: Mapping | None = None, meta: Mapping | None = None) -> Checkpoint:
+    """Checkpoint of a stage-1 (attention) model: a ``PeripheralNet`` or an ImageNet ``Classifier``."""
+    return Checkpoint(format=FORMATS["stage1"],
+                      model_config={**model.config(), **_data_config(view_size, threshold, scores),
+                                    **(extra_config or {})},
+                      state_dict=cpu_state_dict(model), meta=dict(meta) if meta is not None else default_meta())
 
 
-def attention_block(attention_model: nn.Module | Mapping, *, tau: float, eb_layer: str, contrastive: bool,
-                    view_size: int) -> dict:
-    """The ``'attention'`` entry of a stage-2 payload from a model or a stage-1 payload."""
+def attention_block(attention_model: nn.Module | Checkpoint, *, tau: float, eb_layer: str, contrastive: bool,
+                    view_size: int) -> AttentionBlock:
+    """The attention block of a stage-2 checkpoint from a model or a stage-1 checkpoint."""
     if isinstance(attention_model, nn.Module):
         config, state = attention_model.config(), cpu_state_dict(attention_model)
     else:
-        config, state = dict(attention_model["model_config"]), attention_model["state_dict"]
-    return {"stage1_state_dict": state, "stage1_config": config, "stage1_digest": state_dict_digest(state),
-            "tau": float(tau), "eb_layer": eb_layer, "contrastive": bool(contrastive), "view_size": int(view_size)}
+        config, state = dict(attention_model.model_config), attention_model.state_dict
+    return AttentionBlock(stage1_state_dict=state, stage1_config=config, stage1_digest=state_dict_digest(state),
+                          tau=float(tau), eb_layer=eb_layer, contrastive=bool(contrastive), view_size=int(view_size))
 
 
-def stage2_payload(model: nn.Module, attention: Mapping, *, view_size: int | None = None,
-                   threshold: float | None = None, scores=None, extra_config: Mapping | None = None,
-                   meta: Mapping | None = None) -> dict:
-    """Payload of a stage-2 ``GPFNet``; ``attention`` from :func:`attention_block`."""
-    return {"format": FORMATS["stage2"], "format_version": FORMAT_VERSION,
-            "model_config": {**model.config(), **_data_config(view_size, threshold, scores), **(extra_config or {})},
-            "state_dict": cpu_state_dict(model), "attention": dict(attention),
-            "meta": dict(meta) if meta is not None else default_meta()}
+def stage2_checkpoint(model: nn.Module, attention: AttentionBlock, *, view_size: int | None = None,
+                      threshold: float | None = None, scores=None, extra_config: Mapping | None = None,
+                      meta: Mapping | None = None) -> Checkpoint:
+    """Checkpoint of a stage-2 ``GPFNet``; ``attention`` from :func:`attention_block`."""
+    return Checkpoint(format=FORMATS["stage2"],
+                      model_config={**model.config(), **_data_config(view_size, threshold, scores),
+                                    **(extra_config or {})},
+                      state_dict=cpu_state_dict(model), attention=attention,
+                      meta=dict(meta) if meta is not None else default_meta())
 
 
 # ----------------------------------------------------------------------------- rebuilding
@@ -256,18 +409,18 @@ def instantiate(config: Mapping, state_dict: Mapping[str, torch.Tensor], source:
     return model.eval()
 
 
-def _as_payload(ckpt, expect: str | None = None) -> dict:
+def _as_checkpoint(ckpt) -> Checkpoint:
     if isinstance(ckpt, (str, os.PathLike)):
-        return load_checkpoint(ckpt, expect=expect)
-    if not isinstance(ckpt, Mapping) or ckpt.get("format") not in MADE_BY:
-        raise CheckpointError("expected a gpf checkpoint payload (from load_checkpoint) or its path")
-    return dict(ckpt)
+        return load_checkpoint(ckpt)
+    if not isinstance(ckpt, Checkpoint):
+        raise CheckpointError("expected a gpf Checkpoint (from load_checkpoint) or its path")
+    return ckpt
 
 
 def model_from_checkpoint(ckpt) -> nn.Module:
-    """The model a checkpoint (payload or path) holds: ``PeripheralNet``/``Classifier`` or ``GPFNet``, eval mode."""
-    payload = _as_payload(ckpt)
-    return instantiate(payload["model_config"], payload["state_dict"], source=f"{payload['format']} checkpoint")
+    """The model a checkpoint (object or path) holds: ``PeripheralNet``/``Classifier`` or ``GPFNet``, eval mode."""
+    checkpoint = _as_checkpoint(ckpt)
+    return instantiate(checkpoint.model_config, checkpoint.state_dict, source=f"{checkpoint.format} checkpoint")
 
 
 def attention_model_from_checkpoint(ckpt) -> nn.Module:
@@ -275,14 +428,8 @@ def attention_model_from_checkpoint(ckpt) -> nn.Module:
 
     The embedded weights are checked against their recorded digest.
     """
-    payload = _as_payload(ckpt)
-    if payload["format"] == FORMATS["stage1"]:
-        return model_from_checkpoint(payload)
-    block = payload["attention"]
-    state = block["stage1_state_dict"]
-    digest = state_dict_digest(state)
-    if digest != block.get("stage1_digest"):
-        raise CheckpointError(f"the stage-1 weights embedded in this stage-2 checkpoint have digest "
-                              f"{digest[:12]}..., not the recorded {str(block.get('stage1_digest'))[:12]}...; "
-                              f"the file is damaged")
-    return instantiate(block["stage1_config"], state, source="embedded stage-1 model")
+    checkpoint = _as_checkpoint(ckpt)
+    if checkpoint.attention is None:
+        return model_from_checkpoint(checkpoint)
+    block = checkpoint.attention
+    return instantiate(block.stage1_config, block.verified_state_dict(), source="embedded stage-1 model")

@@ -17,7 +17,7 @@ Rules (all documented in ``docs/crop.md``):
 * Order among qualifying boxes: smallest area, then largest sum, then the
   lexicographically smallest ``(y0, x0, y1, x1)``.
 * Negative values (bicubic overshoot of an upsampled map) count as 0. NaN or
-  infinite values raise ``ValueError``. A map whose values are all <= 0 has no
+  infinite values raise :class:`AttentionMapError` (a ``ValueError``). A map whose values are all <= 0 has no
   attention to hold and returns the whole map.
 
 The search is O(H^2 W) with H <= W (the map is transposed internally): for each
@@ -36,7 +36,10 @@ from numbers import Real
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["REL_TOL", "best_box", "best_boxes", "box_fraction", "map_box_to_image"]
+from gpf.errors import GPFError, OptionError
+from gpf.vocabulary import TAU
+
+__all__ = ["REL_TOL", "AttentionMapError", "best_box", "best_boxes", "box_fraction", "map_box_to_image"]
 
 #: Relative slack on the target ``tau * total`` (see the module docstring).
 REL_TOL = 1e-9
@@ -287,10 +290,14 @@ def _boxes_kernel(maps, tau):
 # --------------------------------------------------------------------------- validation
 
 
+class AttentionMapError(GPFError, ValueError):
+    """An attention map holding NaN or infinite values (e.g. from a model whose weights hold them)."""
+
+
 def _check_tau(tau) -> float:
     if isinstance(tau, bool) or not isinstance(tau, Real) or not (0.0 < float(tau) <= 1.0):
-        raise ValueError(f"tau must be a number in (0, 1] (share of attention to keep; "
-                         f"the paper uses 0.7), got {tau!r}")
+        raise OptionError(f"tau must be a number in (0, 1] (share of attention to keep; "
+                          f"the paper uses 0.7), got {tau!r}", param="tau")
     return float(tau)
 
 
@@ -313,16 +320,16 @@ def _as_maps(attention, ndim: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def _non_finite_error(arr: np.ndarray, what: str) -> ValueError:
+def _non_finite_error(arr: np.ndarray, what: str) -> AttentionMapError:
     where = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-    return ValueError(f"{what} holds a non-finite value ({arr[where]}) at index {where}; "
-                      "attention must be finite (replace NaN with 0 if it means 'none')")
+    return AttentionMapError(f"{what} holds a non-finite value ({arr[where]}) at index {where}; "
+                             "attention must be finite (replace NaN with 0 if it means 'none')")
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def best_box(attention, tau: float = 0.7) -> tuple[int, int, int, int]:
+def best_box(attention, tau: float = TAU) -> tuple[int, int, int, int]:
     """Smallest rectangle holding ``tau`` of the attention (paper Eq. 4).
 
     Args:
@@ -336,8 +343,9 @@ def best_box(attention, tau: float = 0.7) -> tuple[int, int, int, int]:
         smallest ``(y0, x0, y1, x1)``. An all-zero map gives the whole map.
 
     Raises:
-        ValueError: not 2-D, empty, non-real dtype, NaN/inf values, or tau
-            outside ``(0, 1]``.
+        ValueError: not 2-D, empty, non-real dtype, NaN/inf values
+            (:class:`AttentionMapError`), or tau outside ``(0, 1]``
+            (:class:`~gpf.errors.OptionError`).
     """
     tau = _check_tau(tau)
     arr = _as_maps(attention, 2, "attention map")
@@ -347,7 +355,7 @@ def best_box(attention, tau: float = 0.7) -> tuple[int, int, int, int]:
     return int(y0), int(x0), int(y1), int(x1)
 
 
-def best_boxes(maps, tau: float = 0.7) -> np.ndarray:
+def best_boxes(maps, tau: float = TAU) -> np.ndarray:
     """:func:`best_box` for each map of a ``(B, H, W)`` stack, in parallel.
 
     Uses numba's thread pool (``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``).

@@ -7,6 +7,8 @@ backbone's minimum input so a 4000x50 panorama still runs.
 """
 from __future__ import annotations
 
+from gpf.errors import OptionError
+
 
 def peripheral_size(width: int, height: int, view_size: int, stride: int = 1,
                     min_side: int = 1) -> tuple[int, int]:
@@ -19,7 +21,7 @@ def peripheral_size(width: int, height: int, view_size: int, stride: int = 1,
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if view_size <= 0:
-        raise ValueError(f"view_size must be positive, got {view_size}")
+        raise OptionError(f"view_size must be positive, got {view_size}", param="view_size")
     long_side, short_side = max(width, height), min(width, height)
     short = view_size * short_side / long_side
     stride = max(1, int(stride))

@@ -30,20 +30,24 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from gpf.errors import GPFError, OptionError
+from gpf.vocabulary import VARIANT_NAMES
+from gpf.vocabulary import VARIANTS as VARIANT_TABLE
 from gpf.model.backbones import (Backbone, BackboneSpec, build_imagenet_head, create_backbone,
                                  get_spec, list_backbones)
 
-VARIANTS = ("single", "random", "pf", "gpf")
-VARIANT_DESCRIPTIONS = {
-    "single": "one column on the peripheral view (Table I 'VGG16')",
-    "random": "peripheral view + a random view-size crop, concatenated (Table I 'Random-VGG16')",
-    "pf": "peripheral view + attention crop, concatenated, no gates (Table I 'PF-CNN')",
-    "gpf": "peripheral view + attention crop with gated information fusion (Table I 'GPF-CNN')",
-}
-FOVEA_SOURCE = {"single": None, "random": "random", "pf": "attention", "gpf": "attention"}
+VARIANTS = VARIANT_NAMES
+VARIANT_DESCRIPTIONS = {name: v.description for name, v in VARIANT_TABLE.items()}
+FOVEA_SOURCE = {name: {"fovea": "attention", "random": "random", None: None}[v.second_view]
+                for name, v in VARIANT_TABLE.items()}
 BRANCH_WIDTH = 2048  # F^i_c of Table II
 FUSION_WIDTH = 4096  # FC of Table II
 MODEL_KINDS = ("peripheral", "imagenet_classifier", "gpf")
+
+
+class ModelError(GPFError, ValueError):
+    """A model that cannot be built or used as described: a model config (e.g. a damaged checkpoint's),
+    stage-1 weights of another backbone, views smaller than the backbone takes."""
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -83,7 +87,7 @@ def check_images(images, spec: BackboneSpec, what: str) -> None:
             raise ValueError(f"{what}: expected {layout} images, got shape {list(tensor.shape)}")
         height, width = tensor.shape[-2:]
         if min(height, width) < spec.min_input:
-            raise ValueError(f"{what}: a {width}x{height} view is smaller than {spec.name}'s minimum input "
+            raise ModelError(f"{what}: a {width}x{height} view is smaller than {spec.name}'s minimum input "
                              f"side {spec.min_input}; make views with gpf.model.geometry.peripheral_size"
                              f"(..., stride={spec.stride}, min_side={spec.min_input})")
 
@@ -91,8 +95,9 @@ def check_images(images, spec: BackboneSpec, what: str) -> None:
 def _as_backbone(backbone: str | Backbone, weights: str, download: bool = True) -> Backbone:
     if isinstance(backbone, Backbone):
         if weights not in (None, "none"):
-            raise ValueError(f"weights={weights!r} applies only when the backbone is given by name; "
-                             f"pass create_backbone({backbone.name!r}, weights) or the name {backbone.name!r}")
+            raise OptionError(f"weights={weights!r} applies only when the backbone is given by name; "
+                              f"pass create_backbone({backbone.name!r}, weights) or the name {backbone.name!r}",
+                              param="weights")
         return backbone
     if isinstance(backbone, str):
         return create_backbone(backbone, weights, download=download)
@@ -241,10 +246,10 @@ class GPFNet(nn.Module):
                  gif_hidden: int | None = None, dropout: float = 0.5, download: bool = True):
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+            raise OptionError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}", param="variant")
         _check_positive(num_classes=num_classes, branch_width=branch_width, fusion_width=fusion_width)
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise OptionError(f"dropout must be in [0, 1), got {dropout}", param="dropout")
         backbone = _as_backbone(backbone, weights, download)
         self.spec = backbone.spec
         self.variant = variant
@@ -371,18 +376,21 @@ class GPFNet(nn.Module):
             self.peripheral.eval()
         return self
 
-    def load_peripheral_from_stage1(self, state: Mapping) -> None:
+    def load_peripheral_from_stage1(self, state) -> None:
         """Copy a stage-1 model's features into the peripheral subnet.
 
-        ``state``: a stage-1 checkpoint payload, or a ``PeripheralNet`` /
-        ``Backbone`` state dict (``features.*`` keys; head keys are ignored).
+        ``state``: a stage-1 :class:`~gpf.model.checkpoint.Checkpoint`, or a
+        ``PeripheralNet`` / ``Backbone`` state dict (``features.*`` keys; head
+        keys are ignored).
         """
+        from gpf.model.checkpoint import Checkpoint
         from gpf.model.weights import load_state_into, unwrap_state_dict
 
-        config = state.get("model_config") if isinstance(state.get("model_config"), Mapping) else {}
-        trained_on = config.get("backbone")
+        trained_on = None
+        if isinstance(state, Checkpoint):
+            trained_on, state = state.model_config.get("backbone"), state.state_dict
         if trained_on and trained_on != self.spec.name:
-            raise ValueError(f"the stage-1 model uses backbone {trained_on!r} but this GPFNet uses "
+            raise ModelError(f"the stage-1 model uses backbone {trained_on!r} but this GPFNet uses "
                              f"{self.spec.name!r}; train stage 2 with --backbone {trained_on}")
         holder = nn.Module()
         holder.features = self.peripheral
@@ -400,26 +408,43 @@ class GPFNet(nn.Module):
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise OptionError(f"{name} must be a positive int, got {value!r}", param=name)
 
 
 # ----------------------------------------------------------------------------- rebuilding
+
+_DAMAGED_CONFIG = "; the checkpoint is damaged or was written by another gpf version"
+_REQUIRED = object()
+
+
+def _config_value(config: Mapping, key: str, convert: Callable, default=_REQUIRED):
+    """``convert(config[key])`` (``default`` when absent); :class:`ModelError` naming the key otherwise."""
+    value = config.get(key, default)
+    if value is _REQUIRED:
+        raise ModelError(f"model_config lacks {key!r}{_DAMAGED_CONFIG}")
+    try:
+        return convert(value)
+    except (TypeError, ValueError):
+        what = {int: "whole number", float: "number"}.get(convert, convert.__name__)
+        raise ModelError(f"model_config[{key!r}] is {value!r}, not a {what}{_DAMAGED_CONFIG}") from None
+
 
 def build_model(config: Mapping) -> nn.Module:
     """Randomly initialised model of ``config`` (from ``model.config()``; extra keys ignored)."""
     kind = config.get("model")
     if kind not in MODEL_KINDS:
-        raise ValueError(f"model_config['model'] is {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+        raise ModelError(f"model_config['model'] is {kind!r}; expected one of {', '.join(MODEL_KINDS)}"
+                         f"{_DAMAGED_CONFIG}")
     name = config.get("backbone")
     if kind == "imagenet_classifier":
         return imagenet_classifier(name, weights="none")
     if kind == "peripheral":
-        return PeripheralNet(name, num_classes=int(config.get("num_classes", 2)), hidden=config.get("hidden"),
-                             dropout=float(config.get("dropout", 0.5)))
-    model = GPFNet(name, config.get("variant", "gpf"), int(config["num_classes"]),
-                   branch_width=int(config.get("branch_width", BRANCH_WIDTH)),
-                   fusion_width=int(config.get("fusion_width", FUSION_WIDTH)),
-                   gif_hidden=config.get("gif_hidden"), dropout=float(config.get("dropout", 0.5)))
+        return PeripheralNet(name, num_classes=_config_value(config, "num_classes", int, 2),
+                             hidden=config.get("hidden"), dropout=_config_value(config, "dropout", float, 0.5))
+    model = GPFNet(name, config.get("variant", "gpf"), _config_value(config, "num_classes", int),
+                   branch_width=_config_value(config, "branch_width", int, BRANCH_WIDTH),
+                   fusion_width=_config_value(config, "fusion_width", int, FUSION_WIDTH),
+                   gif_hidden=config.get("gif_hidden"), dropout=_config_value(config, "dropout", float, 0.5))
     if config.get("peripheral_frozen"):
         model.freeze_peripheral()
     return model

@@ -12,6 +12,9 @@ from numbers import Real
 
 import torch
 
+from gpf.errors import OptionError
+from gpf.model.metrics import DistributionError
+
 __all__ = ["emd_loss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -44,9 +47,9 @@ def emd_loss(pred: torch.Tensor, target, r: float = 2, reduction: str = "mean",
     value stays exact.
     """
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}")
+        raise OptionError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}", param="reduction")
     if isinstance(r, bool) or not isinstance(r, Real) or not r >= 1:
-        raise ValueError(f"r must be a number >= 1 (2 for training, 1 for evaluation), got {r!r}")
+        raise OptionError(f"r must be a number >= 1 (2 for training, 1 for evaluation), got {r!r}", param="r")
     pred, target = _as_float_pair(pred, target)
     if validate:
         _check_distributions(pred, target)
@@ -80,8 +83,8 @@ def _as_float_pair(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
     if pred.dim() == 0 or pred.shape[-1] == 0:
         raise ValueError(f"pred must have shape [..., N] with N >= 1 score buckets, got {tuple(pred.shape)}")
     if target.shape != pred.shape:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match pred shape "
-                         f"{tuple(pred.shape)}; both must be [..., N] over the same N score buckets")
+        raise DistributionError(f"target shape {tuple(target.shape)} does not match pred shape "
+                                f"{tuple(pred.shape)}; both must be [..., N] over the same N score buckets")
     return pred, target
 
 
@@ -98,7 +101,7 @@ def _check_distributions(pred: torch.Tensor, target: torch.Tensor) -> None:
             which = "pred" if i < 3 else "target"
             tensor = pred if i < 3 else target
             row = _first_bad_row(tensor, i % 3)
-            raise ValueError(f"emd_loss: {which} {problems[i % 3]}, first at row {row}")
+            raise DistributionError(f"emd_loss: {which} {problems[i % 3]}, first at row {row}")
 
 
 def _first_bad_row(tensor: torch.Tensor, problem: int) -> int:

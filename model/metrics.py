@@ -14,10 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize", "mean_score", "std_score", "emd", "evaluate", "METRIC_KEYS"]
+from gpf.errors import GPFError, OptionError
+
+__all__ = ["normalize", "mean_score", "std_score", "emd", "evaluate", "METRIC_KEYS", "DistributionError"]
 
 #: Keys of :func:`evaluate`'s result, in report order.
 METRIC_KEYS = ("accuracy", "srcc", "lcc", "mae", "rmse", "emd")
+
+
+class DistributionError(GPFError, ValueError):
+    """Score distributions (or bucket scores) that are not usable: not numeric, mis-shaped, empty,
+    negative, non-finite or without votes; the message names the argument and the first bad row."""
 
 
 def _as_array(values, what: str) -> np.ndarray:
@@ -26,19 +33,19 @@ def _as_array(values, what: str) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be numeric, got {type(values).__name__}: {exc}") from None
+        raise DistributionError(f"{what} must be numeric, got {type(values).__name__}: {exc}") from None
     return arr
 
 
 def normalize(dist, what: str = "distribution") -> np.ndarray:
     """Rows of ``dist`` (``[..., N]`` counts or probabilities) divided by their sums.
 
-    Raises ``ValueError`` naming the first bad row when a value is negative or
-    non-finite or a row sums to 0.
+    Raises :class:`DistributionError` (a ``ValueError``) naming the first bad row when a
+    value is negative or non-finite or a row sums to 0.
     """
     arr = _as_array(dist, what)
     if arr.ndim == 0 or arr.shape[-1] == 0:
-        raise ValueError(f"{what} must have shape [..., N] with N >= 1 score buckets, got {arr.shape}")
+        raise DistributionError(f"{what} must have shape [..., N] with N >= 1 score buckets, got {arr.shape}")
     rows = arr.reshape(-1, arr.shape[-1])
     totals = rows.sum(axis=1)
     for bad, problem in ((~np.isfinite(rows).all(axis=1), "holds NaN or inf"),
@@ -46,7 +53,7 @@ def normalize(dist, what: str = "distribution") -> np.ndarray:
                          (totals <= 0, "sums to 0 (no votes)")):
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{what} row {row} {problem}: {rows[row].tolist()}")
+            raise DistributionError(f"{what} row {row} {problem}: {rows[row].tolist()}")
     return arr / arr.sum(axis=-1, keepdims=True)
 
 
@@ -55,8 +62,8 @@ def _scores(scores, n_buckets: int) -> np.ndarray:
         return np.arange(1, n_buckets + 1, dtype=np.float64)
     values = _as_array(scores, "scores")
     if values.shape != (n_buckets,) or not np.isfinite(values).all():
-        raise ValueError(f"scores must be {n_buckets} finite values, one per score bucket "
-                         f"(AVA: 1..10), got {values.tolist()}")
+        raise DistributionError(f"scores must be {n_buckets} finite values, one per score bucket "
+                                f"(AVA: 1..10), got {values.tolist()}")
     return values
 
 
@@ -87,7 +94,7 @@ def emd(pred_dist, true_dist, r: float = 1) -> float:
     """Paper Eq. 1 averaged over images (``r = 1`` is the paper's evaluation metric)."""
     p, q = _paired(pred_dist, true_dist)
     if not r >= 1:
-        raise ValueError(f"r must be >= 1, got {r!r}")
+        raise OptionError(f"r must be >= 1, got {r!r}", param="r")
     gap = np.abs(np.cumsum(p, axis=-1) - np.cumsum(q, axis=-1))
     return float(np.mean(np.mean(gap ** r, axis=-1) ** (1.0 / r)))
 
@@ -96,10 +103,10 @@ def _paired(pred_dist, true_dist) -> tuple[np.ndarray, np.ndarray]:
     p = normalize(pred_dist, "pred_dist")
     q = normalize(true_dist, "true_dist")
     if p.ndim != 2 or p.shape != q.shape:
-        raise ValueError(f"pred_dist and true_dist must both be [images, N] with the same shape, "
-                         f"got {p.shape} and {q.shape}")
+        raise DistributionError(f"pred_dist and true_dist must both be [images, N] with the same shape, "
+                                f"got {p.shape} and {q.shape}")
     if p.shape[0] == 0:
-        raise ValueError("no images to evaluate (pred_dist and true_dist are empty)")
+        raise DistributionError("no images to evaluate (pred_dist and true_dist are empty)")
     return p, q
 
 
@@ -148,7 +155,7 @@ def evaluate(pred_dist, true_dist, threshold: float, scores=None) -> dict:
     except (TypeError, ValueError):
         cut = float("nan")
     if not np.isfinite(cut):
-        raise ValueError(f"threshold must be a finite number (AVA: 5), got {threshold!r}")
+        raise OptionError(f"threshold must be a finite number (AVA: 5), got {threshold!r}", param="threshold")
     s = _scores(scores, p.shape[-1])
     mu_pred, mu_true = p @ s, q @ s
     error = mu_pred - mu_true

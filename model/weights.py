@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -63,22 +62,22 @@ def _expected_hash_prefix(filename: str) -> str | None:
 
 def _download(url: str, destination: Path, timeout: float) -> None:
     """Stream ``url`` to a temp file next to ``destination``, check its hash prefix, rename."""
+    from gpf.fsutil import atomic_write
+
     destination.parent.mkdir(parents=True, exist_ok=True)
     prefix = _expected_hash_prefix(destination.name)
-    fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    try:
+
+    def stream(out) -> None:
         sha = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             while chunk := response.read(1 << 20):
                 sha.update(chunk)
                 out.write(chunk)
         if prefix and not sha.hexdigest().startswith(prefix):
             raise WeightsError(f"downloaded {url} but its sha256 {sha.hexdigest()[:12]}... does not start "
                                f"with {prefix!r} (from the file name); the download is corrupt, try again")
-        os.replace(tmp_name, destination)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+
+    atomic_write(destination, stream)
 
 
 def imagenet_weights_file(backbone_name: str, weights_name: str | None, *, download: bool = True,
@@ -125,21 +124,24 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     return obj
 
 
-def unwrap_state_dict(obj: Mapping, source: str = "state dict") -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj, source: str = "state dict") -> dict[str, torch.Tensor]:
     """The tensor dict inside ``obj``: gpf checkpoints and common wrappers are opened.
 
     A gpf stage-1 checkpoint gives its model's keys (``features.*``, ``head.*``);
     a stage-2 checkpoint gives its peripheral subnet renamed to ``features.*``.
     """
-    fmt = obj.get("format") if isinstance(obj.get("format"), str) else None
-    if fmt in ("gpf-stage1", "gpf-stage2"):
-        state = obj.get("state_dict")
-        if not isinstance(state, Mapping):
-            raise WeightsError(f"{source} is a {fmt} checkpoint without a state_dict")
-        if fmt == "gpf-stage2":
-            state = {"features." + k[len("peripheral."):]: v for k, v in state.items()
-                     if k.startswith("peripheral.")}
-        return dict(state)
+    from gpf.model.checkpoint import MADE_BY, Checkpoint, CheckpointError
+
+    if not isinstance(obj, Checkpoint) and obj.get("format") in MADE_BY:
+        try:
+            obj = Checkpoint.from_dict(obj, source)
+        except CheckpointError as exc:
+            raise WeightsError(str(exc)) from None
+    if isinstance(obj, Checkpoint):
+        if obj.kind == "stage2":
+            return {"features." + k[len("peripheral."):]: v for k, v in obj.state_dict.items()
+                    if k.startswith("peripheral.")}
+        return dict(obj.state_dict)
     for key in _WRAPPER_KEYS:
         inner = obj.get(key)
         if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from gpf.errors import GPFError
+from gpf.vocabulary import TAU
+
+if TYPE_CHECKING:
+    from gpf.model.checkpoint import Checkpoint
 
 
 class AttentionModelError(GPFError):
@@ -37,15 +41,15 @@ class AttentionModel:
     description: dict | None = None
 
     @classmethod
-    def from_model(cls, model, *, device, tau: float = 0.7, eb_layer: str | None = None,
+    def from_model(cls, model, *, device, tau: float = TAU, eb_layer: str | None = None,
                    contrastive: bool = False, digest: str | None = None,
                    split_spec: dict | None = None, description: dict | None = None) -> "AttentionModel":
+        from gpf.model.attention import resolve_eb_layer
         from gpf.model.checkpoint import state_dict_digest
 
         spec = model.spec
         model = model.to(device).eval()
-        layer = eb_layer or spec.default_eb_layer
-        check_layer(model, layer)
+        layer = resolve_eb_layer(model, eb_layer)
 
         def normalize(x_uint8):
             return spec.normalize(x_uint8.to(device, non_blocking=True))
@@ -56,31 +60,19 @@ class AttentionModel:
                    split_spec=split_spec, description=description)
 
     @classmethod
-    def from_stage2_checkpoint(cls, ckpt: dict, device) -> "AttentionModel":
+    def from_stage2_checkpoint(cls, ckpt: Checkpoint, device) -> "AttentionModel":
         """The attention model a stage-2 checkpoint embeds, with its tau, EB layer and contrast flag."""
         from gpf.model.checkpoint import attention_model_from_checkpoint
 
-        block = ckpt.get("attention")
-        if not isinstance(block, dict) or "stage1_state_dict" not in block:
+        block = ckpt.attention
+        if block is None:
             raise AttentionModelError(
                 "this checkpoint does not embed the attention model that made its crops, so its "
                 "foveal crops cannot be reproduced; use a stage-2 checkpoint from `gpf train stage2`")
         model = attention_model_from_checkpoint(ckpt)
-        return cls.from_model(model, device=device, tau=block["tau"], eb_layer=block["eb_layer"],
-                              contrastive=block["contrastive"], digest=block["stage1_digest"],
-                              description={"kind": "embedded", "digest": block["stage1_digest"]})
-
-
-def check_layer(model, layer: str) -> None:
-    names = [n for n, _ in model.named_modules() if n]
-    if layer not in names:
-        import difflib
-
-        close = difflib.get_close_matches(layer, names, n=5)
-        raise AttentionModelError(
-            f"EB layer {layer!r} is not a module of the attention model"
-            + (f"; close matches: {', '.join(close)}" if close else "")
-            + f". Layers: {', '.join(n for n in names if n.count('.') <= 1)}")
+        return cls.from_model(model, device=device, tau=block.tau, eb_layer=block.eb_layer,
+                              contrastive=block.contrastive, digest=block.stage1_digest,
+                              description={"kind": "embedded", "digest": block.stage1_digest})
 
 
 @dataclass

@@ -8,7 +8,8 @@ the shards' Parquet metadata) or, when the shards record no category, per
 semantic tag (an image with two tags counts in both groups).
 
 Before any image is read the checkpoint is checked against the shards'
-``manifest.json``; a mismatch is refused with one line saying what to do:
+``manifest.json`` by :func:`gpf.pipeline.compat.check_fit` (the check stage 2
+and predict use too); a mismatch is refused with one line saying what to do:
 
 * number of score buckets N (refused: the distributions cannot be compared);
 * view size (refused: the network would see views of another scale);
@@ -30,12 +31,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from gpf.errors import GPFError
 from gpf.model.metrics import METRIC_KEYS
+
+if TYPE_CHECKING:
+    from gpf.shards.manifest import Manifest
 
 DEFAULT_BATCH_SIZE = 64
 #: Column titles of the paper's Table I, in :data:`METRIC_KEYS` order.
@@ -155,79 +159,6 @@ def format_table(rows: Sequence[tuple[str, int, dict]], first: str) -> list[str]
     return out
 
 
-# ----------------------------------------------------------------------------- checks
-
-def _manifest_attention(manifest: dict) -> dict:
-    config = manifest.get("config") or {}
-    described = config.get("attention_model") or {}
-    return {"digest": manifest.get("stage1_digest") or described.get("digest"),
-            "tau": manifest.get("tau", config.get("tau")),
-            "eb_layer": manifest.get("eb_layer"),
-            "contrastive": config.get("contrastive")}
-
-
-def attention_differences(block: dict, manifest: dict) -> list[str]:
-    """How the checkpoint's embedded attention model differs from the one that made the shards."""
-    made = _manifest_attention(manifest)
-    diffs = []
-    if made["digest"] and block.get("stage1_digest") != made["digest"]:
-        diffs.append(f"stage-1 digest {str(block.get('stage1_digest'))[:12]}... vs the shards' "
-                     f"{made['digest'][:12]}...")
-    if made["tau"] is not None and not math.isclose(float(block.get("tau", math.nan)), float(made["tau"])):
-        diffs.append(f"tau {block.get('tau')} vs {made['tau']}")
-    if made["eb_layer"] and block.get("eb_layer") != made["eb_layer"]:
-        diffs.append(f"EB layer {block.get('eb_layer')!r} vs {made['eb_layer']!r}")
-    if made["contrastive"] is not None and bool(block.get("contrastive")) != bool(made["contrastive"]):
-        diffs.append(f"contrastive {block.get('contrastive')} vs {made['contrastive']}")
-    return diffs
-
-
-def check_fit(payload: dict, manifest: dict, shard_dir, source: str, *,
-              allow_attention_mismatch: bool = False) -> list[str]:
-    """Refuse a checkpoint that does not fit the shards (see the module doc); returns warnings."""
-    from gpf.pipeline.scoring import checkpoint_scale
-
-    where = Path(shard_dir) / "manifest.json"
-    scores, threshold, view = manifest.get("scores"), manifest.get("threshold"), manifest.get("view_size")
-    missing = [k for k, v in (("scores", scores), ("threshold", threshold), ("view_size", view)) if v is None]
-    if missing:
-        raise EvaluationError(f"{where} lacks {', '.join(missing)}; rewrite it with `gpf shards verify "
-                              f"{shard_dir} --write-manifest` or re-run `gpf preprocess`")
-    config = payload["model_config"]
-    n = int(config["num_classes"])
-    if n != len(scores):
-        raise EvaluationError(f"{source} predicts N = {n} score buckets but the shards in {shard_dir} have "
-                              f"N = {len(scores)} (scores {list(scores)}); evaluate on shards of the dataset "
-                              "the checkpoint was trained on")
-    trained_view = config.get("view_size") or (payload.get("attention") or {}).get("view_size")
-    if trained_view is not None and int(trained_view) != int(view):
-        raise EvaluationError(f"{source} was trained on {trained_view} px views but the shards in {shard_dir} "
-                              f"were made with --view-size {view}; preprocess with --view-size {trained_view}")
-    warnings = []
-    ckpt_scores, ckpt_threshold = checkpoint_scale(payload)
-    if not np.allclose(ckpt_scores, [float(s) for s in scores]):
-        warnings.append(f"the checkpoint's bucket scores {list(ckpt_scores)} differ from the shards' "
-                        f"{list(scores)}; the shards' are used")
-    if ckpt_threshold is not None and not math.isclose(ckpt_threshold, float(threshold)):
-        warnings.append(f"the checkpoint's threshold {ckpt_threshold:g} differs from the shards' "
-                        f"{float(threshold):g}; the shards' is used")
-    variant = config.get("variant")
-    if variant in ("gpf", "pf"):
-        diffs = attention_differences(payload.get("attention") or {}, manifest)
-        if diffs:
-            text = (f"the attention model embedded in {source} did not make the crops of the shards in "
-                    f"{shard_dir} ({'; '.join(diffs)})")
-            if not allow_attention_mismatch:
-                raise EvaluationError(f"{text}: the numbers would not be what `gpf predict` gives with this "
-                                      "checkpoint. Evaluate on shards made with its stage-1 model, or pass "
-                                      "--allow-attention-mismatch to evaluate anyway")
-            warnings.append(text)
-    if variant == "random" and int(manifest.get("random_crops") or 0) < 1:
-        raise EvaluationError(f"the 'random' variant needs the random crops stored in shards, but the shards "
-                              f"in {shard_dir} have none; preprocess with --random-crops K")
-    return warnings
-
-
 # ----------------------------------------------------------------------------- streaming
 
 def _loader_batches(shard_dir, split: str, batch_size: int, workers: int | None, members: tuple,
@@ -307,15 +238,13 @@ def predict_batch(model, batch: dict, device) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- groups
 
-def _group_labels(shard_dir, manifest: dict, split: str) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+def _group_labels(shard_dir, manifest: Manifest, split: str) -> dict[str, tuple[str | None, tuple[str, ...]]]:
     """id -> (category, tags) of the split's images, from the shards' Parquet metadata."""
     import pyarrow.parquet as pq
 
     labels = {}
-    for entry in manifest["shards"]:
-        if entry["split"] != split:
-            continue
-        path = Path(shard_dir) / entry["parquet"]
+    for entry in manifest.entries(split):
+        path = Path(shard_dir) / entry.parquet
         try:
             table = pq.read_table(path, columns=["id", "category", "tags", "status"])
         except (OSError, KeyError, ValueError) as exc:
@@ -348,7 +277,7 @@ def group_results(ids: Sequence[str], pred: np.ndarray, true: np.ndarray, labels
 
 # ----------------------------------------------------------------------------- entry point
 
-def _refuse_damaged_shards(shard_dir, manifest: dict, split: str) -> None:
+def _refuse_damaged_shards(shard_dir, manifest: Manifest, split: str) -> None:
     from gpf.shards.verify import check_checksums
 
     problems = check_checksums(shard_dir, manifest, splits=(split,))
@@ -366,36 +295,31 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
     ``workers``: loader processes (None: up to 4). Every sample of the split is
     read exactly once. See the module doc for the checks and the ``random`` variant.
     """
-    from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint
+    from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
     from gpf.model.metrics import evaluate, normalize
-    from gpf.model.checkpoint import resolve_checkpoint_path
-    from gpf.pipeline.preprocess import resolve_device
+    from gpf.pipeline.compat import check_fit
+    from gpf.model.device import resolve_device
     from gpf.pipeline.progress import Progress
-    from gpf.shards.manifest import ManifestError, read_manifest
+    from gpf.shards.manifest import read_manifest
 
     if split not in SPLITS:
         raise EvaluationError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise EvaluationError(f"batch size must be a positive int, got {batch_size!r}")
     path = resolve_checkpoint_path(checkpoint)
-    payload = load_checkpoint(path, expect="stage2")
-    try:
-        manifest = read_manifest(shard_dir)
-    except ManifestError as exc:
-        raise EvaluationError(str(exc)) from None
+    ckpt = load_checkpoint(path, expect="stage2")
+    manifest = read_manifest(shard_dir)
     _refuse_damaged_shards(shard_dir, manifest, split)
-    warnings = check_fit(payload, manifest, shard_dir, str(path),
-                         allow_attention_mismatch=allow_attention_mismatch)
-    scores = tuple(float(s) for s in manifest["scores"])
-    threshold = float(manifest["threshold"])
-    total = sum(int(e.get("count", 0)) for e in manifest["shards"] if e["split"] == split)
+    fit = check_fit(ckpt, manifest.run, model=str(path), data=f"the shards in {shard_dir}",
+                    random_crops=manifest.random_crops, allow_attention_mismatch=allow_attention_mismatch)
+    scores, threshold = manifest.run.scores, manifest.run.threshold
+    total = manifest.samples(split)
     if total == 0:
-        splits = sorted({e["split"] for e in manifest["shards"] if e.get("count")})
         raise EvaluationError(f"the shards in {shard_dir} hold no {split!r} images; splits with images: "
-                              f"{', '.join(splits) or 'none'}")
+                              f"{', '.join(manifest.splits_with_samples()) or 'none'}")
 
-    device = resolve_device(device) if isinstance(device, str) else device
-    model = model_from_checkpoint(payload).to(device).eval()
+    device = resolve_device(device)
+    model = model_from_checkpoint(ckpt).to(device).eval()
     if model.fovea_source == "random":
         batches = _random_crop_batches(shard_dir, split, batch_size)
     else:
@@ -405,14 +329,11 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
     ids: list[str] = []
     preds, trues = [], []
     bar = Progress(total, f"evaluate {split}", enabled=progress)
-    try:
-        for batch in batches:
-            preds.append(predict_batch(model, batch, device))
-            trues.append(normalize(batch["votes"].double().numpy(), "votes"))
-            ids += [str(i) for i in batch["id"]]
-            bar.update(len(batch["id"]))
-    except ValueError as exc:   # the reader's message names the shard and key
-        raise EvaluationError(str(exc)) from None
+    for batch in batches:
+        preds.append(predict_batch(model, batch, device))
+        trues.append(normalize(batch["votes"].double().numpy(), "votes"))
+        ids += [str(i) for i in batch["id"]]
+        bar.update(len(batch["id"]))
     bar.close()
     pred, true = np.concatenate(preds), np.concatenate(trues)
     if pred.shape[1] != len(scores):
@@ -420,7 +341,7 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
     result = EvaluationResult(checkpoint=str(path), shard_dir=str(shard_dir), split=split,
                               variant=model.variant, backbone=model.spec.name, scores=scores,
                               threshold=threshold, metrics=evaluate(pred, true, threshold, scores),
-                              ids=ids, pred_dist=pred, true_dist=true, warnings=warnings)
+                              ids=ids, pred_dist=pred, true_dist=true, warnings=fit.warnings)
     if by_category:
         labels = _group_labels(shard_dir, manifest, split)
         result.group_kind, result.groups, result.ungrouped = group_results(ids, pred, true, labels,

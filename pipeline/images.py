@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gpf.errors import GPFError
+from gpf.errors import GPFError, OptionError
 from gpf.model.geometry import peripheral_size
 
 #: Largest accepted width x height, checked on the header before any pixel is
@@ -61,6 +61,8 @@ STATUS_ADVICE = {
                     "re-encode it (e.g. to JPEG) or remove it",
 }
 STATUSES = tuple(STATUS_ADVICE)
+# The load_image parameter a status's advice names (the CLI words it as its option).
+STATUS_PARAM = {"too_large": "max_pixels", "too_small": "min_size"}
 
 # Downscales first shrink by an integer factor while the image stays at least
 # this many times the target, then finish with Lanczos. PIL documents 3.0 as
@@ -95,7 +97,8 @@ _SIGNATURES = (
 
 class ImageError(GPFError):
     """An image file that cannot be used: ``.path``, ``.status`` (one of
-    :data:`STATUSES`) and ``.reason``; ``str()`` is ``"PATH: reason (what to do)"``."""
+    :data:`STATUSES`) and ``.reason``; ``str()`` is ``"PATH: reason (what to do)"``.
+    ``.param`` is the parameter the advice names (``max_pixels``, ``min_size``) or None."""
 
     def __init__(self, path: str | os.PathLike, status: str, reason: str):
         if status not in STATUS_ADVICE:
@@ -103,6 +106,7 @@ class ImageError(GPFError):
         self.path = str(path)
         self.status = status
         self.reason = reason
+        self.param = STATUS_PARAM.get(status)
         super().__init__(self.path, status, reason)
 
     def __str__(self) -> str:
@@ -234,8 +238,8 @@ def _check_positive(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
+        raise OptionError(f"{name} must be a positive integer{' or None' if allow_none else ''}, "
+                          f"got {value!r}", param=name)
 
 
 def _check_regular_file(path: Path) -> None:
@@ -454,7 +458,7 @@ def random_crop_boxes(size: tuple[int, int], k: int, view_size: int, seed: int,
     """
     _check_view_size(view_size)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k (number of random crops) must be an integer >= 0, got {k!r}")
+        raise OptionError(f"k (number of random crops) must be an integer >= 0, got {k!r}", param="random_crops")
     width, height = size
     side = min(view_size, width, height)
     boxes = []
@@ -481,7 +485,7 @@ def random_crops(img: Image.Image, k: int, view_size: int, seed: int, image_id) 
 
 def _check_view_size(view_size: int) -> None:
     if isinstance(view_size, bool) or not isinstance(view_size, (int, np.integer)) or view_size < 1:
-        raise ValueError(f"view_size must be a positive integer, got {view_size!r}")
+        raise OptionError(f"view_size must be a positive integer, got {view_size!r}", param="view_size")
 
 
 def _validated_box(box_xyxy, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -523,9 +527,10 @@ def encode_jpeg(img: Image.Image, quality: int = 95, subsampling: str = "4:2:0")
     Shards store views at quality 95 (DESIGN.md: "never by the writer's default").
     """
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be an integer in 1..100, got {quality!r}")
+        raise OptionError(f"JPEG quality must be an integer in 1..100, got {quality!r}", param="jpeg_quality")
     if subsampling not in JPEG_SUBSAMPLING:
-        raise ValueError(f"subsampling must be one of {', '.join(JPEG_SUBSAMPLING)}, got {subsampling!r}")
+        raise OptionError(f"subsampling must be one of {', '.join(JPEG_SUBSAMPLING)}, got {subsampling!r}",
+                          param="subsampling")
     if img.mode not in ("RGB", "L"):
         raise ValueError(f"encode_jpeg takes RGB or L images, got mode {img.mode}; convert it first")
     out = io.BytesIO()

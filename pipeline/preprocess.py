@@ -33,9 +33,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from gpf import vocabulary
+from gpf.vocabulary import cli_option
 from gpf.errors import GPFError
 from gpf.fsutil import atomic_write_bytes
 from gpf.model.checkpoint import resolve_checkpoint_path
+from gpf.model.device import resolve_device
 from gpf.pipeline.crops import AttentionModel, attend_views
 from gpf.pipeline.images import DEFAULT_MAX_PIXELS  # one pixel limit for every command
 from gpf.pipeline.progress import Progress
@@ -53,6 +56,17 @@ class PreprocessError(GPFError):
     """A preprocess run cannot start or go on; the message says what to do."""
 
 
+class TooManyFailuresError(PreprocessError):
+    """The run finished but lost more images than ``max_failure_rate`` allows (or all of them).
+
+    Its shards are written and kept; ``summary`` is the run's :class:`Summary`.
+    """
+
+    def __init__(self, message: str, summary: "Summary"):
+        super().__init__(message)
+        self.summary = summary
+
+
 @dataclass
 class PreprocessConfig:
     dataset: str                      # ava | photonet | folder
@@ -61,22 +75,22 @@ class PreprocessConfig:
     stage1: str | None = None         # stage-1 checkpoint file or run folder
     backbone: str | None = None       # ImageNet attention path (no stage-1 model)
     weights: str = "imagenet"
-    tau: float = 0.7
-    view_size: int = 224
+    tau: float = vocabulary.TAU
+    view_size: int = vocabulary.VIEW_SIZE
     eb_layer: str | None = None
     contrastive: bool = False
-    samples_per_shard: int = 1000
+    samples_per_shard: int = vocabulary.SAMPLES_PER_SHARD
     split: str = "all"
     limit: int | None = None
     workers: int = 0                  # decode/encode threads; 0 = one per core
-    batch_size: int = 32
-    device: str = "auto"
-    jpeg_quality: int = 95
+    batch_size: int = vocabulary.PREPROCESS_BATCH_SIZE
+    device: str = vocabulary.DEVICE
+    jpeg_quality: int = vocabulary.JPEG_QUALITY
     random_crops: int = 0
     store_features: bool = False
-    seed: int = 0
+    seed: int = vocabulary.SEED
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_failure_rate: float = 0.05
+    max_failure_rate: float = vocabulary.MAX_FAILURE_RATE
     overwrite: bool = False
     num_nodes: int | None = None      # None = from torchrun's WORLD_SIZE/RANK, else 1
     node_rank: int | None = None
@@ -153,20 +167,6 @@ def resolve_world(cfg: PreprocessConfig) -> tuple[int, int]:
     return rank, world
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise PreprocessError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:N)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PreprocessError(f"--device {name} asked for CUDA but none is available; use --device cpu")
-    return device
-
-
 def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
     """The network whose EB maps choose the crops: a stage-1 checkpoint or an ImageNet classifier."""
     from gpf.model import checkpoint as ckpt_mod
@@ -177,8 +177,8 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
         path = resolve_checkpoint_path(cfg.stage1)
         ckpt = ckpt_mod.load_checkpoint(path, expect="stage1")
         model = ckpt_mod.model_from_checkpoint(ckpt)
-        digest = ckpt_mod.state_dict_digest(ckpt["state_dict"])
-        split_spec = ckpt.get("split_spec") or ckpt["model_config"].get("split_spec")
+        digest = ckpt.digest
+        split_spec = ckpt.split_spec
         description = {"kind": "stage1", "path": str(path), "digest": digest, "backbone": model.spec.name}
     elif cfg.backbone:
         from gpf.model.gpf import imagenet_classifier
@@ -503,8 +503,23 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
     progress.close()
 
     _maybe_write_manifest(out, jobs, cfg, environment, att, dataset)
-    return Summary(counts=counts, written_shards=written, skipped_shards=skipped,
-                   total_shards=len(mine), zero_attention=zero, out=out, notes=list(dataset.notes))
+    summary = Summary(counts=counts, written_shards=written, skipped_shards=skipped,
+                      total_shards=len(mine), zero_attention=zero, out=out, notes=list(dataset.notes))
+    check_failure_rate(summary, cfg.max_failure_rate)
+    return summary
+
+
+def check_failure_rate(summary: Summary, max_failure_rate: float) -> None:
+    """Raise :class:`TooManyFailuresError` when no image was written or too large a share failed."""
+    if summary.total and summary.counts.get("ok", 0) == 0:
+        raise TooManyFailuresError(f"no image could be written; see the status and error columns in "
+                                   f"{summary.out}/meta", summary)
+    rate = summary.failures / max(1, summary.total)
+    if rate > max_failure_rate:
+        raise TooManyFailuresError(
+            f"{rate:.1%} of the images failed (more than {cli_option('max_failure_rate')} "
+            f"{max_failure_rate:.1%}); see the status and error columns in {summary.out}/meta. The shards "
+            "written are kept", summary)
 
 
 def _process_shard(job: _ShardJob, worker: _Worker, att: AttentionModel, cfg: PreprocessConfig,
@@ -561,15 +576,15 @@ def _validate(cfg: PreprocessConfig) -> None:
 def _maybe_write_manifest(out: Path, jobs: Sequence[_ShardJob], cfg: PreprocessConfig,
                           environment: dict, att: AttentionModel, dataset) -> bool:
     """Write manifest.json once every shard of the job (all ranks) is done."""
-    from gpf.shards.manifest import write_manifest
+    from gpf.shards.manifest import RunFields, write_manifest
     from gpf.shards.writer import is_shard_done
 
     if not all(is_shard_done(out, j.split, j.index) for j in jobs):
         return False
-    config = dict(cfg.identity(), attention_model=att.description, split_spec=dataset.split_spec,
-                  num_classes=len(dataset.scores), contrastive=cfg.contrastive,
-                  features_digest=att.digest if cfg.store_features else None)
-    write_manifest(out, config, environment, dataset=dataset.name, scores=list(dataset.scores),
-                   threshold=dataset.threshold, view_size=cfg.view_size, tau=cfg.tau,
-                   eb_layer=att.eb_layer, stage1_digest=cfg.stage1_digest)
+    run = RunFields(dataset=dataset.name, scores=tuple(dataset.scores), threshold=dataset.threshold,
+                    view_size=cfg.view_size, tau=cfg.tau, eb_layer=att.eb_layer, contrastive=cfg.contrastive,
+                    stage1_digest=cfg.stage1_digest, attention_model=att.description,
+                    features_digest=att.digest if cfg.store_features else None, split_spec=dataset.split_spec,
+                    config=dict(cfg.identity(), num_classes=len(dataset.scores)), environment=environment)
+    write_manifest(out, run)
     return True

@@ -36,7 +36,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from gpf.errors import GPFError
-from gpf.model.checkpoint import resolve_checkpoint_path
+from gpf.fsutil import commit, temp_path
+from gpf.vocabulary import TAU
+from gpf.model.checkpoint import Checkpoint, resolve_checkpoint_path
 from gpf.pipeline.crops import AttentionModel, Attended, attend_views
 
 DEFAULT_BATCH_SIZE = 32
@@ -160,47 +162,23 @@ def attention_view(att: AttentionModel, image, view_size: int) -> AttentionView:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def load_stage2_checkpoint(checkpoint) -> tuple[dict, Path]:
-    """The payload of a stage-2 checkpoint (file or run folder) and its path.
+def load_stage2_checkpoint(checkpoint) -> tuple[Checkpoint, Path]:
+    """A stage-2 checkpoint (file or run folder) and its path, checked by :func:`gpf.pipeline.compat.check_self_consistent`.
 
-    Refuses, with one line saying what to pass instead, a stage-1 checkpoint or
-    any file without the embedded attention model (the network that makes the
-    foveal crops).
+    Refuses, with one line saying what to pass instead, a stage-1 checkpoint.
     """
     from gpf.model.checkpoint import load_checkpoint
+    from gpf.pipeline.compat import check_self_consistent
 
     path = resolve_checkpoint_path(checkpoint)
-    payload = load_checkpoint(path)
-    if payload["format"] == "gpf-stage1":
+    ckpt = load_checkpoint(path)
+    if ckpt.kind == "stage1":
         raise ScoringError(
             f"{path} is a stage-1 checkpoint (the peripheral attention model only): it predicts no score "
             "distribution. Pass a stage-2 checkpoint from `gpf train stage2`, which embeds this attention "
             "model (`gpf attention` accepts stage-1 checkpoints)")
-    block = payload.get("attention")
-    if not isinstance(block, dict) or "stage1_state_dict" not in block:
-        raise ScoringError(f"{path} does not embed the attention model that made its crops, so the foveal "
-                           "crops cannot be reproduced; use a stage-2 checkpoint from `gpf train stage2`")
-    return payload, path
-
-
-def checkpoint_scale(payload: dict) -> tuple[tuple[float, ...], float | None]:
-    """(score of each bucket, high/low threshold) a checkpoint was trained with (threshold may be None)."""
-    config = payload["model_config"]
-    dataset = payload.get("dataset") if isinstance(payload.get("dataset"), dict) else {}
-    n = int(config["num_classes"])
-    scores = config.get("scores") or dataset.get("scores") or list(range(1, n + 1))
-    if len(scores) != n:
-        raise ScoringError(f"the checkpoint has {n} score buckets but {len(scores)} bucket scores "
-                           f"({list(scores)}); the file is damaged")
-    threshold = config.get("threshold", dataset.get("threshold"))
-    return tuple(float(s) for s in scores), None if threshold is None else float(threshold)
-
-
-def _shards_seed(payload: dict) -> int:
-    """The preprocess seed of the shards a checkpoint was trained on (random crop positions)."""
-    run = (payload.get("shards") or {}).get("run") or {}
-    seed = (run.get("config") or {}).get("seed", 0)
-    return int(seed) if isinstance(seed, int) else 0
+    check_self_consistent(ckpt, str(path))
+    return ckpt, path
 
 
 # ----------------------------------------------------------------------------- the scorer
@@ -278,26 +256,24 @@ class Scorer:
         ``threshold`` overrides the checkpoint's high/low cut; ``device`` is
         ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a ``torch.device``.
         """
-        payload, path = load_stage2_checkpoint(checkpoint)
-        return cls.from_payload(payload, device, source=str(path), random_crops=random_crops,
-                                threshold=threshold, max_pixels=max_pixels, workers=workers)
+        ckpt, path = load_stage2_checkpoint(checkpoint)
+        return cls.from_loaded(ckpt, device, source=str(path), random_crops=random_crops,
+                               threshold=threshold, max_pixels=max_pixels, workers=workers)
 
     @classmethod
-    def from_payload(cls, payload: dict, device="auto", *, source: str | None = None,
-                     random_crops: int | None = None, threshold: float | None = None,
-                     max_pixels: int | None = None, workers: int = 0) -> "Scorer":
-        """A scorer for a loaded stage-2 payload (see :meth:`from_checkpoint`)."""
+    def from_loaded(cls, ckpt: Checkpoint, device="auto", *, source: str | None = None,
+                    random_crops: int | None = None, threshold: float | None = None,
+                    max_pixels: int | None = None, workers: int = 0) -> "Scorer":
+        """A scorer for a loaded stage-2 :class:`Checkpoint` (see :meth:`from_checkpoint`)."""
         from gpf.model.checkpoint import model_from_checkpoint
-        from gpf.pipeline.preprocess import resolve_device
+        from gpf.model.device import resolve_device
 
-        device = resolve_device(device) if isinstance(device, str) else device
-        model = model_from_checkpoint(payload)
-        attention = AttentionModel.from_stage2_checkpoint(payload, device)
-        scores, saved_threshold = checkpoint_scale(payload)
-        view_size = payload["model_config"].get("view_size") or payload["attention"]["view_size"]
-        return cls(model, attention, view_size=int(view_size), scores=scores,
-                   threshold=saved_threshold if threshold is None else float(threshold), device=device,
-                   random_crops=random_crops or DEFAULT_RANDOM_CROPS, seed=_shards_seed(payload),
+        device = resolve_device(device)
+        model = model_from_checkpoint(ckpt)
+        attention = AttentionModel.from_stage2_checkpoint(ckpt, device)
+        return cls(model, attention, view_size=ckpt.view_size, scores=ckpt.scores,
+                   threshold=ckpt.threshold if threshold is None else float(threshold), device=device,
+                   random_crops=random_crops or DEFAULT_RANDOM_CROPS, seed=ckpt.shards_seed,
                    max_pixels=max_pixels, workers=workers, source=source)
 
     # -- properties
@@ -487,35 +463,36 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
     A stage-2 checkpoint uses its embedded attention model and also scores the
     photo; its tau, EB layer, contrastive flag and view size made its crops and
     cannot be overridden. A stage-1 checkpoint gives the attention only, with
-    ``tau`` (default 0.7), ``eb_layer`` (default: the backbone's),
+    ``tau`` (default :data:`gpf.vocabulary.TAU`), ``eb_layer`` (default: the backbone's),
     ``contrastive`` and ``view_size`` (default: the checkpoint's, else 224).
     Raises ImageError when the photo cannot be decoded.
     """
     from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint
-    from gpf.pipeline.preprocess import DEFAULT_MAX_PIXELS, resolve_device
+    from gpf.model.device import resolve_device
+    from gpf.pipeline.preprocess import DEFAULT_MAX_PIXELS
 
     if tau is not None and not 0 < tau <= 1:
-        raise ScoringError(f"tau must be in (0, 1] (the paper uses 0.7), got {tau}")
+        raise ScoringError(f"tau must be in (0, 1] (the paper uses {TAU}), got {tau}")
     if view_size is not None and view_size < 8:
         raise ScoringError(f"view size must be at least 8 pixels, got {view_size}")
     path = resolve_checkpoint_path(checkpoint)
-    payload = load_checkpoint(path)
-    device = resolve_device(device) if isinstance(device, str) else device
-    if payload["format"] == "gpf-stage2":
+    ckpt = load_checkpoint(path)
+    device = resolve_device(device)
+    if ckpt.kind == "stage2":
         given = [name for name, value in (("tau", tau), ("EB layer", eb_layer), ("contrastive", contrastive),
                                           ("view size", view_size)) if value is not None]
         if given:
             raise ScoringError(f"{path} is a stage-2 checkpoint: its embedded attention model fixes "
                                f"{', '.join(given)} (they made the crops it was trained on); drop those options")
-        payload, _ = load_stage2_checkpoint(path)
-        scorer = Scorer.from_payload(payload, device, source=str(path), max_pixels=max_pixels)
+        ckpt, _ = load_stage2_checkpoint(path)
+        scorer = Scorer.from_loaded(ckpt, device, source=str(path), max_pixels=max_pixels)
         result, view = scorer.explain(image)
         return Explanation(view, scorer.attention.tau, result, "stage2",
                            f"{scorer.variant} {scorer.model.spec.name}")
-    model = model_from_checkpoint(payload)
-    att = AttentionModel.from_model(model, device=device, tau=0.7 if tau is None else tau, eb_layer=eb_layer,
+    model = model_from_checkpoint(ckpt)
+    att = AttentionModel.from_model(model, device=device, tau=TAU if tau is None else tau, eb_layer=eb_layer,
                                     contrastive=bool(contrastive))
-    size = view_size or payload["model_config"].get("view_size") or 224
+    size = view_size or ckpt.view_size or 224
     full, _ = load_source(image, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     return Explanation(attention_view(att, full, int(size)), att.tau, None, "stage1",
                        f"stage-1 {model.spec.name}")
@@ -551,7 +528,7 @@ class ParquetResultWriter:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._tmp = temp_path(self.path)
         schema = _parquet_schema()
         if metadata:
             schema = schema.with_metadata({"gpf": json.dumps(metadata, sort_keys=True)})
@@ -577,8 +554,7 @@ class ParquetResultWriter:
     def close(self) -> Path:
         self._flush()
         self._writer.close()
-        os.replace(self._tmp, self.path)
-        return self.path
+        return commit(self._tmp, self.path)
 
     def abort(self) -> None:
         try:

@@ -26,6 +26,7 @@ import contextlib
 import csv
 import gc
 import hashlib
+import inspect
 import logging
 import numbers
 import os
@@ -34,7 +35,7 @@ import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
-from gpf.errors import GPFError
+from gpf.errors import GPFError, OptionError
 
 __all__ = [
     "Record", "Problem", "Dataset", "LabelError", "open_dataset",
@@ -89,16 +90,22 @@ class LabelError(GPFError, ValueError):
     """A label row (or a whole label file) that cannot be used.
 
     ``str(err)`` names the file, the 1-based line and what is wrong; the same text
-    becomes ``Problem.error`` in lenient mode.
+    becomes ``Problem.error`` in lenient mode. ``param`` is the loader parameter the
+    message advises (``count_columns``, ``path_column``), if any.
     """
 
     def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
-                 image_id: str | None = None, status: str = _STATUS_BAD):
+                 image_id: str | None = None, status: str = _STATUS_BAD, param: str | None = None):
         super().__init__(message)
         self.source = source
         self.line = line
         self.image_id = image_id
         self.status = status
+        self.param = param
+
+
+class OptionTypeError(OptionError, TypeError):
+    """A parameter value of the wrong type (a split size that is neither a count nor a fraction)."""
 
 
 @dataclass(frozen=True)
@@ -150,8 +157,8 @@ class Dataset:
         if name == "all":
             return list(self.records)
         if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; allowed: "
-                             + ", ".join(repr(s) for s in _SPLIT_CHOICES))
+            raise OptionError(f"unknown split {name!r}; allowed: "
+                              + ", ".join(repr(s) for s in _SPLIT_CHOICES), param="split")
         return [r for r in self.records if r.split == name]
 
     def __repr__(self) -> str:
@@ -191,8 +198,8 @@ class _ProblemLog:
         self.problems.append(Problem(image_id, self.source, line, status,
                                      self.text(line, reason)))
 
-    def file_error(self, reason: str, line: int | None = None) -> LabelError:
-        return LabelError(self.text(line, reason), source=self.source, line=line)
+    def file_error(self, reason: str, line: int | None = None, param: str | None = None) -> LabelError:
+        return LabelError(self.text(line, reason), source=self.source, line=line, param=param)
 
 
 def _unsafe_id_reason(image_id: str) -> str | None:
@@ -247,18 +254,18 @@ def _ids_sha256(ids: Iterable[str]) -> str:
 def _resolve_size(size: int | float, n: int, name: str) -> int:
     """A split size given as a count (int) or a fraction in [0, 1) of ``n`` rows."""
     if isinstance(size, bool) or not isinstance(size, (numbers.Integral, numbers.Real)):
-        raise TypeError(f"{name} must be a count (int) or a fraction in [0, 1) (float), "
-                        f"got {size!r}")
+        raise OptionTypeError(f"{name} must be a count (int) or a fraction in [0, 1) (float), "
+                              f"got {size!r}", param=name)
     if isinstance(size, numbers.Integral):
         count = int(size)
         if not 0 <= count <= n:
-            raise ValueError(f"{name}={count} is not possible with {n:,} rows to split; "
-                             f"use a count in 0..{n} or a fraction such as 0.05")
+            raise OptionError(f"{name}={count} is not possible with {n:,} rows to split; "
+                              f"use a count in 0..{n} or a fraction such as 0.05", param=name)
         return count
     fraction = float(size)
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"{name}={size!r}: a float is a fraction in [0, 1); "
-                         "pass an int for a count")
+        raise OptionError(f"{name}={size!r}: a float is a fraction in [0, 1); "
+                          "pass an int for a count", param=name)
     return int(round(fraction * n))
 
 
@@ -267,10 +274,13 @@ def _threshold(value: float | None, default: float, scores: Sequence[float]) -> 
     else ``default``."""
     if value is None:
         return float(default)
-    cut = float(value)
-    if not scores[0] <= cut <= scores[-1]:   # also rejects NaN
-        raise ValueError(f"threshold={value!r} is outside the score range "
-                         f"{scores[0]:g}..{scores[-1]:g}; every image would fall on one side")
+    try:
+        cut = float(value)
+    except (TypeError, ValueError):
+        cut = float("nan")
+    if not scores[0] <= cut <= scores[-1]:   # also rejects NaN and non-numbers
+        raise OptionError(f"threshold={value!r} is outside the score range "
+                          f"{scores[0]:g}..{scores[-1]:g}; every image would fall on one side", param="threshold")
     return cut
 
 
@@ -320,13 +330,13 @@ def _check_pattern(pattern: str) -> None:
     try:
         parsed = list(string.Formatter().parse(pattern))
     except ValueError as exc:
-        raise ValueError(f"image_pattern {pattern!r} is not a valid pattern ({exc}); "
-                         "write it like 'images/{id}.jpg'") from None
+        raise OptionError(f"image_pattern {pattern!r} is not a valid pattern ({exc}); "
+                          "write it like 'images/{id}.jpg'", param="image_pattern") from None
     names = [(name, spec, conv) for _, name, spec, conv in parsed if name is not None]
     bad = [n for n, spec, conv in names if n not in _ImagePath.FIELDS or spec or conv]
     if not names or bad:
-        raise ValueError(f"image_pattern {pattern!r} must contain the id as {{id}} (or "
-                         f"{{image_id}}) and no other field, e.g. 'images/{{id}}.jpg'")
+        raise OptionError(f"image_pattern {pattern!r} must contain the id as {{id}} (or "
+                          f"{{image_id}}) and no other field, e.g. 'images/{{id}}.jpg'", param="image_pattern")
 
 
 def _pattern_base(pattern: str, candidates: Sequence[Path]) -> Path:
@@ -811,8 +821,8 @@ def _photonet_sizes(n: int, train_size: int | float | None, val_size: int | floa
         notes.append(f"only {n:,} usable rows (the paper had {PHOTONET_PAPER_USABLE:,}): "
                      "default split sizes scaled to the paper's 15,000 : 1,000 : 1,200")
     if n_train + n_val > n:
-        raise ValueError(f"train_size + val_size = {n_train:,} + {n_val:,} is more than the "
-                         f"{n:,} usable rows; pass smaller counts or fractions")
+        raise OptionError(f"train_size + val_size = {n_train:,} + {n_val:,} is more than the "
+                          f"{n:,} usable rows; pass smaller counts or fractions", param="val_size")
     return n_train, n_val
 
 
@@ -931,19 +941,19 @@ def _infer_count_columns(header: Sequence[str], log: _ProblemLog
     if numbered and named:
         raise log.file_error(f"ambiguous count columns: both {[header[i] for i in numbered]} "
                              f"and {[header[i] for i in named]}; pass count_columns=[...]",
-                             line=1)
+                             line=1, param="count_columns")
     if named:
         if len(set(named.values())) < len(named):
             raise log.file_error(f"count columns {[header[i] for i in named]} name the same "
                                  "score twice; pass count_columns=[...] and scores=[...]",
-                                 line=1)
+                                 line=1, param="count_columns")
         order = sorted(named, key=named.get)
         return tuple(order), tuple(named[i] for i in order)
     if numbered:
         return _numbered_columns(numbered, header, log), None
     raise log.file_error(f"no vote count columns in the header ({', '.join(header)}); name "
                          f"them as {' or as '.join(COUNT_COLUMN_FORMS)}, or pass "
-                         "count_columns=[...]", line=1)
+                         "count_columns=[...]", line=1, param="count_columns")
 
 
 def _numbered_columns(matches: dict[int, re.Match], header: Sequence[str], log: _ProblemLog
@@ -961,7 +971,7 @@ def _numbered_columns(matches: dict[int, re.Match], header: Sequence[str], log: 
     if min(by_number) != 1:
         raise log.file_error(f"count columns must be numbered from 1 ({prefix}1..{prefix}N), "
                              f"found {found}; rename them or pass count_columns and scores",
-                             line=1)
+                             line=1, param="count_columns")
     missing = [f"{prefix}{n}" for n in range(1, max(by_number)) if n not in by_number]
     if missing:
         raise log.file_error(f"count column(s) {', '.join(missing)} missing: buckets must run "
@@ -975,7 +985,7 @@ def _explicit_count_columns(header: Sequence[str], names: Sequence[str], log: _P
     absent = [n for n in names if n.strip().lower() not in lowered]
     if absent:
         raise log.file_error(f"count column(s) {', '.join(map(repr, absent))} not in the "
-                             f"header; columns: {', '.join(header)}", line=1)
+                             f"header; columns: {', '.join(header)}", line=1, param="count_columns")
     return tuple(lowered.index(n.strip().lower()) for n in names)
 
 
@@ -1004,7 +1014,7 @@ def _csv_layout(header: Sequence[str], log: _ProblemLog, *, path_column: str | N
         raise log.file_error(f"no image column: name one of {', '.join(_PATH_COLUMNS)} (a path) "
                              f"or {', '.join(_ID_COLUMNS)} (an id put into image_pattern), or "
                              f"pass path_column= / id_column=; columns: {', '.join(header)}",
-                             line=1)
+                             line=1, param="path_column")
     return layout
 
 
@@ -1125,12 +1135,16 @@ def _csv_scores(layout: _CsvLayout, scores: Sequence[float] | None) -> tuple[flo
         if layout.named_scores is not None:
             return layout.named_scores
         return tuple(float(s) for s in range(1, n + 1))
-    result = tuple(float(s) for s in scores)
+    try:
+        result = tuple(float(s) for s in scores)
+    except (TypeError, ValueError):
+        raise OptionError(f"scores must be a list of numbers, one per count column, got {scores!r}",
+                          param="scores") from None
     if len(result) != n:
-        raise ValueError(f"scores has {len(result)} values but there are {n} count columns "
-                         f"({', '.join(layout.names(layout.counts))})")
+        raise OptionError(f"scores has {len(result)} values but there are {n} count columns "
+                          f"({', '.join(layout.names(layout.counts))})", param="scores")
     if any(b <= a for a, b in zip(result, result[1:])):
-        raise ValueError(f"scores must increase strictly (one per ordered bucket), got {result}")
+        raise OptionError(f"scores must increase strictly (one per ordered bucket), got {result}", param="scores")
     return result
 
 
@@ -1143,8 +1157,8 @@ def _find_csv(path: Path) -> Path:
             return found[0]
         if found:
             names = ", ".join(f.name for f in found)
-            raise ValueError(f"{path} holds several CSV files ({names}); pass the label CSV "
-                             "itself")
+            raise OptionError(f"{path} holds several CSV files ({names}); pass the label CSV "
+                              "itself", param="root")
     raise FileNotFoundError(f"label CSV not found: {path} is neither a file nor a folder "
                             "holding exactly one .csv file")
 
@@ -1241,5 +1255,12 @@ def open_dataset(kind: str, root: str | os.PathLike, **options) -> Dataset:
     """Open a dataset of ``kind`` ('ava', 'photonet' or 'folder') with its loader's options."""
     loader = _LOADERS.get(str(kind).strip().lower())
     if loader is None:
-        raise ValueError(f"unknown dataset kind {kind!r}; allowed: {', '.join(_LOADERS)}")
+        raise OptionError(f"unknown dataset kind {kind!r}; allowed: {', '.join(_LOADERS)}", param="dataset")
+    accepted = [name for name, p in inspect.signature(loader).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise OptionError(f"{kind} datasets take no option {', '.join(map(repr, unknown))} "
+                          f"(e.g. in dataset_options); their options: {', '.join(accepted)}",
+                          param="dataset_options")
     return loader(root, **options)

@@ -98,6 +98,12 @@ class SyntheticError(GPFError, ValueError):
     """A bad argument or an impossible geometry; the message says what to change."""
 
 
+class UnknownImageIdError(SyntheticError, KeyError):
+    """An image id that is not in the synthetic truth (boxes from another dataset)."""
+
+    __str__ = Exception.__str__  # the message as written, not KeyError's quoted repr
+
+
 class DatasetExistsError(GPFError, FileExistsError):
     """The output folder already holds a dataset; the message says what to do."""
 
@@ -812,8 +818,8 @@ def _truth_of(truth: Mapping[str, CarrierTruth], image_id) -> CarrierTruth:
     try:
         return truth[str(image_id)]
     except KeyError:
-        raise KeyError(f"image id {image_id!r} is not in the synthetic truth "
-                       f"({len(truth)} ids); boxes must come from the same dataset") from None
+        raise UnknownImageIdError(f"image id {image_id!r} is not in the synthetic truth "
+                                  f"({len(truth)} ids); boxes must come from the same dataset") from None
 
 
 def carrier_cover(box: Sequence[float], carrier: Sequence[float]) -> float:

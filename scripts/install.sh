@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create the virtual environment (if missing) and install gpf with its test extra.
 # torch/torchvision are pinned to the build this machine carries on disk;
-# pillow-simd replaces Pillow last (see install_pillow_simd.sh).
+# pillow-simd replaces Pillow last, when it reads every format Pillow reads
+# (see install_pillow_simd.sh); `gpf --version` then shows which PIL is active.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}

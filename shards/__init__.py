@@ -14,7 +14,8 @@ _EXPORTS = {
     "ShardWriter": "writer", "write_shard": "writer", "is_shard_done": "writer",
     "read_stats": "writer",
     "write_manifest": "manifest", "read_manifest": "manifest", "compare_config": "manifest",
-    "ManifestError": "manifest",
+    "ManifestError": "manifest", "Manifest": "manifest", "RunFields": "manifest", "ShardEntry": "manifest",
+    "ShardReadError": "layout", "JpegHeaderError": "layout", "DuplicateIdError": "layout",
     "ShardDataset": "reader", "make_loader": "reader", "list_shards": "reader",
     "verify_shards": "verify", "info": "verify",
 }

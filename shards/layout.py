@@ -17,6 +17,20 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
+from gpf.errors import GPFError, OptionError
+
+class ShardReadError(GPFError, ValueError):
+    """A shard, its members or its metadata cannot be read; the message names the file (and key) and the fix."""
+
+
+class JpegHeaderError(ShardReadError):
+    """Bytes that are not a JPEG, or whose header is cut short (see :func:`jpeg_size`)."""
+
+
+class DuplicateIdError(GPFError, ValueError):
+    """An image id that appears more than once in one split (fix the label file or the split)."""
+
+
 # ---------------------------------------------------------------- file names
 SHARD_PATTERN = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})$")
 TAR_SUFFIX = ".tar"
@@ -129,15 +143,16 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 def jpeg_size(data: bytes) -> tuple[int, int]:
     """(width, height) read from a JPEG's start-of-frame header, without decoding.
 
-    Raises ValueError when ``data`` is not a JPEG or its header is cut short.
+    Raises :class:`JpegHeaderError` (a ``ValueError``) when ``data`` is not a JPEG or
+    its header is cut short.
     """
     view = memoryview(data)
     if len(view) < 4 or view[0] != 0xFF or view[1] != 0xD8:
-        raise ValueError("not a JPEG (does not start with the FFD8 marker)")
+        raise JpegHeaderError("not a JPEG (does not start with the FFD8 marker)")
     pos, end = 2, len(view)
     while pos + 4 <= end:
         if view[pos] != 0xFF:
-            raise ValueError(f"corrupt JPEG header: expected a marker at byte {pos}")
+            raise JpegHeaderError(f"corrupt JPEG header: expected a marker at byte {pos}")
         marker = view[pos + 1]
         if marker == 0xFF:          # fill byte
             pos += 1
@@ -155,7 +170,7 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         if marker == 0xDA or length < 2:  # start of scan before any frame header
             break
         pos += 2 + length
-    raise ValueError("JPEG header has no frame size (truncated or corrupt)")
+    raise JpegHeaderError("JPEG header has no frame size (truncated or corrupt)")
 
 
 # ---------------------------------------------------------------- keys
@@ -210,19 +225,20 @@ def assign_shards(ids: Iterable[str], samples_per_shard: int, seed: int = 0) -> 
     """
     if isinstance(samples_per_shard, bool) or not isinstance(samples_per_shard, int) \
             or samples_per_shard < 1:
-        raise ValueError(f"samples_per_shard must be a positive int, got {samples_per_shard!r}")
+        raise OptionError(f"samples_per_shard must be a positive int, got {samples_per_shard!r}",
+                          param="samples_per_shard")
     ids = list(ids)
     seen: set[str] = set()
     duplicates = sorted({i for i in ids if i in seen or seen.add(i)})
     if duplicates:
         shown = ", ".join(repr(d) for d in duplicates[:5])
-        raise ValueError(f"duplicate image ids in one split ({len(duplicates)}: {shown}); "
-                         "each id must appear once — fix the label file or the split")
+        raise DuplicateIdError(f"duplicate image ids in one split ({len(duplicates)}: {shown}); "
+                               "each id must appear once — fix the label file or the split")
     ordered = sorted(ids, key=lambda i: (_id_rank(i, seed), i))
     n_shards = -(-len(ordered) // samples_per_shard)
     if n_shards - 1 > MAX_SHARD_INDEX:
-        raise ValueError(f"{len(ids)} ids at {samples_per_shard} per shard need {n_shards} shards, "
-                         f"more than {MAX_SHARD_INDEX + 1}; raise samples_per_shard")
+        raise OptionError(f"{len(ids)} ids at {samples_per_shard} per shard need {n_shards} shards, "
+                          f"more than {MAX_SHARD_INDEX + 1}; raise samples_per_shard", param="samples_per_shard")
     return {image_id: position // samples_per_shard for position, image_id in enumerate(ordered)}
 
 

@@ -1,32 +1,226 @@
-"""``manifest.json``: every shard of a folder and what made them.
+"""``manifest.json``: every shard of a folder and what made them, as one typed record.
 
-The manifest lists each shard (from its stats file) with count and sha256, plus
-the config, environment, dataset, score scale and threshold, view size, tau,
-EB layer and stage-1 checkpoint digest of the run. Preprocessing writes it with
-``complete=False`` when a run starts (so a resume can be compared with
+:class:`Manifest` is the only reader and writer of ``manifest.json``: it lists
+each shard (from its stats file, :class:`ShardEntry`) with count and sha256,
+plus the run fields that made them (:class:`RunFields`: dataset, score scale and
+threshold, view size, tau, EB layer, contrastive flag, the attention model and
+its digest, the split, the config and the environment). Preprocessing writes it
+with ``complete=False`` when a run starts (so a resume can be compared with
 :func:`compare_config` and refused when the config or environment differ) and
 with ``complete=True`` when every shard is done. No timestamps: the same run
 gives the same bytes.
+
+Format history (``format``):
+
+* 1 — gpf 0.1.0: contrastive flag, attention model, features digest and split
+  spec only inside ``config``.
+* 2 — those four are run fields of their own. Format-1 files are read (the four
+  taken from ``config``); a newer format is refused naming both versions.
 """
 from __future__ import annotations
 
 import json
 import os
 from collections import Counter
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from gpf.errors import GPFError
 from gpf.shards.layout import (MANIFEST_NAME, STATS_SUFFIX, TEMP_PREFIX, parse_shard_name,
                                parquet_relpath, tar_filename)
 from gpf.shards.writer import atomic_write_bytes, dump_json, read_stats
 
-MANIFEST_FORMAT = 1
-_RUN_FIELDS = ("dataset", "scores", "threshold", "view_size", "tau", "eb_layer", "stage1_digest")
+MANIFEST_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 class ManifestError(GPFError, ValueError):
     """``manifest.json`` is missing, unreadable or not a gpf manifest."""
 
+
+# ----------------------------------------------------------------------------- records
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """The manifest's record of one finished shard, copied from its stats file."""
+    name: str
+    split: str
+    index: int
+    tar: str
+    parquet: str
+    count: int
+    bytes: int
+    sha256: str
+    parquet_sha256: str
+    status_counts: dict
+    rows: int | None = None
+    parquet_bytes: int | None = None
+    periph_shapes: list = field(default_factory=list)
+    random_crops: int = 0
+    features: bool = False
+
+    @classmethod
+    def from_stats(cls, stats: dict, split: str, index: int) -> "ShardEntry":
+        return cls(name=f"{split}-{index:06d}", split=split, index=index, tar=tar_filename(split, index),
+                   parquet=parquet_relpath(split, index), count=stats["count"], bytes=stats["bytes"],
+                   sha256=stats["sha256"], parquet_sha256=stats["parquet_sha256"],
+                   status_counts=stats["status_counts"], rows=stats.get("rows"),
+                   parquet_bytes=stats.get("parquet_bytes"), periph_shapes=stats.get("periph_shapes", []),
+                   random_crops=stats.get("random_crops", 0), features=stats.get("features", False))
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "ShardEntry":
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: a shard entry is a {type(data).__name__}, not an object")
+        missing = [name for name in _REQUIRED_ENTRY_KEYS if name not in data]
+        if missing:
+            raise ManifestError(f"{where}: the entry of shard {data.get('name', '?')} lacks "
+                                f"{', '.join(missing)}; rewrite the manifest with "
+                                "`gpf shards verify DIR --write-manifest`")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_REQUIRED_ENTRY_KEYS = tuple(f.name for f in fields(ShardEntry)
+                             if f.default is MISSING and f.default_factory is MISSING)
+_MOVED_INTO_RUN_IN_FORMAT_2 = ("contrastive", "attention_model", "features_digest", "split_spec")
+
+
+@dataclass(frozen=True)
+class RunFields:
+    """What made a shard folder: every field a resume, stage 2, evaluate and predict compare.
+
+    ``attention_model`` describes the network whose EB maps chose the crops
+    (``kind`` stage1|imagenet, ``backbone``, ``weights``, ``path``, ``digest``);
+    ``stage1_digest`` is its digest when it is a stage-1 checkpoint (None for an
+    ImageNet classifier); ``features_digest`` the digest of the network whose
+    pooled descriptors are stored as ``pfeat.npy`` (None without them).
+    """
+    dataset: str | None = None
+    scores: tuple[float, ...] | None = None
+    threshold: float | None = None
+    view_size: int | None = None
+    tau: float | None = None
+    eb_layer: str | None = None
+    contrastive: bool | None = None
+    stage1_digest: str | None = None
+    attention_model: dict | None = None
+    features_digest: str | None = None
+    split_spec: dict | None = None
+    config: dict | None = None
+    environment: dict | None = None
+
+    def __post_init__(self):
+        if self.scores is not None:
+            object.__setattr__(self, "scores", tuple(float(s) for s in self.scores))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", float(self.threshold))
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str, version: int = MANIFEST_FORMAT) -> "RunFields":
+        """The run fields of a manifest dict (or of the copy a stage-2 checkpoint keeps) of ``version``."""
+        data = data if isinstance(data, dict) else {}
+        run = {k: data.get(k) for k in _RUN_KEYS}
+        if version == 1:
+            config = data.get("config") if isinstance(data.get("config"), dict) else {}
+            for key in _MOVED_INTO_RUN_IN_FORMAT_2:
+                run[key] = data.get(key, config.get(key))
+        try:
+            return cls(**run)
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"{where}: a run field has the wrong type ({exc})") from None
+
+    @property
+    def attention_digest(self) -> str | None:
+        """Digest of the attention model's state dict (a stage-1 model or an ImageNet classifier)."""
+        return self.stage1_digest or (self.attention_model or {}).get("digest")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["scores"] = None if self.scores is None else list(self.scores)
+        return out
+
+
+_RUN_KEYS = tuple(f.name for f in fields(RunFields))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json`` of a shard folder (see the module doc)."""
+    run: RunFields
+    shards: tuple[ShardEntry, ...]
+    complete: bool = True
+    gpf_version: str | None = None
+    format: int = MANIFEST_FORMAT
+
+    # -- derived from the shards
+    @property
+    def random_crops(self) -> int:
+        """K random crops stored for every sample (0 when a shard with samples has none)."""
+        return min((s.random_crops for s in self.shards if s.count), default=0)
+
+    @property
+    def features(self) -> bool:
+        """Whether every shard with samples stores the peripheral descriptors (``pfeat.npy``)."""
+        with_samples = [s for s in self.shards if s.count]
+        return bool(with_samples) and all(s.features for s in with_samples)
+
+    @property
+    def splits(self) -> dict:
+        """``{split: {'shards', 'samples', 'rows', 'status_counts'}}``, sorted."""
+        totals: dict[str, dict] = {}
+        for entry in self.shards:
+            split = totals.setdefault(entry.split, {"shards": 0, "samples": 0, "rows": 0,
+                                                    "status_counts": Counter()})
+            split["shards"] += 1
+            split["samples"] += entry.count
+            split["rows"] += entry.rows or 0
+            split["status_counts"].update(entry.status_counts)
+        return {name: {**t, "status_counts": dict(sorted(t["status_counts"].items()))}
+                for name, t in sorted(totals.items())}
+
+    def entries(self, split: str | None = None) -> list[ShardEntry]:
+        """The shards of ``split`` (all when None), in manifest order."""
+        return [e for e in self.shards if split is None or e.split == split]
+
+    def samples(self, split: str) -> int:
+        return sum(e.count for e in self.entries(split))
+
+    def splits_with_samples(self) -> list[str]:
+        return sorted({e.split for e in self.shards if e.count})
+
+    # -- plain form
+    def to_dict(self) -> dict:
+        return {"format": MANIFEST_FORMAT, "gpf_version": self.gpf_version, "complete": bool(self.complete),
+                **self.run.to_dict(), "random_crops": self.random_crops, "features": self.features,
+                "splits": self.splits, "shards": [e.to_dict() for e in self.shards]}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST_NAME) -> "Manifest":
+        """Read a manifest of any readable format; :class:`ManifestError` naming ``where`` otherwise."""
+        if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
+            raise ManifestError(f"{where}: not a gpf shard manifest (no 'shards' list)")
+        version = data.get("format")
+        if version not in READABLE_FORMATS:
+            from gpf._version import __version__
+
+            newer = isinstance(version, int) and version > MANIFEST_FORMAT
+            advice = ("upgrade gpf to read it" if newer else
+                      "re-run preprocessing with this gpf, or rewrite it with `gpf shards verify DIR "
+                      "--write-manifest`")
+            raise ManifestError(f"{where}: manifest format {version!r} (written by gpf "
+                                f"{data.get('gpf_version', '?')}); this gpf {__version__} reads formats "
+                                f"{', '.join(map(str, READABLE_FORMATS))}: {advice}")
+        shards = tuple(ShardEntry.from_dict(e, where) for e in data["shards"])
+        return cls(run=RunFields.from_dict(data, where, version), shards=shards, complete=data.get("complete", True) is not False,
+                   gpf_version=data.get("gpf_version"), format=version)
+
+
+# ----------------------------------------------------------------------------- files
 
 def find_stats_files(out_dir: str | os.PathLike) -> list[tuple[str, int]]:
     """``(split, index)`` of every ``{split}-{index}.stats.json`` in ``out_dir``, sorted."""
@@ -40,93 +234,29 @@ def find_stats_files(out_dir: str | os.PathLike) -> list[tuple[str, int]]:
     return sorted(found)
 
 
-def shard_entry(stats: dict, split: str, index: int) -> dict:
-    """The manifest's record of one shard, taken from its stats."""
-    return {
-        "name": f"{split}-{index:06d}",
-        "split": split,
-        "index": index,
-        "tar": tar_filename(split, index),
-        "parquet": parquet_relpath(split, index),
-        "count": stats["count"],
-        "rows": stats.get("rows"),
-        "bytes": stats["bytes"],
-        "sha256": stats["sha256"],
-        "parquet_bytes": stats.get("parquet_bytes"),
-        "parquet_sha256": stats["parquet_sha256"],
-        "status_counts": stats["status_counts"],
-        "periph_shapes": stats.get("periph_shapes", []),
-        "random_crops": stats.get("random_crops", 0),
-        "features": stats.get("features", False),
-    }
-
-
-def _split_totals(shards: list[dict]) -> dict:
-    totals: dict[str, dict] = {}
-    for entry in shards:
-        split = totals.setdefault(entry["split"], {"shards": 0, "samples": 0, "rows": 0,
-                                                   "status_counts": Counter()})
-        split["shards"] += 1
-        split["samples"] += entry["count"]
-        split["rows"] += entry["rows"] or 0
-        split["status_counts"].update(entry["status_counts"])
-    return {name: {**t, "status_counts": dict(sorted(t["status_counts"].items()))}
-            for name, t in sorted(totals.items())}
-
-
-def build_manifest(out_dir: str | os.PathLike, config: dict | None, environment: dict | None, *,
-                   dataset: str | None, scores, threshold, view_size, tau, eb_layer,
-                   stage1_digest, gpf_version: str | None = None, complete: bool = True) -> dict:
-    """The manifest dict of ``out_dir`` (shards from the stats files found there)."""
+def build_manifest(out_dir: str | os.PathLike, run: RunFields, *, complete: bool = True,
+                   gpf_version: str | None = None) -> Manifest:
+    """The manifest of ``out_dir``: the shards from the stats files found there, and ``run``."""
     if gpf_version is None:
         from gpf._version import __version__ as gpf_version
-    shards = [shard_entry(read_stats(out_dir, split, index), split, index)
-              for split, index in find_stats_files(out_dir)]
-    with_samples = [s for s in shards if s["count"]]
-    return {
-        "format": MANIFEST_FORMAT,
-        "gpf_version": gpf_version,
-        "complete": bool(complete),
-        "dataset": dataset,
-        "scores": None if scores is None else [float(s) for s in scores],
-        "threshold": None if threshold is None else float(threshold),
-        "view_size": view_size,
-        "tau": tau,
-        "eb_layer": eb_layer,
-        "stage1_digest": stage1_digest,
-        "random_crops": min((s["random_crops"] for s in with_samples), default=0),
-        "features": bool(with_samples) and all(s["features"] for s in with_samples),
-        "config": config,
-        "environment": environment,
-        "splits": _split_totals(shards),
-        "shards": shards,
-    }
+    shards = tuple(ShardEntry.from_stats(read_stats(out_dir, split, index), split, index)
+                   for split, index in find_stats_files(out_dir))
+    return Manifest(run=run, shards=shards, complete=bool(complete), gpf_version=gpf_version)
 
 
-def write_manifest(out_dir: str | os.PathLike, config: dict | None, environment: dict | None, *,
-                   dataset: str | None, scores, threshold, view_size, tau, eb_layer,
-                   stage1_digest, gpf_version: str | None = None, complete: bool = True) -> dict:
-    """Write ``out_dir/manifest.json`` atomically and return it.
-
-    ``scores`` is the score value of each bucket (AVA 1..10), ``threshold`` the
-    high/low cut, ``stage1_digest`` the sha256 of the stage-1 checkpoint (None
-    when ImageNet weights made the attention). Shards are listed from their stats
-    files; whether random crops (``random_crops`` = K stored per sample) and
-    peripheral features are present is derived from them.
-    """
-    manifest = build_manifest(out_dir, config, environment, dataset=dataset, scores=scores,
-                              threshold=threshold, view_size=view_size, tau=tau,
-                              eb_layer=eb_layer, stage1_digest=stage1_digest,
-                              gpf_version=gpf_version, complete=complete)
-    atomic_write_bytes(Path(out_dir) / MANIFEST_NAME, dump_json(manifest, what="manifest") + b"\n")
+def write_manifest(out_dir: str | os.PathLike, run: RunFields, *, complete: bool = True,
+                   gpf_version: str | None = None) -> Manifest:
+    """Write ``out_dir/manifest.json`` atomically (from the stats files and ``run``) and return it."""
+    manifest = build_manifest(out_dir, run, complete=complete, gpf_version=gpf_version)
+    atomic_write_bytes(Path(out_dir) / MANIFEST_NAME, dump_json(manifest.to_dict(), what="manifest") + b"\n")
     return manifest
 
 
-def read_manifest(out_dir: str | os.PathLike) -> dict:
+def read_manifest(out_dir: str | os.PathLike) -> Manifest:
     """The manifest of ``out_dir``; :class:`ManifestError` saying what to do otherwise."""
     path = Path(out_dir) / MANIFEST_NAME
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         if not Path(out_dir).is_dir():
             raise ManifestError(f"{out_dir}: no such shard folder") from None
@@ -136,20 +266,25 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: unreadable ({exc}); rewrite it with "
                             f"`gpf shards verify {out_dir} --write-manifest`") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise ManifestError(f"{path}: not a gpf shard manifest (no 'shards' list)")
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ManifestError(f"{path}: manifest format {manifest.get('format')!r}; this gpf reads "
-                            f"format {MANIFEST_FORMAT}. Re-run preprocessing with this gpf version")
-    return manifest
+    return Manifest.from_dict(data, str(path))
 
 
-def run_fields(manifest: dict) -> dict:
-    """The parts of a manifest that must agree before a run may resume into it."""
-    fields = {name: manifest.get(name) for name in _RUN_FIELDS}
-    fields["config"] = manifest.get("config")
-    fields["environment"] = manifest.get("environment")
-    return fields
+def read_run_fields(out_dir: str | os.PathLike) -> RunFields | None:
+    """The run fields of a readable manifest in ``out_dir`` (any complete state); None otherwise."""
+    try:
+        return read_manifest(out_dir).run
+    except ManifestError:
+        return None
+
+
+def run_fields(manifest: Manifest) -> dict:
+    """The parts of a manifest that must agree before a run may resume into it (plain, comparable)."""
+    return manifest.run.to_dict()
+
+
+def with_run(manifest: Manifest, **changes) -> Manifest:
+    """A copy of ``manifest`` with some run fields replaced."""
+    return replace(manifest, run=replace(manifest.run, **changes))
 
 
 def _flatten(value, prefix: str, out: dict) -> dict:

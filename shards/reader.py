@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from gpf.errors import GPFError
-from gpf.shards.layout import (ATTN, FEATURES, FOVEA, JSON, PERIPH, jpeg_size, rand_index,
+from gpf.errors import OptionError
+from gpf.shards.layout import (ShardReadError, ATTN, FEATURES, FOVEA, JSON, PERIPH, jpeg_size, rand_index,
                                split_member_name)
 from gpf.shards.manifest import read_manifest
 
@@ -70,18 +70,16 @@ def list_shards(shard_dir: str | os.PathLike, split: str) -> list[ShardSpec]:
     """Shards of ``split`` listed in ``shard_dir/manifest.json``, by index."""
     shard_dir = Path(shard_dir)
     manifest = read_manifest(shard_dir)
-    if manifest.get("complete") is False:
-        raise ValueError(f"{shard_dir}: preprocessing has not finished (manifest.json says "
-                         "complete: false); rerun `gpf preprocess` to finish it")
-    specs = [ShardSpec(name=e["name"], path=shard_dir / e["tar"], split=e["split"],
-                       index=int(e["index"]), count=int(e["count"]),
-                       periph_shapes=tuple(tuple(s) for s in e.get("periph_shapes", [])),
-                       random_crops=int(e.get("random_crops", 0)))
-             for e in manifest["shards"] if e["split"] == split]
+    if not manifest.complete:
+        raise ShardReadError(f"{shard_dir}: preprocessing has not finished (manifest.json says "
+                             "complete: false); rerun `gpf preprocess` to finish it")
+    specs = [ShardSpec(name=e.name, path=shard_dir / e.tar, split=e.split, index=int(e.index), count=int(e.count),
+                       periph_shapes=tuple(tuple(s) for s in e.periph_shapes), random_crops=int(e.random_crops))
+             for e in manifest.entries(split)]
     if not specs:
-        splits = sorted({e["split"] for e in manifest["shards"]})
-        raise ValueError(f"{shard_dir}: no shards of split {split!r}; the manifest has "
-                         f"{', '.join(map(repr, splits)) or 'no shards'}")
+        splits = sorted({e.split for e in manifest.shards})
+        raise ShardReadError(f"{shard_dir}: no shards of split {split!r}; the manifest has "
+                             f"{', '.join(map(repr, splits)) or 'no shards'}")
     return sorted(specs, key=lambda s: s.index)
 
 
@@ -128,16 +126,16 @@ def plan_train_epoch(shards: Sequence[ShardSpec], *, batch_size: int, seed: int,
     shards = [s for s in sorted(shards, key=lambda s: s.index) if s.count > 0]
     needed = world_size * workers
     if len(shards) < needed:
-        raise ValueError(
+        raise OptionError(
             f"training needs at least world_size x num_workers = {world_size} x {workers} = "
             f"{needed} non-empty shards, the split has {len(shards)}; write more, smaller shards "
-            f"(preprocess with fewer samples per shard) or use fewer loader workers")
+            f"(preprocess with fewer samples per shard) or use fewer loader workers", param="num_workers")
     total = sum(s.count for s in shards)
     batches = train_batches_per_rank(total, batch_size, world_size, drop_last)
     if batches == 0:
-        raise ValueError(f"the split has {total} samples, fewer than world_size x batch_size = "
+        raise OptionError(f"the split has {total} samples, fewer than world_size x batch_size = "
                          f"{world_size * batch_size}: not one full batch per rank; lower the "
-                         "batch size or pass drop_last=False")
+                         "batch size or pass drop_last=False", param="drop_last")
     order = list(shards)
     _rng(seed, epoch, "shards").shuffle(order)
     mine = order[rank::world_size]
@@ -160,7 +158,7 @@ def eval_batch_count(plan: WorkerPlan, batch_size: int, by_periph: bool) -> int:
     per_shape: dict[tuple[int, int], int] = {}
     for spec in plan.shards:
         if sum(n for _, _, n in spec.periph_shapes) != spec.count:
-            raise ValueError(f"{spec.path}: its stats lack peripheral shapes; rewrite the shard "
+            raise ShardReadError(f"{spec.path}: its stats lack peripheral shapes; rewrite the shard "
                              "with this gpf version")
         for height, width, n in spec.periph_shapes:
             per_shape[(height, width)] = per_shape.get((height, width), 0) + n
@@ -168,7 +166,7 @@ def eval_batch_count(plan: WorkerPlan, batch_size: int, by_periph: bool) -> int:
 
 
 # ---------------------------------------------------------------- reading tars
-class TarFormatError(GPFError, ValueError):
+class TarFormatError(ShardReadError):
     """A tar header is corrupt or the file ends inside a member."""
 
 
@@ -277,14 +275,14 @@ def iter_samples(path: Path, keep) -> Iterator[dict]:
         raise FileNotFoundError(f"{path}: shard listed in the manifest is missing; "
                                 "run `gpf shards verify` on the folder") from None
     except (TarFormatError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: corrupt or truncated tar ({exc}); run `gpf shards verify` "
+        raise ShardReadError(f"{path}: corrupt or truncated tar ({exc}); run `gpf shards verify` "
                          "on the folder and rewrite the shard") from None
     if sample is not None:
         yield sample
 
 
-def _missing(sample: dict, member: str, hint: str = "") -> ValueError:
-    return ValueError(f"{sample['__shard__']}, key {sample['__key__']!r}: no {member} member"
+def _missing(sample: dict, member: str, hint: str = "") -> ShardReadError:
+    return ShardReadError(f"{sample['__shard__']}, key {sample['__key__']!r}: no {member} member"
                       f"{hint}; run `gpf shards verify` on the folder")
 
 
@@ -292,7 +290,7 @@ def _npy(data: bytes, where: str) -> np.ndarray:
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{where}: unreadable .npy ({exc})") from None
+        raise ShardReadError(f"{where}: unreadable .npy ({exc})") from None
 
 
 def _npy_shape(data: bytes, where: str) -> tuple[int, ...]:
@@ -306,7 +304,7 @@ def _npy_shape(data: bytes, where: str) -> tuple[int, ...]:
         else:
             shape = _npy(data, where).shape
     except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{where}: unreadable .npy header ({exc})") from None
+        raise ShardReadError(f"{where}: unreadable .npy header ({exc})") from None
     return tuple(shape)
 
 
@@ -346,7 +344,7 @@ def decode_jpegs_uint8(blobs: Sequence[bytes], names: Sequence[str]) -> list[tor
             try:
                 out.append(decode(data))
             except (RuntimeError, OSError, ValueError) as exc:
-                raise ValueError(f"{name}: JPEG does not decode ({exc})") from None
+                raise ShardReadError(f"{name}: JPEG does not decode ({exc})") from None
     return out
 
 
@@ -377,16 +375,16 @@ class ShardDataset(IterableDataset):
         _check_int("seed", seed, None)
         _check_int("epoch", epoch, 0)
         if not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
+            raise OptionError(f"rank must be in [0, world_size={world_size}), got {rank!r}", param="rank")
         if isinstance(members, str):
             members = (members,)
         bad = [m for m in members if m not in ALLOWED_MEMBERS]
         if bad or len(set(members)) != len(members):
-            raise ValueError(f"members {tuple(members)!r}: each must be one of "
-                             f"{', '.join(ALLOWED_MEMBERS)}, without repeats")
+            raise OptionError(f"members {tuple(members)!r}: each must be one of "
+                              f"{', '.join(ALLOWED_MEMBERS)}, without repeats", param="members")
         if not shuffle and drop_last:
-            raise ValueError("evaluation (shuffle=False) reads every sample exactly once; "
-                             "drop_last must be False or None")
+            raise OptionError("evaluation (shuffle=False) reads every sample exactly once; "
+                              "drop_last must be False or None", param="drop_last")
         self.shard_dir, self.split = Path(shard_dir), split
         self.batch_size, self.shuffle = batch_size, shuffle
         self.seed, self.epoch = seed, epoch
@@ -400,7 +398,7 @@ class ShardDataset(IterableDataset):
         if random_crop_member:
             without = [s.name for s in self.shards if s.count and not s.random_crops]
             if without:
-                raise ValueError(f"random_crop_member=True but shard(s) {', '.join(without[:5])} "
+                raise ShardReadError(f"random_crop_member=True but shard(s) {', '.join(without[:5])} "
                                  "store no random crops; preprocess with random crops for the "
                                  "'random' variant")
         self._plans(max(1, num_workers))  # fail now, not inside a worker
@@ -430,8 +428,8 @@ class ShardDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         if not self.shuffle and workers != max(1, self.num_workers):
-            raise ValueError(f"ShardDataset was built for num_workers={self.num_workers} but "
-                             f"runs with {workers}; pass the DataLoader's num_workers")
+            raise OptionError(f"ShardDataset was built for num_workers={self.num_workers} but "
+                              f"runs with {workers}; pass the DataLoader's num_workers", param="num_workers")
         plan = self._plans(workers)[worker]
         if plan.batches == 0 or not plan.shards:
             return
@@ -478,7 +476,7 @@ class ShardDataset(IterableDataset):
                 produced += 1
                 yield sample
             if produced == 0:
-                raise ValueError(f"shards {[s.name for s in shards]} hold no samples although "
+                raise ShardReadError(f"shards {[s.name for s in shards]} hold no samples although "
                                  "the manifest counts some; run `gpf shards verify`")
             passes += 1
             order = list(shards)
@@ -532,7 +530,7 @@ class ShardDataset(IterableDataset):
             try:
                 key.append(jpeg_size(sample[member]))
             except ValueError as exc:
-                raise ValueError(f"{where}, {member.strip('_')}: {exc}") from None
+                raise ShardReadError(f"{where}, {member.strip('_')}: {exc}") from None
         return tuple(key)
 
     # -- decoding
@@ -540,7 +538,7 @@ class ShardDataset(IterableDataset):
         metas = [self._meta(s) for s in samples]
         votes = [m["votes"] for m in metas]
         if len({len(v) for v in votes}) != 1:
-            raise ValueError(f"{samples[0]['__shard__']}: vote lists of different lengths in one "
+            raise ShardReadError(f"{samples[0]['__shard__']}: vote lists of different lengths in one "
                              f"batch (keys {[s['__key__'] for s in samples[:5]]}...)")
         batch = {"key": [s["__key__"] for s in samples], "id": [m["id"] for m in metas],
                  "votes": torch.tensor(votes, dtype=torch.float32)}
@@ -570,9 +568,9 @@ class ShardDataset(IterableDataset):
         try:
             meta = json.loads(sample[JSON])
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{where}: json member unreadable ({exc})") from None
+            raise ShardReadError(f"{where}: json member unreadable ({exc})") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("votes"), list):
-            raise ValueError(f"{where}: json member has no 'votes' list")
+            raise ShardReadError(f"{where}: json member has no 'votes' list")
         meta.setdefault("id", sample["__key__"])
         return meta
 
@@ -590,7 +588,7 @@ def _check_int(name: str, value, minimum: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or \
             (minimum is not None and value < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
-        raise ValueError(f"{name} must be an int{bound}, got {value!r}")
+        raise OptionError(f"{name} must be an int{bound}, got {value!r}", param=name)
 
 
 # ---------------------------------------------------------------- the loader

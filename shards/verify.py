@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from gpf.shards.layout import (ATTN, FEATURES, JSON, MANIFEST_NAME, META_DIR, PARQUET_COLUMNS,
+from gpf.shards.layout import (ShardReadError, ATTN, FEATURES, JSON, MANIFEST_NAME, META_DIR, PARQUET_COLUMNS,
                                PARQUET_SUFFIX, REQUIRED_MEMBERS, STATUS_OK, STATS_SUFFIX,
                                TAR_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX, is_contract_member,
                                is_safe_key, parse_shard_name, safe_key,
                                split_member_name)
-from gpf.shards.manifest import ManifestError, read_manifest, run_fields, write_manifest
+from gpf.shards.manifest import (Manifest, ManifestError, RunFields, ShardEntry, read_manifest,
+                                 write_manifest)
 from gpf.shards.writer import StatsError, file_sha256, read_stats
 from gpf.fsutil import atomic_write_bytes
 
@@ -255,31 +256,30 @@ def _check_parquet(folder: Path, name: str, stats: dict | None, keys: list[str] 
 
 
 # ---------------------------------------------------------------- manifest
-def _check_manifest_entries(manifest: dict, disk: _Disk, report: Report) -> dict[str, dict]:
-    listed = {}
-    for entry in manifest["shards"]:
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or parse_shard_name(name) is None:
-            report.add(MANIFEST_NAME, f"malformed shard entry {entry!r}")
+def _check_manifest_entries(manifest: Manifest, disk: _Disk, report: Report) -> dict[str, ShardEntry]:
+    listed: dict[str, ShardEntry] = {}
+    for entry in manifest.shards:
+        if parse_shard_name(entry.name) is None:
+            report.add(MANIFEST_NAME, f"malformed shard entry {entry.name!r}")
             continue
-        if name in listed:
-            report.add(MANIFEST_NAME, "shard listed twice", name)
-        listed[name] = entry
+        if entry.name in listed:
+            report.add(MANIFEST_NAME, "shard listed twice", entry.name)
+        listed[entry.name] = entry
     for name in sorted(disk.tars - set(listed)):
         report.add(name, f"tar on disk is not in {MANIFEST_NAME} (stray or unfinished shard); "
                          "delete it, or rebuild the manifest with --write-manifest")
     for name in sorted(set(listed) - disk.tars):
         report.add(name, f"listed in {MANIFEST_NAME} but the tar is missing")
-    if manifest.get("complete") is False:
+    if not manifest.complete:
         report.add(MANIFEST_NAME, "marks the run incomplete: preprocessing has not finished; "
                                   "rerun `gpf preprocess` to finish")
     return listed
 
 
-def _compare_with_manifest(name: str, entry: dict, stats: dict, report: Report) -> None:
+def _compare_with_manifest(name: str, entry: ShardEntry, stats: dict, report: Report) -> None:
     for key in _MANIFEST_FIELDS:
-        if entry.get(key) != stats.get(key):
-            report.add(name, f"{MANIFEST_NAME} says {key} {entry.get(key)!r}, the stats file "
+        if getattr(entry, key) != stats.get(key):
+            report.add(name, f"{MANIFEST_NAME} says {key} {getattr(entry, key)!r}, the stats file "
                              f"{stats.get(key)!r}")
 
 
@@ -297,16 +297,13 @@ def _rebuild_manifest(folder: Path, disk: _Disk, report: Report, sha: _Checksums
                             "problem(s) below; fix them first")
         return
     try:
-        previous = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
-        old, complete = run_fields(previous), previous.get("complete", True)
-    except (OSError, ValueError, AttributeError):
-        old, complete = {k: None for k in run_fields({})}, True
+        previous = read_manifest(folder)
+        run, complete = previous.run, previous.complete
+    except ManifestError:
+        run, complete = RunFields(), True
         report.notes.append("no readable old manifest: config, environment and run fields "
                             "are unknown (null) in the rebuilt one")
-    write_manifest(folder, old["config"], old["environment"], dataset=old["dataset"],
-                   scores=old["scores"], threshold=old["threshold"], view_size=old["view_size"],
-                   tau=old["tau"], eb_layer=old["eb_layer"], stage1_digest=old["stage1_digest"],
-                   complete=complete)
+    write_manifest(folder, run, complete=complete)
     report.manifest_written = True
     report.notes.append(f"wrote {MANIFEST_NAME} from {len(disk.stats)} stats file(s)")
 
@@ -374,26 +371,25 @@ def info(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     manifest = read_manifest(folder)
     boxes = {}
-    for split in manifest["splits"]:
+    for split in manifest.splits:
         areas, fractions = [], []
-        for entry in manifest["shards"]:
-            if entry["split"] != split:
-                continue
-            path = folder / entry["parquet"]
+        for entry in manifest.entries(split):
+            path = folder / entry.parquet
             try:
                 table = pq.read_table(path, columns=["status", "width", "height", "x0", "y0",
                                                      "x1", "y1", "attn_fraction"])
             except Exception as exc:  # noqa: BLE001
-                raise ValueError(f"{path}: unreadable Parquet ({exc}); run `gpf shards verify`") \
+                raise ShardReadError(f"{path}: unreadable Parquet ({exc}); run `gpf shards verify`") \
                     from None
             _box_stats(table.to_pydict(), areas, fractions)
         boxes[split] = {"rows": len(areas),
                         "mean_box_fraction": float(np.mean(areas)) if areas else None,
                         "mean_attn_fraction": float(np.mean(fractions)) if fractions else None}
+    plain = manifest.to_dict()
     keys = ("complete", "dataset", "gpf_version", "scores", "threshold", "view_size", "tau",
             "eb_layer", "stage1_digest", "random_crops", "features", "config", "environment")
-    return {"folder": str(folder), **{k: manifest.get(k) for k in keys},
-            "shards": len(manifest["shards"]), "splits": manifest["splits"], "boxes": boxes}
+    return {"folder": str(folder), **{k: plain[k] for k in keys},
+            "shards": len(manifest.shards), "splits": manifest.splits, "boxes": boxes}
 
 
 def _box_stats(columns: dict, areas: list, fractions: list) -> None:
@@ -435,7 +431,7 @@ def format_info(summary: dict) -> list[str]:
 CHECKSUM_CACHE = ".gpf-checksums.json"
 
 
-def check_checksums(folder: str | os.PathLike, manifest: dict | None = None,
+def check_checksums(folder: str | os.PathLike, manifest: Manifest | None = None,
                     splits: tuple[str, ...] | None = None, workers: int | None = None) -> list[str]:
     """Problems (one line each) where a listed tar's size or sha256 differs from the manifest.
 
@@ -446,38 +442,35 @@ def check_checksums(folder: str | os.PathLike, manifest: dict | None = None,
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from gpf.shards.manifest import read_manifest
-
     folder = Path(folder)
     manifest = manifest if manifest is not None else read_manifest(folder)
-    entries = [e for e in manifest.get("shards", [])
-               if isinstance(e, dict) and (splits is None or str(e.get("name", "")).split("-")[0] in splits)]
+    entries = [e for e in manifest.shards if splits is None or e.split in splits]
     cache = _read_checksum_cache(folder)
     problems: list[str] = []
-    to_hash: list[tuple[dict, Path, list]] = []
+    to_hash: list[tuple[ShardEntry, Path, list]] = []
     for entry in entries:
-        tar = folder / f"{entry['name']}{TAR_SUFFIX}"
+        tar = folder / f"{entry.name}{TAR_SUFFIX}"
         try:
             st = tar.stat()
         except OSError:
             problems.append(f"{tar}: missing (listed in {MANIFEST_NAME})")
             continue
-        if st.st_size != entry.get("bytes"):
-            problems.append(f"{tar}: {st.st_size} bytes, the manifest says {entry.get('bytes')} (truncated or "
+        if st.st_size != entry.bytes:
+            problems.append(f"{tar}: {st.st_size} bytes, the manifest says {entry.bytes} (truncated or "
                             "overwritten)")
             continue
         key = [st.st_size, st.st_mtime_ns]
-        cached = cache.get(entry["name"])
+        cached = cache.get(entry.name)
         if cached and cached[:2] == key:
-            if cached[2] != entry.get("sha256"):
+            if cached[2] != entry.sha256:
                 problems.append(f"{tar}: sha256 differs from the manifest (content changed on disk)")
             continue
         to_hash.append((entry, tar, key))
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         digests = list(pool.map(lambda item: file_sha256(item[1]), to_hash))
     for (entry, tar, key), digest in zip(to_hash, digests):
-        cache[entry["name"]] = [*key, digest]
-        if digest != entry.get("sha256"):
+        cache[entry.name] = [*key, digest]
+        if digest != entry.sha256:
             problems.append(f"{tar}: sha256 differs from the manifest (content changed on disk)")
     if to_hash:
         _write_checksum_cache(folder, cache)

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from gpf.errors import GPFError
 from gpf.fsutil import atomic_write_bytes as _atomic_write_bytes, fsync_dir
 from gpf.shards.layout import (ATTN, FEATURES, JSON, PARQUET_COLUMNS, PARQUET_SCHEMA, PERIPH,
-                               REQUIRED_MEMBERS, STATUS_OK, is_contract_member, is_safe_key,
+                               REQUIRED_MEMBERS, JpegHeaderError, STATUS_OK, is_contract_member, is_safe_key,
                                jpeg_size, member_order, parquet_relpath, rand_index, safe_key,
                                shard_name, stats_filename, tar_filename, temp_name)
 
@@ -165,8 +165,8 @@ def _serialise_sample(sample: Mapping, shard: str) -> tuple[str, list[tuple[str,
             data = bytes(value)
             try:
                 jpeg_size(data)
-            except ValueError as exc:
-                raise ValueError(f"{what}: {exc}") from None
+            except JpegHeaderError as exc:
+                raise JpegHeaderError(f"{what}: {exc}") from None
         out.append((member, data))
     return key, out
 

@@ -8,6 +8,10 @@ usable ones, the upright RGB pixels a viewer shows (the independent reference
 for the views). Stems are safe AVA ids, so the folder can be an AVA
 ``images/`` folder (``add_ava_rows``).
 
+Files of a format the active PIL cannot write (WebP under a pillow-simd built
+without libwebp) are left out of the set: :data:`OPTIONAL_FORMATS` names them,
+and tests that need them skip with :func:`unwritable_reason`.
+
 The expectations are written from the formats' specifications, not from gpf:
 EXIF orientations (CIPA DC-008 tag 0x0112) are produced with numpy flips and
 rotations of the upright pixels; transparency is composited on white as a
@@ -34,6 +38,8 @@ MAX_PIXELS_OPTION = 250_000
 BOMB_SIZE = (20_000, 20_000)
 QUADRANT_SIZE = (96, 64)          # (width, height) of the upright orientation test image
 ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)
+#: Formats of the set a PIL build may lack -> the stem of their file.
+OPTIONAL_FORMATS = {"WEBP": "webp_named_jpg"}
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,27 @@ def png_claiming(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
+# ----------------------------------------------------------------------------- formats
+
+def can_write(fmt: str) -> bool:
+    """Whether the active PIL can save ``fmt`` (pillow-simd without libwebp raises ``KeyError: 'WEBP'``)."""
+    try:
+        Image.new("RGB", (4, 4)).save(io.BytesIO(), fmt)
+    except (KeyError, OSError):
+        return False
+    return True
+
+
+def unwritable_reason(fmt: str) -> str | None:
+    """Why the set lacks the file of ``fmt`` (a ``pytest.skip`` reason), or None when it has it."""
+    from PIL import __version__
+
+    if can_write(fmt):
+        return None
+    return (f"this PIL ({__version__}) cannot write {fmt}: {OPTIONAL_FORMATS.get(fmt, fmt)} is left "
+            "out of the bad-file set (pillow-simd built without the codec)")
+
+
 # ----------------------------------------------------------------------------- the set
 
 def _on_white(rgba: np.ndarray) -> np.ndarray:
@@ -121,7 +148,10 @@ def _on_white(rgba: np.ndarray) -> np.ndarray:
 
 
 def write_bad_images(folder: str | os.PathLike) -> dict[str, BadImage]:
-    """Write every kind into ``folder``; returns ``{stem: BadImage}`` in a fixed order."""
+    """Write every kind into ``folder``; returns ``{stem: BadImage}`` in a fixed order.
+
+    The files of :data:`OPTIONAL_FORMATS` this PIL cannot write are left out.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     made: dict[str, BadImage] = {}
@@ -150,7 +180,9 @@ def write_bad_images(folder: str | os.PathLike) -> dict[str, BadImage]:
     (folder / "directory.jpg").mkdir(exist_ok=True)
     add("directory", "a directory named like an image", "not_a_file")
     # usable files in other formats or modes, all named .jpg
-    for fmt, stem in (("PNG", "png_named_jpg"), ("WEBP", "webp_named_jpg")):
+    for fmt, stem in (("PNG", "png_named_jpg"), ("WEBP", OPTIONAL_FORMATS["WEBP"])):
+        if fmt in OPTIONAL_FORMATS and not can_write(fmt):
+            continue
         out = io.BytesIO()
         Image.fromarray(base).save(out, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
         add(stem, f"{fmt} file named .jpg", "ok", out.getvalue(), base)

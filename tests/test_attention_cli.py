@@ -1,8 +1,6 @@
 """`gpf attention`: the paper's Fig. 4 panels for one photo, with stage-1 and stage-2 checkpoints."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,8 +38,9 @@ def _check_png(path, min_width):
 def test_writes_the_three_panels_with_the_shards_box(data, tmp_path, kind):
     image_id = TEST_IDS[1]
     out = tmp_path / f"{kind}.png"
-    extra = ["--eb-layer", json.loads((data["shards"] / "manifest.json").read_text())["eb_layer"]] \
-        if kind == "stage1" else []
+    from gpf.shards.manifest import read_manifest
+
+    extra = ["--eb-layer", read_manifest(data["shards"]).run.eb_layer] if kind == "stage1" else []
     run = _invoke(data["ava"] / "images" / f"{image_id}.jpg", "--checkpoint", data[kind], "--out", out, *extra)
     assert run.exit_code == 0, run.output
     # the stage-1 model that made the shards, with the same tau and EB layer, finds the same box

@@ -290,15 +290,15 @@ def test_inception_normalisation_reproduces_torchvision_transform_input(tmp_path
 
 
 def test_stage1_and_stage2_checkpoints_as_weights(tmp_path):
-    from gpf.model.checkpoint import save_checkpoint, stage1_payload, stage2_payload, attention_block
+    from gpf.model.checkpoint import save_checkpoint, stage1_checkpoint, stage2_checkpoint, attention_block
     from gpf.model.gpf import GPFNet
 
     stage1 = PeripheralNet("tiny").eval()
-    save_checkpoint(tmp_path / "s1.pt", stage1_payload(stage1))
+    save_checkpoint(tmp_path / "s1.pt", stage1_checkpoint(stage1))
     x = torch.randn(1, 3, 16, 16)
     assert torch.equal(create_backbone("tiny", tmp_path / "s1.pt").eval()(x), stage1.features(x))
     stage2 = GPFNet("tiny", "gpf", 3, branch_width=4, fusion_width=4)
-    save_checkpoint(tmp_path / "s2.pt", stage2_payload(stage2, attention_block(
+    save_checkpoint(tmp_path / "s2.pt", stage2_checkpoint(stage2, attention_block(
         stage1, tau=0.7, eb_layer="features.pool2", contrastive=False, view_size=32)))
     loaded = create_backbone("tiny", tmp_path / "s2.pt").eval()
     assert torch.equal(loaded(x), stage2.peripheral.eval()(x))

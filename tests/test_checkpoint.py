@@ -12,9 +12,9 @@ import torch
 
 from gpf.model import checkpoint as ckpt_module
 from gpf.model.backbones import create_backbone
-from gpf.model.checkpoint import (FORMAT_VERSION, CheckpointError, attention_block,
+from gpf.model.checkpoint import (FORMAT_VERSION, AttentionBlock, Checkpoint, CheckpointError, attention_block,
                                   attention_model_from_checkpoint, load_checkpoint, model_from_checkpoint,
-                                  save_checkpoint, stage1_payload, stage2_payload, state_dict_digest)
+                                  save_checkpoint, stage1_checkpoint, stage2_checkpoint, state_dict_digest)
 from gpf.model.gpf import GPFNet, PeripheralNet, imagenet_classifier
 
 torch.set_num_threads(1)
@@ -35,13 +35,16 @@ def images(batch, height, width, seed=0):
 def test_stage1_round_trip_gives_identical_outputs(tmp_path):
     model = stage1_model().eval()
     path = save_checkpoint(tmp_path / "run" / "stage1.pt",
-                           stage1_payload(model, view_size=64, threshold=5.0, scores=range(1, 11)))
+                           stage1_checkpoint(model, view_size=64, threshold=5.0, scores=range(1, 11)))
     payload = load_checkpoint(path, expect="stage1")
-    assert payload["format"] == "gpf-stage1" and payload["format_version"] == FORMAT_VERSION
-    config = payload["model_config"]
+    assert isinstance(payload, Checkpoint)
+    assert payload.format == "gpf-stage1" and payload.format_version == FORMAT_VERSION and payload.kind == "stage1"
+    config = payload.model_config
     assert config["backbone"] == "tiny" and config["hidden"] == 4 and config["view_size"] == 64
     assert config["threshold"] == 5.0 and config["scores"] == list(range(1, 11))
-    assert payload["meta"]["gpf_version"] and payload["meta"]["created"]
+    assert payload.view_size == 64 and payload.threshold == 5.0 and payload.num_classes == 2
+    assert payload.meta["gpf_version"] and payload.meta["created"]
+    assert payload.attention is None and payload.digest == state_dict_digest(model.state_dict())
     rebuilt = model_from_checkpoint(path)
     assert type(rebuilt) is PeripheralNet and not rebuilt.training
     x = images(2, 16, 24)
@@ -53,12 +56,15 @@ def test_stage2_round_trip_with_embedded_attention_model(tmp_path):
     stage1 = stage1_model("small").eval()
     model = stage2_model().freeze_peripheral().eval()
     attention = attention_block(stage1, tau=0.7, eb_layer="features.layer1", contrastive=True, view_size=64)
-    save_checkpoint(tmp_path / "stage2.pt", stage2_payload(model, attention, view_size=64, threshold=5.0,
+    save_checkpoint(tmp_path / "stage2.pt", stage2_checkpoint(model, attention, view_size=64, threshold=5.0,
                                                           scores=list(range(1, 11))))
     payload = load_checkpoint(tmp_path / "stage2.pt", expect="stage2")
-    block = payload["attention"]
-    assert block["tau"] == 0.7 and block["eb_layer"] == "features.layer1" and block["contrastive"] is True
-    assert block["stage1_digest"] == state_dict_digest(stage1.state_dict())
+    assert payload.kind == "stage2" and payload.num_classes == 10
+    assert payload.scores == tuple(float(s) for s in range(1, 11)) and payload.view_size == 64
+    block = payload.attention
+    assert isinstance(block, AttentionBlock)
+    assert block.tau == 0.7 and block.eb_layer == "features.layer1" and block.contrastive is True
+    assert block.view_size == 64 and block.stage1_digest == state_dict_digest(stage1.state_dict())
     rebuilt = model_from_checkpoint(payload)
     assert type(rebuilt) is GPFNet and rebuilt.variant == "gpf" and rebuilt.peripheral_frozen
     assert not any(p.requires_grad for p in rebuilt.peripheral.parameters())
@@ -68,14 +74,14 @@ def test_stage2_round_trip_with_embedded_attention_model(tmp_path):
         attention_model = attention_model_from_checkpoint(payload)
         assert torch.equal(attention_model(periph), stage1(periph))
     # a stage-1 checkpoint is its own attention model
-    save_checkpoint(tmp_path / "stage1.pt", stage1_payload(stage1))
+    save_checkpoint(tmp_path / "stage1.pt", stage1_checkpoint(stage1))
     with torch.no_grad():
         assert torch.equal(attention_model_from_checkpoint(tmp_path / "stage1.pt")(periph), stage1(periph))
 
 
 def test_imagenet_classifier_as_the_attention_model(tmp_path):
     classifier = imagenet_classifier("tiny", weights="none").eval()
-    save_checkpoint(tmp_path / "s2.pt", stage2_payload(stage2_model("tiny"), attention_block(
+    save_checkpoint(tmp_path / "s2.pt", stage2_checkpoint(stage2_model("tiny"), attention_block(
         classifier, tau=0.7, eb_layer="features.pool2", contrastive=False, view_size=32)))
     rebuilt = attention_model_from_checkpoint(tmp_path / "s2.pt")
     x = images(1, 16, 16)
@@ -86,14 +92,14 @@ def test_imagenet_classifier_as_the_attention_model(tmp_path):
 def test_tampered_embedded_stage1_weights_are_detected(tmp_path):
     attention = attention_block(stage1_model(), tau=0.7, eb_layer="features.pool2", contrastive=False,
                                 view_size=32)
-    attention["stage1_state_dict"]["features.conv1.weight"][0, 0, 0, 0] += 1.0
-    payload = stage2_payload(stage2_model("tiny"), attention)
+    attention.stage1_state_dict["features.conv1.weight"][0, 0, 0, 0] += 1.0
+    payload = stage2_checkpoint(stage2_model("tiny"), attention)
     with pytest.raises(CheckpointError, match="digest"):
         attention_model_from_checkpoint(payload)
 
 
 def test_wrong_kind_says_which_command_makes_which(tmp_path):
-    save_checkpoint(tmp_path / "s2.pt", stage2_payload(stage2_model("tiny"), attention_block(
+    save_checkpoint(tmp_path / "s2.pt", stage2_checkpoint(stage2_model("tiny"), attention_block(
         stage1_model(), tau=0.7, eb_layer="features.pool2", contrastive=False, view_size=32)))
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tmp_path / "s2.pt", expect="stage1")
@@ -105,20 +111,20 @@ def test_wrong_kind_says_which_command_makes_which(tmp_path):
 
 
 def test_pickled_object_is_refused_not_executed(tmp_path):
-    payload = stage1_payload(stage1_model())
-    payload["meta"]["created"] = datetime.datetime(2024, 1, 1)
-    torch.save(payload, tmp_path / "pickled.pt")  # bypassing save_checkpoint's check
+    payload = stage1_checkpoint(stage1_model())
+    payload.meta["created"] = datetime.datetime(2024, 1, 1)
+    torch.save(payload.to_dict(), tmp_path / "pickled.pt")  # bypassing save_checkpoint's check
     with pytest.raises(CheckpointError, match=r"holds pickled Python objects \(datetime.datetime\); gpf only "
                                               r"loads tensors and plain types"):
         load_checkpoint(tmp_path / "pickled.pt")
 
 
 def test_save_refuses_non_plain_values_and_writes_nothing(tmp_path):
-    payload = stage1_payload(stage1_model())
+    payload = stage1_checkpoint(stage1_model())
     for bad, where in ((datetime.date(2024, 1, 1), "payload['meta']['created']"),
                        (np.float64(0.5), "payload['meta']['created']"),
                        (torch.__version__, "payload['meta']['created']")):  # a str subclass
-        payload["meta"]["created"] = bad
+        payload.meta["created"] = bad
         with pytest.raises(CheckpointError) as err:
             save_checkpoint(tmp_path / "x.pt", payload)
         assert where in str(err.value)
@@ -126,12 +132,12 @@ def test_save_refuses_non_plain_values_and_writes_nothing(tmp_path):
 
 
 def test_plain_containers_survive_a_round_trip(tmp_path):
-    payload = stage1_payload(stage1_model())
-    payload["train_state"] = {"optimizer": {"state": {0: {"momentum_buffer": torch.ones(2)}},
+    payload = stage1_checkpoint(stage1_model())
+    payload.extra["train_state"] = {"optimizer": {"state": {0: {"momentum_buffer": torch.ones(2)}},
                                             "param_groups": [{"lr": 0.01, "params": [0]}]},
                               "history": OrderedDict(epoch=(1, 2)), "size": torch.Size([3, 4]), "raw": b"\x00"}
     save_checkpoint(tmp_path / "c.pt", payload)
-    loaded = load_checkpoint(tmp_path / "c.pt")["train_state"]
+    loaded = load_checkpoint(tmp_path / "c.pt").extra["train_state"]
     assert loaded["optimizer"]["param_groups"][0]["lr"] == 0.01
     assert torch.equal(loaded["optimizer"]["state"][0]["momentum_buffer"], torch.ones(2))
     assert loaded["history"]["epoch"] == (1, 2) and loaded["size"] == (3, 4) and loaded["raw"] == b"\x00"
@@ -139,7 +145,7 @@ def test_plain_containers_survive_a_round_trip(tmp_path):
 
 def test_atomic_save_keeps_the_old_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
     path = tmp_path / "model.pt"
-    save_checkpoint(path, stage1_payload(stage1_model()))
+    save_checkpoint(path, stage1_checkpoint(stage1_model()))
     before = path.read_bytes()
 
     def failing_save(obj, handle, *args, **kwargs):
@@ -148,9 +154,9 @@ def test_atomic_save_keeps_the_old_file_and_leaves_no_partial_file(tmp_path, mon
 
     monkeypatch.setattr(ckpt_module.torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, stage1_payload(stage1_model()))
+        save_checkpoint(path, stage1_checkpoint(stage1_model()))
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(tmp_path / "new.pt", stage1_payload(stage1_model()))
+        save_checkpoint(tmp_path / "new.pt", stage1_checkpoint(stage1_model()))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
@@ -158,14 +164,14 @@ def test_atomic_save_keeps_the_old_file_and_leaves_no_partial_file(tmp_path, mon
 def test_saved_file_respects_umask(tmp_path):
     old = os.umask(0o027)
     try:
-        path = save_checkpoint(tmp_path / "m.pt", stage1_payload(stage1_model()))
+        path = save_checkpoint(tmp_path / "m.pt", stage1_checkpoint(stage1_model()))
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o640
 
 
 def test_unreadable_and_foreign_files(tmp_path):
-    save_checkpoint(tmp_path / "good.pt", stage1_payload(stage1_model()))
+    save_checkpoint(tmp_path / "good.pt", stage1_checkpoint(stage1_model()))
     data = (tmp_path / "good.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated.pt is not a readable torch file"):
@@ -175,16 +181,20 @@ def test_unreadable_and_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
-    payload = load_checkpoint(tmp_path / "good.pt")
+    payload = torch.load(tmp_path / "good.pt", weights_only=True)
     payload["format_version"] = FORMAT_VERSION + 1
     torch.save(payload, tmp_path / "future.pt")
-    with pytest.raises(CheckpointError, match="Upgrade gpf"):
+    with pytest.raises(CheckpointError, match=rf"future.pt has format_version {FORMAT_VERSION + 1} .*reads "
+                                              rf"format_version 1, 2: upgrade gpf"):
         load_checkpoint(tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="takes a Checkpoint, got dict"):
+        save_checkpoint(tmp_path / "dict.pt", payload)
+    assert not (tmp_path / "dict.pt").exists()
 
 
 def test_state_dict_that_does_not_fit_its_config_is_refused():
-    payload = stage1_payload(stage1_model())
-    payload["model_config"]["hidden"] = 5
+    payload = stage1_checkpoint(stage1_model())
+    payload.model_config["hidden"] = 5
     with pytest.raises(CheckpointError, match="does not fit the model of its config"):
         model_from_checkpoint(payload)
 

@@ -30,15 +30,28 @@ def test_plain_messages_pass_through_unchanged():
 
 
 def test_friendly_errors_turns_expected_errors_into_click_exceptions_only():
-    @friendly_errors()
+    @friendly_errors
     def expected():
         raise GPFError("bad input X; do Y")
 
-    @friendly_errors()
+    @friendly_errors
+    def bad_path():
+        raise FileNotFoundError(2, "No such file or directory", "/no/such/photo.jpg")
+
+    @friendly_errors
     def bug():
         raise KeyError("internal")
 
     with pytest.raises(click.ClickException, match="bad input X; do Y"):
         expected()
+    with pytest.raises(click.ClickException, match="/no/such/photo.jpg"):
+        bad_path()
     with pytest.raises(KeyError):
         bug()
+
+    @friendly_errors
+    def value_bug():
+        raise ValueError("a bug of gpf's, not bad input")
+
+    with pytest.raises(ValueError):      # a plain ValueError is a bug: it keeps its traceback
+        value_bug()

@@ -78,11 +78,11 @@ def write_ava(root: Path, seed: int = 0) -> dict:
 
 
 def save_stage1(path: Path, seed: int = 0) -> Path:
-    from gpf.model.checkpoint import save_checkpoint, stage1_payload
+    from gpf.model.checkpoint import save_checkpoint, stage1_checkpoint
     from gpf.model.gpf import PeripheralNet
 
     torch.manual_seed(seed)
-    save_checkpoint(path, stage1_payload(PeripheralNet("tiny"), view_size=VIEW, threshold=5.0, scores=SCORES))
+    save_checkpoint(path, stage1_checkpoint(PeripheralNet("tiny"), view_size=VIEW, threshold=5.0, scores=SCORES))
     return path
 
 
@@ -90,7 +90,7 @@ def make_stage2(path: Path, stage1: Path, variant: str = "gpf", *, eb_layer: str
                 view_size: int = VIEW, tau: float = 0.7, seed: int = 1, sharpen: float = 30.0) -> Path:
     """A stage-2 checkpoint with random weights; the classifier is scaled up so that the
     predicted distribution is peaked and depends clearly on the input."""
-    from gpf.model.checkpoint import attention_block, load_checkpoint, save_checkpoint, stage2_payload
+    from gpf.model.checkpoint import attention_block, load_checkpoint, save_checkpoint, stage2_checkpoint
     from gpf.model.gpf import GPFNet
 
     torch.manual_seed(seed)
@@ -99,7 +99,7 @@ def make_stage2(path: Path, stage1: Path, variant: str = "gpf", *, eb_layer: str
         model.classifier.weight.mul_(sharpen)
     block = attention_block(load_checkpoint(stage1, expect="stage1"), tau=tau, eb_layer=eb_layer,
                             contrastive=False, view_size=view_size)
-    save_checkpoint(path, stage2_payload(model, block, view_size=view_size, threshold=5.0,
+    save_checkpoint(path, stage2_checkpoint(model, block, view_size=view_size, threshold=5.0,
                                          scores=[float(s) for s in range(1, num_classes + 1)]))
     return path
 
@@ -119,7 +119,9 @@ def build_eval_data(tmp_path_factory) -> dict:
     run_preprocess(PreprocessConfig(dataset="ava", root=str(data["ava"]), out=str(data["shards"]),
                                     stage1=str(data["stage1"]), view_size=VIEW, samples_per_shard=4,
                                     random_crops=2, workers=2, batch_size=8, progress=False))
-    eb_layer = json.loads((data["shards"] / "manifest.json").read_text())["eb_layer"]
+    from gpf.shards.manifest import read_manifest
+
+    eb_layer = read_manifest(data["shards"]).run.eb_layer
     for variant in ("gpf", "random", "single"):
         make_stage2(data[variant], data["stage1"], variant, eb_layer=eb_layer)
     (base / "done").write_text("ok")
@@ -273,22 +275,27 @@ def test_best_and_worst_panels_are_the_extremes_of_emd():
     ({"view_size": 96}, ["96", "--view-size 64"]),
 ])
 def test_checkpoint_that_does_not_fit_the_shards_is_refused(eval_data, tmp_path, change, words):
-    from gpf.pipeline.evaluation import EvaluationError, evaluate_checkpoint
+    from gpf.pipeline.compat import FitError
+    from gpf.pipeline.evaluation import evaluate_checkpoint
+    from gpf.shards.manifest import read_manifest
 
-    manifest = json.loads((eval_data["shards"] / "manifest.json").read_text())
-    ckpt = make_stage2(tmp_path / "other.pt", eval_data["stage1"], eb_layer=manifest["eb_layer"], **change)
-    with pytest.raises(EvaluationError) as info:
+    run = read_manifest(eval_data["shards"]).run
+    ckpt = make_stage2(tmp_path / "other.pt", eval_data["stage1"], eb_layer=run.eb_layer, **change)
+    with pytest.raises(FitError) as info:
         evaluate_checkpoint(ckpt, eval_data["shards"], workers=0, device="cpu")
-    assert all(w in str(info.value) for w in words), str(info.value)
+    message = str(info.value)
+    assert all(w in message for w in words), message
+    assert "other.pt" in message and str(eval_data["shards"]) in message, message
 
 
 def test_other_attention_model_is_refused_unless_allowed(eval_data, tmp_path):
     from gpf.cli.evaluate import evaluate
     from gpf.pipeline.evaluation import evaluate_checkpoint
+    from gpf.shards.manifest import read_manifest
 
-    manifest = json.loads((eval_data["shards"] / "manifest.json").read_text())
     other_stage1 = save_stage1(tmp_path / "other-stage1.pt", seed=5)
-    ckpt = make_stage2(tmp_path / "other.pt", other_stage1, eb_layer=manifest["eb_layer"])
+    eb_layer = read_manifest(eval_data["shards"]).run.eb_layer
+    ckpt = make_stage2(tmp_path / "other.pt", other_stage1, eb_layer=eb_layer)
     args = ["--checkpoint", str(ckpt), "--shards", str(eval_data["shards"]), "--workers", "0",
             "--device", "cpu", "--quiet"]
     refused = CliRunner().invoke(evaluate, args)
@@ -298,7 +305,7 @@ def test_other_attention_model_is_refused_unless_allowed(eval_data, tmp_path):
 
     result = evaluate_checkpoint(ckpt, eval_data["shards"], workers=0, device="cpu",
                                  allow_attention_mismatch=True)
-    assert result.n == len(TEST_IDS) and any("stage-1 digest" in w for w in result.warnings)
+    assert result.n == len(TEST_IDS) and any("attention model digest" in w for w in result.warnings)
 
 
 def test_stage1_checkpoint_and_missing_split_are_one_line_errors(eval_data):

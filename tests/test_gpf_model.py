@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpf.model.backbones import create_backbone, get_spec, list_backbones
-from gpf.model.checkpoint import stage1_payload
+from gpf.model.checkpoint import stage1_checkpoint
 from gpf.model.gpf import (VARIANTS, GatedInformationFusion, GPFNet, PeripheralNet, forward_bucketed,
                            global_average_pool, imagenet_classifier)
 from gpf.model.weights import WeightsError
@@ -284,7 +284,7 @@ def test_imagenet_classifier_of_a_small_backbone():
 def test_load_peripheral_from_stage1():
     stage1 = PeripheralNet(create_backbone("small"))  # weights differ from the cached copy's
     model = small_gpf("small", "gpf")
-    model.load_peripheral_from_stage1(stage1_payload(stage1, view_size=64))
+    model.load_peripheral_from_stage1(stage1_checkpoint(stage1, view_size=64))
     assert all(torch.equal(a, b) for a, b in zip(model.peripheral.state_dict().values(),
                                                  stage1.features.state_dict().values()))
     other = small_gpf("small", "gpf")
@@ -292,4 +292,4 @@ def test_load_peripheral_from_stage1():
     assert torch.equal(other.peripheral.conv1.weight, stage1.features.conv1.weight)
     assert not torch.equal(other.foveal.conv1.weight, stage1.features.conv1.weight)
     with pytest.raises(ValueError, match="uses backbone 'tiny'"):
-        model.load_peripheral_from_stage1(stage1_payload(PeripheralNet(fresh_backbone("tiny"))))
+        model.load_peripheral_from_stage1(stage1_checkpoint(PeripheralNet(fresh_backbone("tiny"))))

@@ -15,11 +15,12 @@ from PIL import Image
 
 from _ava_fixture import make_ava, photo_like
 from gpf.cli.main import cli
-from gpf.model.checkpoint import save_checkpoint, stage1_payload
+from gpf.model.checkpoint import load_checkpoint, save_checkpoint, stage1_checkpoint
 from gpf.model.crop import best_box
 from gpf.model.gpf import PeripheralNet
 from gpf.pipeline.preprocess import PreprocessConfig, PreprocessError, run_preprocess
 from gpf.pipeline.sources import load_ava
+from gpf.shards.manifest import MANIFEST_FORMAT, read_manifest
 
 VIEW = 64
 
@@ -35,8 +36,8 @@ def ava_root(tmp_path_factory) -> Path:
 def stage1_ckpt(tmp_path_factory, ava_root) -> Path:
     torch.manual_seed(0)
     model = PeripheralNet("tiny", num_classes=2)
-    payload = stage1_payload(model, view_size=VIEW, threshold=5.0, scores=list(range(1, 11)))
-    payload["split_spec"] = load_ava(ava_root).split_spec
+    payload = stage1_checkpoint(model, view_size=VIEW, threshold=5.0, scores=list(range(1, 11)))
+    payload.dataset = {"name": "ava", "split_spec": load_ava(ava_root).split_spec}
     path = tmp_path_factory.mktemp("stage1") / "best.pt"
     save_checkpoint(path, payload)
     return path
@@ -71,14 +72,20 @@ def clean_run(tmp_path_factory, ava_root, stage1_ckpt) -> Path:
     return out
 
 
-def test_shards_parquet_and_manifest_written(clean_run):
+def test_shards_parquet_and_manifest_written(clean_run, stage1_ckpt):
     table = pq.read_table(clean_run / "meta").to_pandas()
     assert len(table) == 24 and table["id"].is_unique
     assert set(table["status"]) == {"ok"}
-    manifest = json.loads((clean_run / "manifest.json").read_text())
-    assert sum(s["count"] for s in manifest["shards"]) == 24
-    assert manifest["view_size"] == VIEW and manifest["tau"] == 0.7
-    assert manifest["stage1_digest"]
+    manifest = read_manifest(clean_run)
+    assert manifest.format == MANIFEST_FORMAT and manifest.complete
+    assert sum(entry.count for entry in manifest.shards) == 24
+    assert manifest.random_crops == 1 and manifest.features
+    run = manifest.run
+    assert run.view_size == VIEW and run.tau == 0.7 and run.contrastive is False
+    digest = load_checkpoint(stage1_ckpt).digest
+    assert run.stage1_digest == digest and run.attention_digest == digest
+    assert run.attention_model["kind"] == "stage1" and run.features_digest == digest
+    assert run.split_spec
     assert set(table["split"]) == {"train", "val", "test"}
     result = CliRunner().invoke(cli, ["shards", "verify", str(clean_run)])
     assert result.exit_code == 0, result.output
@@ -145,7 +152,7 @@ def test_changed_config_is_refused_then_overwrite_allowed(tmp_path, ava_root, st
     with pytest.raises(PreprocessError, match="tau"):
         run_preprocess(_config(ava_root, out, stage1_ckpt, limit=3, tau=0.5))
     run_preprocess(_config(ava_root, out, stage1_ckpt, limit=3, tau=0.5, overwrite=True))
-    assert json.loads((out / "manifest.json").read_text())["tau"] == 0.5
+    assert read_manifest(out).run.tau == 0.5
 
 
 def test_split_spec_differing_from_stage1_is_refused(tmp_path, ava_root, stage1_ckpt):

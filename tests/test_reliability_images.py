@@ -24,8 +24,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from _ava_fixture import make_ava
-from _bad_files import (MAX_PIXELS_OPTION, ORIENTATIONS, add_ava_rows, permission_denied, quadrants,
-                        unusable, usable, write_bad_images)
+from _bad_files import (MAX_PIXELS_OPTION, OPTIONAL_FORMATS, ORIENTATIONS, add_ava_rows, permission_denied,
+                        quadrants, unusable, unwritable_reason, usable, write_bad_images)
 from gpf.cli.main import cli
 from test_evaluate import make_stage2, save_stage1
 
@@ -128,6 +128,15 @@ def test_preprocess_views_of_awkward_but_valid_files_show_the_upright_photo(bad,
         assert _decode(members[stem]["fovea.jpg"]).shape == (VIEW, VIEW, 3)
         x0, y0, x1, y1 = (int(row[c]) for c in ("x0", "y0", "x1", "y1"))
         assert 0 <= x0 < x1 <= image.size[0] and 0 <= y0 < y1 <= image.size[1], stem
+
+
+@pytest.mark.parametrize("fmt", sorted(OPTIONAL_FORMATS))
+def test_preprocess_reads_the_formats_a_pil_build_may_lack(bad, preprocessed, fmt):
+    if reason := unwritable_reason(fmt):
+        pytest.skip(reason)
+    stem = OPTIONAL_FORMATS[fmt]
+    assert bad["images"][stem].ok and preprocessed["rows"].loc[stem]["status"] == "ok"
+    assert stem in preprocessed["members"]
 
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)

@@ -49,8 +49,11 @@ def stage2_args(shards, out, *extra):
             "--no-tensorboard", "--quiet", *extra]
 
 
-def loads_weights_only(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def loads_weights_only(path: Path):
+    """The checkpoint at ``path`` read with ``torch.load(weights_only=True)``, as a typed ``Checkpoint``."""
+    from gpf.model.checkpoint import Checkpoint
+
+    return Checkpoint.from_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
 
 
 # ----------------------------------------------------------------------------- kills
@@ -132,9 +135,10 @@ def _check_resume_gives_the_straight_weights(run: Path, straight: dict) -> None:
     assert result.exit_code == 0, result.output
     assert f"{EPOCHS} epoch(s) done" in result.output
     resumed = loads_weights_only(run / "last.pt")
-    assert resumed["train"]["epoch"] == EPOCHS
-    for key, value in straight["state_dict"].items():
-        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-6, atol=1e-7, msg=key)
+    assert resumed.train["epoch"] == EPOCHS
+    assert resumed.state_dict.keys() == straight.state_dict.keys()
+    for key, value in straight.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[key], value, rtol=1e-6, atol=1e-7, msg=key)
     assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == list(range(1, EPOCHS + 1))
 
 
@@ -147,7 +151,7 @@ def test_sigkill_mid_epoch_leaves_loadable_checkpoints_and_resume_continues(shar
     assert {p.name for p in checkpoints} == {"last.pt", "best.pt"}
     for path in checkpoints:
         payload = loads_weights_only(path)                 # raises on a partial or pickled file
-        assert payload["train"]["epoch"] == 1              # the last complete epoch
+        assert payload.train["epoch"] == 1                 # the last complete epoch
     assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1]
     _check_resume_gives_the_straight_weights(run, straight)
 
@@ -162,7 +166,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(shards, strai
     with pytest.raises(Exception):
         loads_weights_only(partial[0])
     for path in run.glob("*.pt"):                          # ... yet every checkpoint is whole
-        assert loads_weights_only(path)["train"]["epoch"] == 1
+        assert loads_weights_only(path).train["epoch"] == 1
     _check_resume_gives_the_straight_weights(run, straight)
 
 
@@ -182,7 +186,7 @@ def test_stage2_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpo
     assert "epoch 2, step" in message and "Lower --lr" in message
     for name in ("last.pt", "best.pt"):
         payload = loads_weights_only(run / name)
-        assert payload["train"]["epoch"] == 1 and _all_finite(payload["state_dict"])
+        assert payload.train["epoch"] == 1 and _all_finite(payload.state_dict)
     assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1]
 
 
@@ -196,7 +200,7 @@ def test_stage1_divergence_stops_naming_the_step(tmp_path):
     assert result.exit_code == 1, result.output
     assert "non-finite" in result.output and "epoch 2, step" in result.output
     payload = loads_weights_only(run / "last.pt")
-    assert payload["train"]["epoch"] == 1 and _all_finite(payload["state_dict"])
+    assert payload.train["epoch"] == 1 and _all_finite(payload.state_dict)
 
 
 # ----------------------------------------------------------------------------- all-zero attention
@@ -205,7 +209,7 @@ def test_stage1_divergence_stops_naming_the_step(tmp_path):
 def blind_stage1(tmp_path_factory):
     """A stage-1 model whose classifier weights are all zero: Excitation Backprop has no positive
     top-down signal, so every map is all zero."""
-    from gpf.model.checkpoint import save_checkpoint, stage1_payload
+    from gpf.model.checkpoint import save_checkpoint, stage1_checkpoint
     from gpf.model.gpf import PeripheralNet
 
     torch.manual_seed(0)
@@ -214,7 +218,7 @@ def blind_stage1(tmp_path_factory):
         model.head.fc.weight.zero_()
         model.head.fc.bias.zero_()
     path = tmp_path_factory.mktemp("blind") / "stage1.pt"
-    save_checkpoint(path, stage1_payload(model, view_size=64, threshold=5.0, scores=list(range(1, 11))))
+    save_checkpoint(path, stage1_checkpoint(model, view_size=64, threshold=5.0, scores=list(range(1, 11))))
     return path
 
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gpf.shards.layout import rand_member, safe_key
-from gpf.shards.manifest import write_manifest
+from gpf.errors import OptionError
+from gpf.shards.layout import ShardReadError, rand_member, safe_key
+from gpf.shards.manifest import RunFields, write_manifest
 from gpf.shards.reader import (ShardDataset, ShardSpec, TarFormatError, choose_random_crop,
                                iter_tar_members, make_loader, plan_eval, plan_train_epoch)
 from gpf.shards.writer import write_shard
@@ -24,8 +25,8 @@ from gpf.shards.writer import write_shard
 SHAPES = [(24, 32), (32, 24)]           # peripheral (H, W): landscape and portrait
 TRAIN_COUNTS = [7, 6, 5, 7, 5]          # odd number of shards, uneven sizes
 VAL_COUNTS = [5, 4, 6]
-RUN = dict(dataset="test", scores=list(range(1, 11)), threshold=5.0, view_size=32, tau=0.7,
-           eb_layer="features.4", stage1_digest=None)
+RUN = RunFields(dataset="test", scores=tuple(range(1, 11)), threshold=5.0, view_size=32, tau=0.7,
+                eb_layer="features.4", stage1_digest=None, config={}, environment={})
 
 
 def _jpeg(rng, width, height):
@@ -69,7 +70,7 @@ def shard_dir(tmp_path_factory):
     truth = {}
     _write_split(folder, "train", TRAIN_COUNTS, rng, True, truth)
     _write_split(folder, "val", VAL_COUNTS, rng, False, truth)
-    write_manifest(folder, {}, {}, **RUN)
+    write_manifest(folder, RUN)
     return folder, truth
 
 
@@ -207,7 +208,7 @@ def test_workers_zero_and_two_give_the_same_samples(shard_dir):
 
 def test_too_few_shards_for_ranks_times_workers(shard_dir):
     folder, _ = shard_dir
-    with pytest.raises(ValueError, match=r"3 x 2 = 6 non-empty shards, the split has 5"):
+    with pytest.raises(OptionError, match=r"3 x 2 = 6 non-empty shards, the split has 5"):
         ShardDataset(folder, "train", 2, rank=0, world_size=3, num_workers=2)
 
 
@@ -241,15 +242,15 @@ def test_plan_train_epoch_equal_quota_disjoint_shards():
 def test_missing_member_is_named(shard_dir):
     folder, _ = shard_dir
     data = ShardDataset(folder, "val", 2, shuffle=False, with_features=True)
-    with pytest.raises(ValueError, match=r"val-000000.tar, key .*: no pfeat.npy member"):
+    with pytest.raises(ShardReadError, match=r"val-000000.tar, key .*: no pfeat.npy member"):
         list(data)
-    with pytest.raises(ValueError, match="no split|no shards of split 'test'.*'train', 'val'"):
+    with pytest.raises(ShardReadError, match="no shards of split 'test'.*'train', 'val'"):
         ShardDataset(folder, "test", 2)
-    with pytest.raises(ValueError, match="each must be one of periph, fovea, attn"):
+    with pytest.raises(OptionError, match="each must be one of periph, fovea, attn"):
         ShardDataset(folder, "val", 2, members=("periph", "depth"))
-    with pytest.raises(ValueError, match="val-000000, val-000001, val-000002 store no random"):
+    with pytest.raises(ShardReadError, match="val-000000, val-000001, val-000002 store no random"):
         ShardDataset(folder, "val", 2, random_crop_member=True)
-    with pytest.raises(ValueError, match="drop_last"):
+    with pytest.raises(OptionError, match="drop_last"):
         ShardDataset(folder, "val", 2, shuffle=False, drop_last=True)
 
 
@@ -268,12 +269,12 @@ def test_unknown_members_are_ignored_and_incomplete_manifest_refused(tmp_path):
                 extra = tarfile.TarInfo(info.name.replace(".json", ".evil.pyd"))
                 extra.size = 3
                 tar.addfile(extra, io.BytesIO(b"\x80\x04."))   # a pickle: never loaded
-    write_manifest(tmp_path, {}, {}, **RUN)
+    write_manifest(tmp_path, RUN)
     batches = list(ShardDataset(tmp_path, "val", 8, shuffle=False))
     assert sorted(keys_of(batches)) == ["k0", "k1", "k2"]
     assert set(batches[0]) == {"key", "id", "votes", "periph", "fovea"}
-    write_manifest(tmp_path, {}, {}, **RUN, complete=False)
-    with pytest.raises(ValueError, match="not finished"):
+    write_manifest(tmp_path, RUN, complete=False)
+    with pytest.raises(ShardReadError, match=f"{tmp_path}: preprocessing has not finished"):
         ShardDataset(tmp_path, "val", 8, shuffle=False)
 
 
@@ -282,10 +283,10 @@ def test_truncated_tar_is_a_clear_error(tmp_path):
     samples = [_sample(f"k{i}", rng, SHAPES[1], False) for i in range(4)]
     rows = [{"id": s["json"]["id"], "votes": s["json"]["votes"], "status": "ok"} for s in samples]
     write_shard(tmp_path, "val", 0, samples, rows)
-    write_manifest(tmp_path, {}, {}, **RUN)
+    write_manifest(tmp_path, RUN)
     tar_path = tmp_path / "val-000000.tar"
     tar_path.write_bytes(tar_path.read_bytes()[:3000])
-    with pytest.raises(ValueError, match="val-000000.tar.*(corrupt|truncated|JPEG)"):
+    with pytest.raises(ShardReadError, match="val-000000.tar.*(corrupt|truncated|JPEG)"):
         list(ShardDataset(tmp_path, "val", 4, shuffle=False))
 
 
@@ -320,6 +321,7 @@ def test_tar_reader_agrees_with_tarfile(tmp_path, fmt):
 
 
 def test_tar_reader_detects_truncation_anywhere(tmp_path):
+    assert issubclass(TarFormatError, ShardReadError)     # one type for every shard read problem
     path = tmp_path / "x.tar"
     _tar_with(path, tarfile.USTAR_FORMAT, ["a.json", "a.periph.jpg", "b.json"])
     full = path.read_bytes()

@@ -14,12 +14,17 @@ from PIL import Image
 
 from gpf.cli.shards import shards as shards_cli
 from gpf.shards.layout import safe_key
-from gpf.shards.manifest import read_manifest, write_manifest
+from gpf.shards.manifest import MANIFEST_FORMAT, RunFields, read_manifest, write_manifest
 from gpf.shards.verify import info, verify_shards
 from gpf.shards.writer import file_sha256, write_shard
 
-RUN = dict(dataset="test", scores=[1, 2, 3, 4, 5, 6, 7], threshold=3.5, view_size=16, tau=0.7,
-           eb_layer="features.2", stage1_digest="cd" * 32)
+RUN = RunFields(dataset="test", scores=(1, 2, 3, 4, 5, 6, 7), threshold=3.5, view_size=16, tau=0.7,
+                eb_layer="features.2", stage1_digest="cd" * 32, config={"tau": 0.7}, environment={"torch": "x"})
+
+
+def manifest_json(folder) -> dict:
+    """manifest.json as stored (to tamper with it as a damaged file would be)."""
+    return json.loads((folder / "manifest.json").read_text())
 
 
 def _jpeg(rng, width, height):
@@ -50,7 +55,7 @@ def folder(tmp_path):
     _shard(tmp_path, "train", 0, ["1", "2", "a b.jpg"], rng)
     _shard(tmp_path, "train", 1, ["3", "4"], rng, box=(0, 0, 20, 10))
     _shard(tmp_path, "val", 0, ["5"], rng)
-    write_manifest(tmp_path, {"tau": 0.7}, {"torch": "x"}, **RUN)
+    write_manifest(tmp_path, RUN)
     return tmp_path
 
 
@@ -95,9 +100,10 @@ def test_truncated_shard_is_named(folder):
 
 
 def test_shard_missing_from_manifest_is_named(folder):
-    manifest = read_manifest(folder)
+    manifest = manifest_json(folder)
     manifest["shards"] = [e for e in manifest["shards"] if e["name"] != "train-000001"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert [e.name for e in read_manifest(folder).shards] == ["train-000000", "val-000000"]
     report = verify_shards(folder)
     assert [p.shard for p in report.problems] == ["train-000001"]
     assert "not in manifest.json" in report.problems[0].message
@@ -127,7 +133,7 @@ def test_parquet_row_disagreeing_with_tar_is_named(folder):
     stats["parquet_sha256"] = file_sha256(path)
     stats["parquet_bytes"] = path.stat().st_size
     stats_path.write_text(json.dumps(stats))
-    write_manifest(folder, {"tau": 0.7}, {"torch": "x"}, **RUN)
+    write_manifest(folder, RUN)
     report = verify_shards(folder)
     assert sorted(report.lines()) == [
         "train-000000: 2: sample in the tar has no 'ok' Parquet row",
@@ -135,7 +141,7 @@ def test_parquet_row_disagreeing_with_tar_is_named(folder):
 
 
 def test_stats_disagreeing_with_manifest_is_named(folder):
-    manifest = read_manifest(folder)
+    manifest = manifest_json(folder)
     manifest["shards"][2]["count"] = 5
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert "val-000000: manifest.json says count 5, the stats file 1" in lines(verify_shards(folder))
@@ -150,18 +156,22 @@ def test_missing_manifest_and_write_manifest(folder):
     assert report.ok and report.manifest_written
     assert any("unknown" in n for n in report.notes)
     rebuilt = read_manifest(folder)
-    assert [e["name"] for e in rebuilt["shards"]] == ["train-000000", "train-000001", "val-000000"]
-    assert rebuilt["config"] is None
+    assert [e.name for e in rebuilt.shards] == ["train-000000", "train-000001", "val-000000"]
+    assert rebuilt.format == MANIFEST_FORMAT and rebuilt.complete
+    assert rebuilt.run == RunFields() and rebuilt.run.config is None
 
 
 def test_write_manifest_keeps_config_and_refuses_damaged_shards(folder):
-    write_manifest(folder, {"tau": 0.7}, {"torch": "x"}, **RUN)
-    manifest = read_manifest(folder)
+    write_manifest(folder, RUN)
+    manifest = manifest_json(folder)
     manifest["shards"] = manifest["shards"][:1]
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert len(read_manifest(folder).shards) == 1
     report = verify_shards(folder, write_manifest=True)
-    assert report.ok and read_manifest(folder)["config"] == {"tau": 0.7}
-    assert len(read_manifest(folder)["shards"]) == 3
+    rebuilt = read_manifest(folder)
+    assert report.ok and rebuilt.run.config == {"tau": 0.7}
+    assert rebuilt.run == RUN                             # every run field kept, not only the config
+    assert len(rebuilt.shards) == 3
     tar = folder / "val-000000.tar"
     tar.write_bytes(tar.read_bytes()[:-1024])
     before = (folder / "manifest.json").read_bytes()

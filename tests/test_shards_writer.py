@@ -2,6 +2,7 @@
 pandas and PIL (independent readers), never against the shard reader."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -19,8 +20,8 @@ from PIL import Image
 from gpf.shards.layout import (PARQUET_COLUMNS, assign_shards, is_safe_key, jpeg_size,
                                parse_shard_name, rand_member, safe_key, shard_name,
                                split_member_name)
-from gpf.shards.manifest import (ManifestError, compare_config, read_manifest, run_fields,
-                                 write_manifest)
+from gpf.shards.manifest import (MANIFEST_FORMAT, Manifest, ManifestError, RunFields, ShardEntry, compare_config,
+                                 read_manifest, run_fields, with_run, write_manifest)
 from gpf.shards.writer import ShardWriter, is_shard_done, read_stats, write_shard
 
 
@@ -376,8 +377,8 @@ def test_float32_attention_is_stored_as_float16(tmp_path):
 
 
 # ---------------------------------------------------------------- manifest
-RUN = dict(dataset="ava", scores=list(range(1, 11)), threshold=5.0, view_size=224, tau=0.7,
-           eb_layer="features.29", stage1_digest="ab" * 32)
+RUN = RunFields(dataset="ava", scores=tuple(range(1, 11)), threshold=5.0, view_size=224, tau=0.7,
+                eb_layer="features.29", stage1_digest="ab" * 32)
 
 
 def test_manifest_lists_shards_from_stats(tmp_path):
@@ -385,18 +386,28 @@ def test_manifest_lists_shards_from_stats(tmp_path):
     s1 = write_shard(tmp_path, "train", 1, *samples_and_rows(2, seed=2, rand=1))
     samples, rows = samples_and_rows(1, seed=3)
     s2 = write_shard(tmp_path, "val", 0, samples, rows + [failure_row("gone")])
-    manifest = write_manifest(tmp_path, {"tau": 0.7}, {"torch": "x"}, **RUN)
-    assert read_manifest(tmp_path) == manifest
-    assert [(e["name"], e["count"], e["sha256"]) for e in manifest["shards"]] == [
+    run = dataclasses.replace(RUN, config={"tau": 0.7}, environment={"torch": "x"})
+    manifest = write_manifest(tmp_path, run)
+    assert manifest.run == run
+    assert isinstance(manifest, Manifest) and read_manifest(tmp_path) == manifest
+    assert all(isinstance(e, ShardEntry) for e in manifest.shards)
+    assert [(e.name, e.count, e.sha256) for e in manifest.shards] == [
         ("train-000000", 3, s0["sha256"]), ("train-000001", 2, s1["sha256"]),
         ("val-000000", 1, s2["sha256"])]
-    assert manifest["splits"]["train"]["samples"] == 5
-    assert manifest["splits"]["val"]["status_counts"] == {"missing": 1, "ok": 1}
-    assert manifest["random_crops"] == 0          # the val shard has none
-    assert manifest["features"] is False
-    assert manifest["scores"] == [float(s) for s in range(1, 11)]
-    assert manifest["stage1_digest"] == "ab" * 32 and manifest["complete"] is True
-    assert manifest["config"] == {"tau": 0.7} and manifest["environment"] == {"torch": "x"}
+    assert manifest.splits["train"]["samples"] == 5 and manifest.samples("train") == 5
+    assert manifest.splits["val"]["status_counts"] == {"missing": 1, "ok": 1}
+    assert [e.name for e in manifest.entries("train")] == ["train-000000", "train-000001"]
+    assert manifest.splits_with_samples() == ["train", "val"]
+    assert manifest.random_crops == 0          # the val shard has none
+    assert manifest.features is False
+    assert manifest.run.scores == tuple(float(s) for s in range(1, 11))
+    assert manifest.run.stage1_digest == "ab" * 32 and manifest.complete is True
+    assert manifest.run.config == {"tau": 0.7} and manifest.run.environment == {"torch": "x"}
+    # on disk: the same flat keys as format 1, plus the run fields format 2 added
+    stored = json.loads((tmp_path / "manifest.json").read_text())
+    assert stored["format"] == MANIFEST_FORMAT and stored["scores"] == [float(s) for s in range(1, 11)]
+    assert stored["tau"] == 0.7 and stored["random_crops"] == 0 and stored["splits"]["train"]["samples"] == 5
+    assert {"contrastive", "attention_model", "features_digest", "split_spec"} <= set(stored)
 
 
 def test_read_manifest_errors_say_what_to_do(tmp_path):
@@ -423,7 +434,9 @@ def test_compare_config_names_each_differing_key():
 
 def test_compare_config_of_manifests_for_resume(tmp_path):
     write_shard(tmp_path, "train", 0, *samples_and_rows(1))
-    a = write_manifest(tmp_path, {"q": 95}, {"torch": "2.4"}, **RUN, complete=False)
-    b = {**a, "environment": {"torch": "2.5"}, "tau": 0.6}
+    a = write_manifest(tmp_path, dataclasses.replace(RUN, config={"q": 95}, environment={"torch": "2.4"}),
+                       complete=False)
+    assert read_manifest(tmp_path).complete is False
+    b = with_run(a, environment={"torch": "2.5"}, tau=0.6)
     assert compare_config(run_fields(a), run_fields(b)) == [
         "environment.torch: '2.4' -> '2.5'", "tau: 0.7 -> 0.6"]

@@ -71,5 +71,5 @@ def test_two_gloo_processes_see_disjoint_samples_take_equal_steps_and_end_identi
     assert ranks[0]["val_loss"] == ranks[1]["val_loss"]      # metrics gathered over all ranks
 
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt", expect="stage2")   # written by rank 0 only
-    assert state_dict_digest(ckpt["state_dict"]) == ranks[0]["digest"]
-    assert ckpt["train"]["world_size"] == WORLD and len(ckpt["train"]["rng"]["ranks"]) == WORLD
+    assert state_dict_digest(ckpt.state_dict) == ckpt.digest == ranks[0]["digest"]
+    assert ckpt.train["world_size"] == WORLD and len(ckpt.train["rng"]["ranks"]) == WORLD

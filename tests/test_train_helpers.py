@@ -2,7 +2,7 @@
 
 Everything is written in the real formats: an AVA folder (``AVA.txt`` with 15
 columns, ``images/{id}.jpg``, ``aesthetics_image_lists/generic_test.jpgl``), a
-stage-1 checkpoint made with ``gpf.model.checkpoint.stage1_payload``, and shards
+stage-1 checkpoint made with ``gpf.model.checkpoint.stage1_checkpoint``, and shards
 written with ``gpf.shards.writer`` plus ``manifest.json`` — the pooled peripheral
 features computed here the way preprocessing defines them (mean over the
 feature map of the stage-1 model's ``features`` on the normalised view).
@@ -72,14 +72,13 @@ def write_ava(root: Path, n: int = 24, n_test: int = 4, seed: int = 0,
 
 def stage1_checkpoint(path: Path, backbone: str = "tiny", seed: int = 0, view_size: int = VIEW) -> Path:
     """A (randomly initialised) stage-1 checkpoint in the gpf-stage1 format."""
-    from gpf.model.checkpoint import save_checkpoint, stage1_payload
+    from gpf.model import checkpoint
     from gpf.model.gpf import PeripheralNet
 
     torch.manual_seed(seed)
     model = PeripheralNet(backbone, num_classes=2)
-    payload = stage1_payload(model, view_size=view_size, threshold=5.0, scores=[float(s) for s in SCORES])
-    payload["meta"] = {k: str(v) for k, v in payload["meta"].items()}
-    save_checkpoint(path, payload)
+    checkpoint.save_checkpoint(path, checkpoint.stage1_checkpoint(model, view_size=view_size, threshold=5.0,
+                                                                  scores=[float(s) for s in SCORES]))
     return Path(path)
 
 
@@ -95,13 +94,13 @@ def write_shards(out: Path, stage1_path: Path, *, random_crops: int = 2, feature
     """Shards whose score depends on a colour cue in both views. Returns ``{key: votes}``."""
     from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint, state_dict_digest
     from gpf.shards.layout import rand_member
-    from gpf.shards.manifest import write_manifest
+    from gpf.shards.manifest import RunFields, write_manifest
     from gpf.shards.writer import write_shard
 
     out = Path(out)
     payload = load_checkpoint(stage1_path, expect="stage1")
     model = model_from_checkpoint(payload).eval()
-    digest = state_dict_digest(payload["state_dict"])
+    digest = state_dict_digest(payload.state_dict)
     rng = np.random.default_rng(seed)
     truth = {}
     for split, counts in (("train", train_counts), ("val", val_counts)):
@@ -136,14 +135,18 @@ def write_shards(out: Path, stage1_path: Path, *, random_crops: int = 2, feature
             write_shard(out, split, index, samples, rows)
     config = {"dataset": "ava", "stage1": str(stage1_path), "stage1_digest": digest, "backbone": None,
               "weights": "imagenet", "tau": 0.7, "view_size": view_size, "eb_layer": "features.pool2",
-              "contrastive": False, "random_crops": random_crops, "store_features": features, "seed": seed}
-    write_manifest(out, config, {"torch": str(torch.__version__)}, dataset="ava",
-                   scores=[float(s) for s in scores], threshold=5.0, view_size=view_size, tau=0.7,
-                   eb_layer="features.pool2", stage1_digest=digest)
+              "random_crops": random_crops, "store_features": features, "seed": seed}
+    run = RunFields(dataset="ava", scores=tuple(float(s) for s in scores), threshold=5.0, view_size=view_size,
+                    tau=0.7, eb_layer="features.pool2", contrastive=False, stage1_digest=digest,
+                    attention_model={"kind": "stage1", "path": str(stage1_path), "digest": digest,
+                                     "backbone": model.spec.name},
+                    features_digest=digest if features else None, config=config,
+                    environment={"torch": str(torch.__version__)})
+    write_manifest(out, run)
     return truth
 
 
 def state_of(path) -> dict:
     from gpf.model.checkpoint import load_checkpoint
 
-    return load_checkpoint(path)["state_dict"]
+    return load_checkpoint(path).state_dict

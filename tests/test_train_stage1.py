@@ -43,12 +43,13 @@ def test_stage1_trains_and_writes_the_checkpoint_preprocess_takes(ava, tmp_path)
 
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt", expect="stage1")   # weights_only=True
     dataset = open_dataset("ava", root, val_size=6)
-    assert ckpt["format"] == "gpf-stage1"
-    assert ckpt["split_spec"] == dataset.split_spec
-    config_of = ckpt["model_config"]
+    assert ckpt.format == "gpf-stage1" and ckpt.kind == "stage1" and ckpt.attention is None
+    assert ckpt.split_spec == dataset.split_spec and ckpt.dataset["split_spec"] == dataset.split_spec
+    config_of = ckpt.model_config
     assert (config_of["view_size"], config_of["threshold"], config_of["num_classes"]) == (32, 5.0, 2)
+    assert (ckpt.view_size, ckpt.threshold, ckpt.num_classes) == (32, 5.0, 2)
     assert config_of["scores"] == [float(s) for s in range(1, 11)]
-    assert ckpt["train"]["epoch"] == result.best_epoch
+    assert ckpt.train["epoch"] == result.best_epoch
     model = model_from_checkpoint(ckpt)                 # what preprocess rebuilds
     assert type(model).__name__ == "PeripheralNet"
     assert (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "config.yaml").exists()
@@ -131,8 +132,9 @@ def test_stage1_resume_after_kill_matches_uninterrupted(ava, tmp_path):
     with pytest.raises(Kill):
         train_stage1(config(root, tmp_path / "killed", epochs=3), hooks=TrainHooks(after_step=hook))
     train_stage1(config(root, None, epochs=3, resume=str(tmp_path / "killed")))
-    a = load_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "killed" / "last.pt")["state_dict"]
+    a = load_checkpoint(tmp_path / "straight" / "last.pt").state_dict
+    b = load_checkpoint(tmp_path / "killed" / "last.pt").state_dict
+    assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-7, msg=key)
 
@@ -149,7 +151,7 @@ def test_cli_stage1_and_threshold_option(ava, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"--stage1 {run}" in result.output
     ckpt = load_checkpoint(run / "best.pt", expect="stage1")
-    assert ckpt["model_config"]["threshold"] == 8.0
+    assert ckpt.model_config["threshold"] == 8.0 and ckpt.threshold == 8.0
     assert all(mean_of(v) < 8 for v in votes.values())      # so every image is 'low' at threshold 8
 
     result = CliRunner().invoke(cli, ["train", "stage1", "ava", str(root), "--backbone", "tiny",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from click.testing import CliRunner
 from gpf.model.checkpoint import load_checkpoint, state_dict_digest
 from gpf.train.config import ConfigError, Stage2Config
 from gpf.train.loop import NonFiniteLossError, TrainHooks
-from gpf.train.stage2 import Stage2Error, ShardFacts, check_checkpoint_fits_shards, train_stage2
+from gpf.pipeline.compat import FitError, check_fit
+from gpf.train.stage2 import Stage2Error, train_stage2
 
 from test_train_helpers import SMALL_HEAD, VIEW, stage1_checkpoint, state_of, write_shards
 
@@ -41,16 +43,14 @@ def test_gpf_trains_loss_goes_down_and_checkpoint_embeds_attention(data, tmp_pat
 
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt", expect="stage2")   # weights_only=True inside
     stage1 = load_checkpoint(data["stage1"], expect="stage1")
-    block = ckpt["attention"]
-    assert block["stage1_digest"] == state_dict_digest(stage1["state_dict"])
-    assert all(torch.equal(block["stage1_state_dict"][k], v) for k, v in stage1["state_dict"].items())
-    assert (block["tau"], block["eb_layer"], block["contrastive"], block["view_size"]) == \
-        (0.7, "features.pool2", False, VIEW)
-    config_of = ckpt["model_config"]
-    assert (config_of["num_classes"], config_of["threshold"], config_of["view_size"]) == (10, 5.0, VIEW)
-    assert config_of["scores"] == [float(s) for s in range(1, 11)]
-    assert ckpt["config"]["lr"] == 0.3 and ckpt["train"]["epoch"] == result.best_epoch
-    assert ckpt["shards"]["features_used"] is True     # matching pfeat.npy were used
+    block = ckpt.attention
+    assert block.stage1_digest == state_dict_digest(stage1.state_dict)
+    assert all(torch.equal(block.stage1_state_dict[k], v) for k, v in stage1.state_dict.items())
+    assert (block.tau, block.eb_layer, block.contrastive, block.view_size) == (0.7, "features.pool2", False, VIEW)
+    assert (ckpt.num_classes, ckpt.threshold, ckpt.view_size) == (10, 5.0, VIEW)
+    assert ckpt.scores == tuple(float(s) for s in range(1, 11))
+    assert ckpt.config["lr"] == 0.3 and ckpt.train["epoch"] == result.best_epoch
+    assert ckpt.shards["features_used"] is True     # matching pfeat.npy were used
 
     header, *rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
     assert header.split(",")[:12] == ["epoch", "train_loss", "val_loss", "accuracy", "srcc", "lcc", "mae",
@@ -82,9 +82,9 @@ def test_two_backbones_train_from_the_same_shards(data, tmp_path):
         result = train_stage2(config(data, tmp_path / backbone, backbone=backbone, peripheral_weights="none",
                                      epochs=1))
         ckpt = load_checkpoint(result.last_checkpoint, expect="stage2")
-        assert ckpt["model_config"]["backbone"] == backbone
-        assert ckpt["shards"]["features_used"] is False      # another peripheral than the one in pfeat
-        digests.append(ckpt["attention"]["stage1_digest"])
+        assert ckpt.model_config["backbone"] == backbone
+        assert ckpt.shards["features_used"] is False      # another peripheral than the one in pfeat
+        digests.append(ckpt.attention.stage1_digest)
     assert digests[0] == digests[1]
 
 
@@ -107,15 +107,19 @@ def test_stage1_checkpoint_that_did_not_make_the_shards_is_refused(data, tmp_pat
         train_stage2(config(data, tmp_path / "run", stage1=str(other)))
 
 
-def test_checkpoint_with_other_buckets_or_view_size_is_refused(data):
+def test_checkpoint_with_other_buckets_or_view_size_is_refused(data, tmp_path):
     from gpf.shards.manifest import read_manifest
 
-    facts = ShardFacts.from_manifest(read_manifest(data["shards"]), data["shards"])
-    check_checkpoint_fits_shards({"num_classes": 10, "view_size": VIEW}, facts, "ckpt")
-    with pytest.raises(Stage2Error, match=r"predicts 7 score buckets.*N = 10"):
-        check_checkpoint_fits_shards({"num_classes": 7, "view_size": VIEW}, facts, "ckpt")
-    with pytest.raises(Stage2Error, match=rf"views of 224 px.*--view-size {VIEW}"):
-        check_checkpoint_fits_shards({"num_classes": 10, "view_size": 224}, facts, "ckpt")
+    train_stage2(config(data, tmp_path / "run", epochs=1))
+    run = read_manifest(data["shards"]).run
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert check_fit(ckpt, run, model="ckpt", data="shards").warnings == []
+    with pytest.raises(FitError, match=r"ckpt predicts N = 10 score buckets.*N = 7"):
+        check_fit(ckpt, replace(run, scores=tuple(range(1, 8))), model="ckpt", data="shards")
+    with pytest.raises(FitError, match=rf"views of {VIEW} px.*--view-size 224"):
+        check_fit(ckpt, replace(run, view_size=224), model="ckpt", data="shards")
+    with pytest.raises(FitError, match="tau 0.7 vs 0.5"):
+        check_fit(ckpt, replace(run, tau=0.5), model="ckpt", data="shards")
 
 
 class _Kill(Exception):
@@ -135,7 +139,7 @@ def test_resume_after_a_kill_mid_epoch_gives_the_uninterrupted_weights(data, tmp
     train_stage2(config(data, tmp_path / "straight", **cfg))
     with pytest.raises(_Kill):
         train_stage2(config(data, tmp_path / "killed", **cfg), hooks=_kill_at(epoch=2, step=3))
-    assert load_checkpoint(tmp_path / "killed" / "last.pt")["train"]["epoch"] == 1
+    assert load_checkpoint(tmp_path / "killed" / "last.pt").train["epoch"] == 1
     result = train_stage2(config(data, None, resume=str(tmp_path / "killed"), **cfg))
     assert result.epochs_completed == 3
     straight, resumed = state_of(tmp_path / "straight" / "last.pt"), state_of(tmp_path / "killed" / "last.pt")
@@ -171,8 +175,8 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(d
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 3 of the epoch"):
         train_stage2(config(data, tmp_path / "run", epochs=3), hooks=TrainHooks(after_step=poison))
     last = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert last["train"]["epoch"] == 1
-    assert all(bool(torch.isfinite(v).all()) for v in last["state_dict"].values() if v.is_floating_point())
+    assert last.train["epoch"] == 1
+    assert all(bool(torch.isfinite(v).all()) for v in last.state_dict.values() if v.is_floating_point())
     assert len((tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()) == 2
 
 
@@ -187,7 +191,7 @@ def test_cli_stage2_with_yaml_config_and_unknown_key(data, tmp_path):
                                       "--config", str(good), "--out", str(run), "--quiet", "--lr", "0.02"])
     assert result.exit_code == 0, result.output
     assert "best checkpoint:" in result.output
-    assert load_checkpoint(run / "last.pt")["config"]["lr"] == 0.02        # the option beats the file
+    assert load_checkpoint(run / "last.pt").config["lr"] == 0.02        # the option beats the file
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"epochs": 1, "learning_rate": 0.1}))

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from gpf import vocabulary
 from gpf.errors import GPFError
 from gpf.pipeline.images import DEFAULT_MAX_PIXELS
 
-VARIANTS = ("gpf", "pf", "random", "single")
-DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+VARIANTS = vocabulary.VARIANT_NAMES
+DEVICE_HELP = vocabulary.DEVICE_CHOICES
 
 
 class ConfigError(GPFError):
@@ -45,8 +46,8 @@ class TrainConfig:
     lr_gamma: float = 0.1             # StepLR gamma
     patience: int = 10                # epochs without a validation-loss improvement before stopping
     workers: int | None = None        # loader processes per rank (None: up to 4, fixed at the start)
-    seed: int = 0
-    device: str = "auto"
+    seed: int = vocabulary.SEED
+    device: str = vocabulary.DEVICE
     amp: bool | None = None           # None = on for CUDA (bf16 if supported, else fp16), off on CPU
     compile: bool = False
     limit_train_batches: int | None = None   # cap on steps per epoch (smoke runs, benchmarks)
@@ -62,7 +63,7 @@ class Stage1Config(TrainConfig):
     dataset: str | None = None        # ava | photonet | folder
     root: str | None = None
     dataset_options: dict = field(default_factory=dict)   # open_dataset keywords (val_size, seed, ...)
-    view_size: int = 224              # longest side of the peripheral view (paper IV-B)
+    view_size: int = vocabulary.VIEW_SIZE  # longest side of the peripheral view (paper IV-B)
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, as every command
 
 
@@ -70,12 +71,12 @@ class Stage1Config(TrainConfig):
 class Stage2Config(TrainConfig):
     """``gpf train stage2``: foveal subnet + fusion on preprocessed shards, EMD loss (r=2)."""
     shards: str | None = None
-    variant: str = "gpf"              # gpf | pf | random | single
+    variant: str = vocabulary.DEFAULT_VARIANT   # see gpf.vocabulary.VARIANTS
     stage1: str | None = None         # stage-1 checkpoint or run folder: the attention model (and peripheral init)
     peripheral_weights: str | None = None   # peripheral init instead of the stage-1 model: imagenet | PATH | none
     train_peripheral: bool = False    # fine-tune the peripheral too (the paper freezes it)
     use_features: str = "auto"        # stored peripheral descriptors: auto | yes | no
-    emd_r: int = 2
+    emd_r: int = vocabulary.EMD_R_TRAIN
     branch_width: int = 2048          # F_c of Table II (per-column FC width)
     fusion_width: int = 4096          # FC of Table II
     dropout: float = 0.5              # after each hidden FC layer (the paper does not say; VGG uses 0.5)
@@ -232,7 +233,7 @@ def write_config(cfg: TrainConfig, run_dir: Path, extra: Mapping[str, Any] | Non
     """Write the resolved config (and ``extra`` facts such as the world size) to ``run_dir/config.yaml``."""
     import yaml
 
-    from gpf.train.state import atomic_write_text
+    from gpf.fsutil import atomic_write_text
 
     data = {"config": to_dict(cfg)}
     if extra:

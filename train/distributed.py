@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from gpf.errors import GPFError
+from gpf.model.device import resolve_device
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -37,26 +38,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's CUDA device when available, else CPU; checks explicit names."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DistributedError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DistributedError(f"--device {name} asked for CUDA but none is available; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    elif device.type != "cpu":
-        raise DistributedError(f"--device {name!r}: only cpu and cuda are supported")
-    return device
 
 
 def env_world() -> tuple[int, int, int] | None:

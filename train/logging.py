@@ -12,10 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from gpf.fsutil import atomic_write_text
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "accuracy", "srcc", "lcc", "mae", "rmse", "emd",
                   "lr", "samples_per_s", "data_wait", "epoch_s")
@@ -86,9 +87,7 @@ class MetricsCSV:
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, buffer.getvalue())
 
     def append(self, row: dict) -> None:
         if not self.enabled:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -31,6 +30,8 @@ import torch
 from torch import nn
 
 from gpf.errors import GPFError
+from gpf.fsutil import atomic_write
+from gpf.model.checkpoint import Checkpoint
 from gpf.pipeline.progress import Progress
 from gpf.train.config import TrainConfig, to_dict
 from gpf.train.distributed import (DistContext, all_reduce_max, all_reduce_sum, gather_objects,
@@ -116,8 +117,8 @@ class Task(ABC):
         """``val_loss`` and the metrics of the whole validation split."""
 
     @abstractmethod
-    def checkpoint_payload(self) -> dict:
-        """The stage's checkpoint (format, model config, data facts; may hold the state dict)."""
+    def checkpoint(self) -> Checkpoint:
+        """The stage's checkpoint (format, model config, weights, data facts) without the trainer state."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called on every rank after validation (e.g. to gather per-rank reports)."""
@@ -206,11 +207,8 @@ def nonfinite_weights(model: nn.Module) -> list[str]:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
+    with open(src, "rb") as source:
+        atomic_write(dst, lambda handle: shutil.copyfileobj(source, handle))
 
 
 class _LossWatch:
@@ -264,7 +262,7 @@ class Trainer:
 
     def __init__(self, task: Task, cfg: TrainConfig, ctx: DistContext, run_dir: Path, *,
                  hooks: TrainHooks | None = None, log: RunLog | None = None,
-                 resume_state: dict | None = None):
+                 resume_state: Checkpoint | None = None):
         self.task, self.cfg, self.ctx = task, cfg, ctx
         self.run_dir = Path(run_dir)
         self.hooks = hooks or TrainHooks()
@@ -295,9 +293,9 @@ class Trainer:
             forward = torch.compile(forward)
         return forward
 
-    def _restore(self, state: dict) -> None:
-        train = state["train"]
-        self.model.load_state_dict(state["state_dict"])
+    def _restore(self, state: Checkpoint) -> None:
+        train = state.train
+        self.model.load_state_dict(state.state_dict)
         self.optimizer.load_state_dict(train["optimizer"])
         self.scheduler.load_state_dict(train["scheduler"])
         if self.amp.scaler is not None and train.get("scaler"):
@@ -394,12 +392,10 @@ class Trainer:
         return self.task.val_metrics(pred, target)
 
     # -- checkpoints
-    def _payload(self, epoch_done: int, rng_states: list[dict]) -> dict:
-        payload = dict(self.task.checkpoint_payload())
-        if "state_dict" not in payload:
-            payload["state_dict"] = to_cpu(self.model.state_dict())
-        payload["config"] = to_dict(self.cfg)
-        payload["train"] = {
+    def _checkpoint(self, epoch_done: int, rng_states: list[dict]) -> Checkpoint:
+        checkpoint = self.task.checkpoint()
+        checkpoint.config = plain(to_dict(self.cfg))
+        checkpoint.train = plain({
             "epoch": epoch_done,
             "step": self.global_step,
             "optimizer": to_cpu(self.optimizer.state_dict()),
@@ -409,8 +405,10 @@ class Trainer:
             "rng": {"ranks": rng_states},
             "history": self.history,
             "world_size": self.ctx.world_size,
-        }
-        return plain(payload)
+        })
+        for name in ("model_config", "meta", "dataset", "shards"):
+            setattr(checkpoint, name, plain(getattr(checkpoint, name)))
+        return checkpoint
 
     def _save(self, epoch_done: int, improved: bool) -> None:
         from gpf.model.checkpoint import save_checkpoint
@@ -424,7 +422,7 @@ class Trainer:
         rng_states = gather_objects(self.ctx, rng_state())   # every rank takes part
         if not self.ctx.is_main:
             return
-        save_checkpoint(self.run_dir / LAST, self._payload(epoch_done, rng_states))
+        save_checkpoint(self.run_dir / LAST, self._checkpoint(epoch_done, rng_states))
         if improved:
             _copy_atomic(self.run_dir / LAST, self.run_dir / BEST)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from gpf.model.checkpoint import Checkpoint
 from gpf.train.config import ConfigError, TrainConfig, check_resume_compatible, write_config
 from gpf.train.distributed import DistContext, barrier, init_distributed, shutdown
 from gpf.train.logging import RunLog
@@ -23,7 +24,7 @@ from gpf.train.loop import LAST, LOG
 class RunSetup:
     ctx: DistContext
     run_dir: Path
-    resume_state: dict | None
+    resume_state: Checkpoint | None
     log: RunLog
 
 
@@ -50,7 +51,7 @@ def saved_config(resume: str | Path) -> dict:
             return _portable(data["config"])
     from gpf.model.checkpoint import load_checkpoint
 
-    return _portable(dict(load_checkpoint(path).get("config") or {}))
+    return _portable(dict(load_checkpoint(path).config or {}))
 
 
 def _portable(config: dict) -> dict:
@@ -87,10 +88,10 @@ def _prepare(cfg: TrainConfig, stage: str, ctx: DistContext, echo, check_resume=
             raise ConfigError(f"--out {cfg.out} differs from the run being resumed ({run_dir}); "
                               "a resumed run continues in its own folder: drop --out")
         resume_state = load_checkpoint(path, expect=stage)
-        if "train" not in resume_state or "config" not in resume_state:
+        if resume_state.train is None or resume_state.config is None:
             raise ConfigError(f"{path} holds no training state (optimizer, epoch); it cannot be resumed. "
                               "Start a new run, e.g. with --weights or --stage1 pointing at it")
-        check_resume_compatible(resume_state["config"], cfg, run_dir)
+        check_resume_compatible(resume_state.config, cfg, run_dir)
         if check_resume is not None:
             check_resume(resume_state, run_dir)
     else:

@@ -34,10 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from gpf.errors import GPFError
+from gpf.model.checkpoint import Checkpoint
 from gpf.train.config import Stage1Config
 from gpf.train.distributed import DistContext, gather_objects, per_rank_batch_size
 from gpf.train.loop import RunResult, Task, images_to_device
-from gpf.train.state import atomic_write_text, derived_seed, seed_init
+from gpf.fsutil import atomic_write_text
+from gpf.train.state import derived_seed, seed_init
 
 SKIPPED = "skipped_images.csv"
 _ORIENTATION_TAG = 0x0112
@@ -366,20 +368,18 @@ class Stage1Task(Task):
         if self.ctx.is_main:
             write_skipped(self.run_dir / SKIPPED, list(self.skipped.values()))
 
-    def checkpoint_payload(self) -> dict:
-        from gpf.model.checkpoint import stage1_payload
+    def checkpoint(self) -> Checkpoint:
+        from gpf.model.checkpoint import stage1_checkpoint
 
         ds = self.dataset
-        payload = stage1_payload(self.model, view_size=self.cfg.view_size, threshold=float(ds.threshold),
-                                 scores=[float(s) for s in ds.scores],
-                                 extra_config={"dataset": ds.name})
-        payload["split_spec"] = ds.split_spec
-        payload["dataset"] = {"name": ds.name, "root": str(ds.root), "scores": [float(s) for s in ds.scores],
+        checkpoint = stage1_checkpoint(self.model, view_size=self.cfg.view_size, threshold=float(ds.threshold),
+                                       scores=[float(s) for s in ds.scores], extra_config={"dataset": ds.name})
+        checkpoint.dataset = {"name": ds.name, "root": str(ds.root), "scores": [float(s) for s in ds.scores],
                               "threshold": float(ds.threshold), "split_spec": ds.split_spec,
                               "options": dict(self.cfg.dataset_options),
                               "train_images": len(self.train_items), "val_images": len(self.val_items),
                               "skipped_images": len(self.skipped)}
-        return payload
+        return checkpoint
 
 
 def write_skipped(path: Path, skipped: list[Skipped]) -> None:
@@ -448,8 +448,8 @@ def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
         return result
 
 
-def _check_same_split(state: dict, dataset) -> None:
-    saved = state.get("split_spec")
+def _check_same_split(state: Checkpoint, dataset) -> None:
+    saved = state.split_spec
     if saved is not None and saved != dataset.split_spec:
         from gpf.shards.manifest import compare_config
 

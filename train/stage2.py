@@ -24,11 +24,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 
 from gpf.errors import GPFError
+from gpf.model.checkpoint import AttentionBlock, Checkpoint
+from gpf.pipeline.compat import check_fit, missing_scale
+from gpf.shards.manifest import Manifest, RunFields, compare_config, run_fields
+from gpf.vocabulary import get_variant
 from gpf.train.config import Stage2Config
 from gpf.train.distributed import DistContext, per_rank_batch_size
 from gpf.train.loop import RunResult, Task, images_to_device
@@ -41,104 +45,66 @@ class Stage2Error(GPFError):
 
 # ----------------------------------------------------------------------------- the manifest
 
-def _lookup(manifest: Mapping, *paths: str, default=None):
-    """The first of the dotted ``paths`` present (not None) in ``manifest``."""
-    for path in paths:
-        value: Any = manifest
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-            if value is None:
-                break
-        if value is not None:
-            return value
-    return default
-
-
 @dataclass(frozen=True)
 class ShardFacts:
-    """What stage 2 needs to know about a shard folder, read from its ``manifest.json``."""
+    """What stage 2 needs to know about a shard folder, read from its :class:`Manifest`."""
     folder: str
-    dataset: str | None
-    scores: tuple[float, ...]
-    threshold: float
-    view_size: int
-    tau: float
-    eb_layer: str
-    contrastive: bool
-    stage1_digest: str | None       # None: the crops came from an ImageNet classifier
-    stage1_path: str | None
-    attention_digest: str | None    # digest of the attention model's state dict (either kind)
-    attention_backbone: str | None
-    attention_weights: str | None
-    random_crops: int
-    features: bool
-    features_digest: str | None     # digest of the network that computed pfeat.npy
-    split_spec: dict | None
-    samples: dict                   # split -> samples
+    manifest: Manifest
+
+    @property
+    def run(self) -> RunFields:
+        return self.manifest.run
+
+    @property
+    def dataset(self) -> str | None:
+        return self.run.dataset
+
+    @property
+    def scores(self) -> tuple[float, ...]:
+        return self.run.scores
+
+    @property
+    def threshold(self) -> float:
+        return self.run.threshold
+
+    @property
+    def view_size(self) -> int:
+        return int(self.run.view_size)
 
     @property
     def num_classes(self) -> int:
-        return len(self.scores)
+        return len(self.run.scores)
+
+    @property
+    def attention_model(self) -> dict:
+        return self.run.attention_model or {}
+
+    @property
+    def samples(self) -> dict:
+        return {split: self.manifest.samples(split) for split in self.manifest.splits}
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping, folder: str | os.PathLike) -> "ShardFacts":
-        where = f"{Path(folder) / 'manifest.json'}"
-        scores = _lookup(manifest, "scores", "dataset.scores")
-        threshold = _lookup(manifest, "threshold", "dataset.threshold")
-        view_size = _lookup(manifest, "view_size", "attention.view_size", "config.view_size")
-        missing = [name for name, value in (("scores", scores), ("threshold", threshold),
-                                            ("view_size", view_size)) if value is None]
+    def from_manifest(cls, manifest: Manifest, folder: str | os.PathLike) -> "ShardFacts":
+        missing = missing_scale(manifest.run)
         if missing:
-            raise Stage2Error(f"{where} lacks {', '.join(missing)}; it was not written by `gpf preprocess` "
-                              f"of this version. Rewrite it with `gpf shards verify {folder} --write-manifest` "
+            raise Stage2Error(f"{Path(folder) / 'manifest.json'} lacks {', '.join(missing)}; it was not written "
+                              f"by `gpf preprocess`. Rewrite it with `gpf shards verify {folder} --write-manifest` "
                               "or re-run preprocessing")
-        dataset = _lookup(manifest, "dataset.name", "dataset")
-        samples = {}
-        for entry in manifest.get("shards", []):
-            samples[entry["split"]] = samples.get(entry["split"], 0) + int(entry.get("count", 0))
-        return cls(
-            folder=str(folder),
-            dataset=dataset if isinstance(dataset, str) else None,
-            scores=tuple(float(s) for s in scores),
-            threshold=float(threshold),
-            view_size=int(view_size),
-            tau=float(_lookup(manifest, "tau", "attention.tau", "config.tau", default=0.7)),
-            eb_layer=_lookup(manifest, "eb_layer", "attention.eb_layer", "config.eb_layer", default=""),
-            contrastive=bool(_lookup(manifest, "contrastive", "attention.contrastive", "config.contrastive",
-                                     default=False)),
-            stage1_digest=_lookup(manifest, "stage1_digest", "config.stage1_digest"),
-            stage1_path=_lookup(manifest, "config.attention_model.path", "config.stage1", "attention.model.path"),
-            attention_digest=_lookup(manifest, "stage1_digest", "config.attention_model.digest",
-                                     "attention.digest"),
-            attention_backbone=_lookup(manifest, "config.attention_model.backbone", "config.backbone",
-                                       "attention.model.backbone"),
-            attention_weights=_lookup(manifest, "config.attention_model.weights", "config.weights",
-                                      "attention.model.weights"),
-            random_crops=int(_lookup(manifest, "random_crops", "extras.random_crops",
-                                     "config.random_crops", default=0)),
-            features=bool(_lookup(manifest, "features", "extras.store_features", default=False)),
-            features_digest=_lookup(manifest, "config.features_digest", "extras.features_digest"),
-            split_spec=_lookup(manifest, "config.split_spec", "dataset.split_spec", "split_spec"),
-            samples=samples,
-        )
+        return cls(folder=str(folder), manifest=manifest)
 
 
-def shards_identity(manifest: Mapping) -> dict:
+def shards_identity(manifest: Manifest) -> dict:
     """The parts of a manifest a stage-2 run depends on (stored in its checkpoints)."""
     return {
-        "run": {k: manifest.get(k) for k in ("dataset", "scores", "threshold", "view_size", "tau",
-                                             "eb_layer", "stage1_digest", "random_crops", "features",
-                                             "attention", "extras", "config") if k in manifest},
-        "environment": manifest.get("environment"),
-        "shards": {e["name"]: e.get("sha256") for e in manifest.get("shards", [])},
+        "run": {**run_fields(manifest), "random_crops": manifest.random_crops, "features": manifest.features},
+        "environment": manifest.run.environment,
+        "shards": {e.name: e.sha256 for e in manifest.shards},
     }
 
 
 def manifest_differences(saved: Mapping, current: Mapping) -> list[str]:
     """Why shards no longer match a run: config/run-field changes, and changed shard contents
     (with the environment differences that may explain them)."""
-    from gpf.shards.manifest import compare_config
-
     diffs = [f"manifest {line}" for line in compare_config(saved.get("run") or {}, current.get("run") or {})]
     old, new = saved.get("shards") or {}, current.get("shards") or {}
     changed = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
@@ -148,20 +114,6 @@ def manifest_differences(saved: Mapping, current: Mapping) -> list[str]:
         diffs += [f"environment {line}" for line in
                   compare_config(saved.get("environment") or {}, current.get("environment") or {})]
     return diffs
-
-
-def check_checkpoint_fits_shards(model_config: Mapping, facts: ShardFacts, source: str) -> None:
-    """Refuse a stage-2 checkpoint whose score buckets or view size differ from the shards'."""
-    n = model_config.get("num_classes")
-    if n is not None and int(n) != facts.num_classes:
-        raise Stage2Error(f"{source} predicts {n} score buckets, but the shards in {facts.folder} have "
-                          f"N = {facts.num_classes} (scores {list(facts.scores)}); use shards of the dataset "
-                          "the checkpoint was trained on, or train a new model on these shards")
-    view = model_config.get("view_size")
-    if view is not None and int(view) != facts.view_size:
-        raise Stage2Error(f"{source} was trained on views of {view} px, but the shards in {facts.folder} were "
-                          f"made with --view-size {facts.view_size}; re-run preprocessing with --view-size {view} "
-                          "or train a new model on these shards")
 
 
 # ----------------------------------------------------------------------------- attention + peripheral
@@ -175,66 +127,62 @@ def resolve_checkpoint_file(path: str | os.PathLike, prefer: str = "best") -> Pa
 
 @dataclass
 class Attention:
-    """The attention model of the shards: its checkpoint block and the state its features come from."""
-    block: dict                       # checkpoint.attention_block(...)
-    stage1: dict | None               # the stage-1 payload when one made the crops
+    """The attention model of the shards: its checkpoint block and the stage-1 checkpoint that made it (if one)."""
+    block: AttentionBlock
+    stage1: Checkpoint | None
     description: str
 
 
-def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Mapping | None) -> Attention:
+def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Checkpoint | None) -> Attention:
     """Find the network that made the shards' crops and check it is that network."""
     from gpf.model.checkpoint import attention_block, load_checkpoint, state_dict_digest
 
+    run, described = facts.run, facts.attention_model
+    settings = dict(tau=run.tau, eb_layer=run.eb_layer or "", contrastive=bool(run.contrastive),
+                    view_size=facts.view_size)
     if resume_state is not None:
-        block = dict(resume_state["attention"])
-        if facts.stage1_digest and block.get("stage1_digest") != facts.stage1_digest:
-            raise Stage2Error(f"the run's attention model (digest {str(block.get('stage1_digest'))[:12]}...) did "
-                              f"not make the shards in {facts.folder} (digest {facts.stage1_digest[:12]}...)")
-        return Attention(block, None, "the run being resumed")
-    if facts.stage1_digest:
-        given = cfg.stage1 or facts.stage1_path
+        return Attention(resume_state.attention, None, "the run being resumed")
+    if run.stage1_digest:
+        given = cfg.stage1 or described.get("path")
         if not given:
             raise Stage2Error(f"the shards in {facts.folder} were made by a stage-1 model (digest "
-                              f"{facts.stage1_digest[:12]}...) but no path to it is known; pass it with "
+                              f"{run.stage1_digest[:12]}...) but no path to it is known; pass it with "
                               "--stage1 CKPT|RUN")
         try:
             path = resolve_checkpoint_file(given)
-        except Stage2Error as exc:
+        except GPFError as exc:
             raise Stage2Error(f"{exc}. The shards in {facts.folder} were made by the stage-1 model with digest "
-                              f"{facts.stage1_digest[:12]}...; pass it with --stage1 CKPT|RUN") from None
-        payload = load_checkpoint(path, expect="stage1")
-        digest = state_dict_digest(payload["state_dict"])
-        if digest != facts.stage1_digest:
+                              f"{run.stage1_digest[:12]}...; pass it with --stage1 CKPT|RUN") from None
+        stage1 = load_checkpoint(path, expect="stage1")
+        digest = stage1.digest
+        if digest != run.stage1_digest:
             raise Stage2Error(
                 f"{path} (digest {digest[:12]}...) is not the stage-1 model that made the shards in {facts.folder} "
-                f"(digest {facts.stage1_digest[:12]}..., recorded path {facts.stage1_path}); pass that checkpoint "
+                f"(digest {run.stage1_digest[:12]}..., recorded path {described.get('path')}); pass that checkpoint "
                 "with --stage1, or re-run `gpf preprocess --stage1` with this one. (To start the peripheral "
                 "from another model use --peripheral-weights.)")
-        block = attention_block(payload, tau=facts.tau, eb_layer=facts.eb_layer, contrastive=facts.contrastive,
-                                view_size=facts.view_size)
-        return Attention(block, payload, f"stage-1 model {path}")
+        return Attention(attention_block(stage1, **settings), stage1, f"stage-1 model {path}")
     # the crops came from an ImageNet classifier
+    backbone, weights = described.get("backbone"), described.get("weights")
     if cfg.stage1:
         raise Stage2Error(f"the shards in {facts.folder} were made with ImageNet attention "
-                          f"({facts.attention_backbone}, weights {facts.attention_weights}), not a stage-1 model; "
+                          f"({backbone}, weights {weights}), not a stage-1 model; "
                           "to start the peripheral from a stage-1 checkpoint pass it as --peripheral-weights")
-    if not facts.attention_backbone or facts.attention_weights in (None, "none"):
+    if not backbone or weights in (None, "none"):
         raise Stage2Error(
             f"the shards in {facts.folder} were made by a randomly initialised attention network "
-            f"(backbone {facts.attention_backbone}, weights {facts.attention_weights}); a checkpoint could not "
+            f"(backbone {backbone}, weights {weights}); a checkpoint could not "
             "reproduce their crops. Re-run preprocessing with --stage1 CKPT or --weights imagenet|PATH")
     from gpf.model.gpf import imagenet_classifier
 
-    model = imagenet_classifier(facts.attention_backbone, weights=facts.attention_weights)
+    model = imagenet_classifier(backbone, weights=weights)
     digest = state_dict_digest(model.state_dict())
-    if facts.attention_digest and digest != facts.attention_digest:
-        raise Stage2Error(f"the ImageNet classifier {facts.attention_backbone} ({facts.attention_weights}) has digest "
+    if run.attention_digest and digest != run.attention_digest:
+        raise Stage2Error(f"the ImageNet classifier {backbone} ({weights}) has digest "
                           f"{digest[:12]}... here, but the shards in {facts.folder} were made with digest "
-                          f"{facts.attention_digest[:12]}... (other weights files?); a checkpoint could not "
+                          f"{run.attention_digest[:12]}... (other weights files?); a checkpoint could not "
                           "reproduce their crops. Re-run preprocessing with the weights at hand")
-    block = attention_block(model, tau=facts.tau, eb_layer=facts.eb_layer, contrastive=facts.contrastive,
-                            view_size=facts.view_size)
-    return Attention(block, None, f"ImageNet classifier {facts.attention_backbone} ({facts.attention_weights})")
+    return Attention(attention_block(model, **settings), None, f"ImageNet classifier {backbone} ({weights})")
 
 
 def init_peripheral(model, cfg: Stage2Config, attention: Attention, log) -> str:
@@ -247,7 +195,7 @@ def init_peripheral(model, cfg: Stage2Config, attention: Attention, log) -> str:
         return f"--peripheral-weights {cfg.peripheral_weights}"
     stage1 = attention.stage1
     if stage1 is not None:
-        trained_on = stage1["model_config"].get("backbone")
+        trained_on = stage1.model_config.get("backbone")
         if trained_on == cfg.backbone:
             model.load_peripheral_from_stage1(stage1)
             return f"stage-1 model ({attention.description})"
@@ -262,7 +210,7 @@ def init_peripheral(model, cfg: Stage2Config, attention: Attention, log) -> str:
 
 def features_match(model, attention: Attention) -> bool:
     """True when the frozen peripheral equals the attention model's features (which computed pfeat)."""
-    state = attention.block.get("stage1_state_dict") or {}
+    state = attention.block.stage1_state_dict
     mine = model.peripheral.state_dict()
     for key, value in mine.items():
         other = state.get("features." + key)
@@ -273,7 +221,6 @@ def features_match(model, attention: Attention) -> bool:
 
 # ----------------------------------------------------------------------------- the task
 
-MEMBER_OF_VARIANT = {"gpf": "fovea", "pf": "fovea", "random": "rand", "single": None}
 
 
 class Stage2Task(Task):
@@ -287,7 +234,7 @@ class Stage2Task(Task):
         self.attention, self.identity, self.use_features = attention, identity, use_features
         self.rank_batch = per_rank_batch_size(cfg.batch_size, ctx.world_size)
         self.channels_last = ctx.device.type == "cuda"
-        self.second = MEMBER_OF_VARIANT[cfg.variant]
+        self.second = get_variant(cfg.variant).member
         members = [] if use_features else ["periph"]
         if self.second == "fovea":
             members.append("fovea")
@@ -304,13 +251,10 @@ class Stage2Task(Task):
         common = dict(rank=ctx.rank, world_size=ctx.world_size, members=tuple(members),
                       random_crop_member=self.second == "rand", with_features=use_features,
                       pin_memory=ctx.device.type == "cuda")
-        try:
-            self.train_loader = make_loader(cfg.shards, "train", self.rank_batch, shuffle=True, seed=cfg.seed,
-                                            epoch=0, num_workers=workers, **common)
-            self.val_loader = make_loader(cfg.shards, "val", self.rank_batch, shuffle=False, seed=cfg.seed,
-                                          epoch=0, num_workers=min(workers, 2), **common)
-        except ValueError as exc:
-            raise Stage2Error(f"cannot stream {cfg.shards}: {exc}") from None
+        self.train_loader = make_loader(cfg.shards, "train", self.rank_batch, shuffle=True, seed=cfg.seed,
+                                        epoch=0, num_workers=workers, **common)
+        self.val_loader = make_loader(cfg.shards, "val", self.rank_batch, shuffle=False, seed=cfg.seed,
+                                      epoch=0, num_workers=min(workers, 2), **common)
         self.train_samples = len(self.train_loader) * cfg.batch_size
 
     # -- data
@@ -366,18 +310,18 @@ class Stage2Task(Task):
             out[key] = float(value) if value is not None else math.nan
         return out
 
-    def checkpoint_payload(self) -> dict:
-        from gpf.model.checkpoint import stage2_payload
+    def checkpoint(self) -> Checkpoint:
+        from gpf.model.checkpoint import stage2_checkpoint
 
         facts = self.facts
-        payload = stage2_payload(self.model, self.attention.block, view_size=facts.view_size,
-                                 threshold=facts.threshold, scores=list(facts.scores),
-                                 extra_config={"dataset": facts.dataset})
-        payload["dataset"] = {"name": facts.dataset, "scores": list(facts.scores), "threshold": facts.threshold,
-                              "num_classes": facts.num_classes, "split_spec": facts.split_spec}
-        payload["shards"] = {"folder": str(Path(facts.folder).resolve()), **self.identity,
+        checkpoint = stage2_checkpoint(self.model, self.attention.block, view_size=facts.view_size,
+                                       threshold=facts.threshold, scores=list(facts.scores),
+                                       extra_config={"dataset": facts.dataset})
+        checkpoint.dataset = {"name": facts.dataset, "scores": list(facts.scores), "threshold": facts.threshold,
+                              "num_classes": facts.num_classes, "split_spec": facts.run.split_spec}
+        checkpoint.shards = {"folder": str(Path(facts.folder).resolve()), **self.identity,
                              "features_used": self.use_features}
-        return payload
+        return checkpoint
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -386,11 +330,11 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
     if cfg.use_features == "no":
         return False
     reasons = []
-    if not facts.features:
+    if not facts.manifest.features:
         reasons.append("the shards hold no peripheral features (preprocess with --store-features)")
     elif cfg.train_peripheral:
         reasons.append("--train-peripheral changes the peripheral, so stored features go stale")
-    elif facts.features_digest and facts.features_digest != attention.block.get("stage1_digest"):
+    elif facts.run.features_digest and facts.run.features_digest != attention.block.stage1_digest:
         reasons.append("the stored features were computed by another network than the shards' attention model")
     elif not features_match(model, attention):
         reasons.append("the frozen peripheral is not the network that computed the stored features "
@@ -400,16 +344,16 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
         return True
     if cfg.use_features == "yes":
         raise Stage2Error(f"--use-features yes: {reasons[0]}")
-    if facts.features:
+    if facts.manifest.features:
         log(f"not using the stored peripheral features: {reasons[0]}")
     return False
 
 
-def _refuse_damaged_shards(shard_dir, manifest: Mapping) -> None:
+def _refuse_damaged_shards(shard_dir, manifest: Manifest) -> None:
     """Never train on rotten bytes: every train/val tar must match the manifest's size and sha256."""
     from gpf.shards.verify import check_checksums
 
-    problems = check_checksums(shard_dir, dict(manifest), splits=("train", "val"))
+    problems = check_checksums(shard_dir, manifest, splits=("train", "val"))
     if problems:
         raise Stage2Error(f"{len(problems)} damaged shard(s), not training on them: {'; '.join(problems[:5])}. "
                           f"Run `gpf shards verify {shard_dir}` for the full list and rewrite them (delete "
@@ -419,7 +363,7 @@ def _refuse_damaged_shards(shard_dir, manifest: Mapping) -> None:
 def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     """Train a stage-2 variant on shards; see the module doc."""
     from gpf.model.gpf import GPFNet
-    from gpf.shards.manifest import ManifestError, read_manifest
+    from gpf.shards.manifest import read_manifest
     from gpf.train.config import validate
     from gpf.train.loop import Trainer
     from gpf.train.run import run_context
@@ -432,17 +376,14 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     from gpf.model.backbones import get_spec
 
     get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
-    try:
-        manifest = read_manifest(cfg.shards)
-    except ManifestError as exc:
-        raise Stage2Error(str(exc)) from None
-    if manifest.get("complete") is False:
+    manifest = read_manifest(cfg.shards)
+    if not manifest.complete:
         raise Stage2Error(f"{cfg.shards}: preprocessing has not finished (manifest.json says complete: false); "
                           "rerun the same `gpf preprocess` command to finish it")
     _refuse_damaged_shards(cfg.shards, manifest)
     facts = ShardFacts.from_manifest(manifest, cfg.shards)
     identity = shards_identity(manifest)
-    if cfg.variant == "random" and facts.random_crops < 1:
+    if get_variant(cfg.variant).needs_random_crops and manifest.random_crops < 1:
         raise Stage2Error(f"the 'random' variant needs stored random crops, but the shards in {cfg.shards} have "
                           "none; make them with `gpf preprocess ... --random-crops K` (e.g. K = 5) into a new "
                           "--out folder")
@@ -454,10 +395,10 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
 
         trains = [s for s in list_shards(cfg.shards, "train") if s.count > 0]
         cfg.workers = default_num_workers(len(trains), int(os.environ.get("WORLD_SIZE", "1")), shuffle=True)
-    def check_resume(state: Mapping, run_dir: Path) -> None:
-        source = f"the run in {run_dir}"
-        check_checkpoint_fits_shards(state["model_config"], facts, source)
-        diffs = manifest_differences(state.get("shards") or {}, identity)
+    def check_resume(state: Checkpoint, run_dir: Path) -> None:
+        check_fit(state, facts.run, model=f"the run in {run_dir}", data=f"the shards in {cfg.shards}",
+                  mismatch_option=None)
+        diffs = manifest_differences(state.shards or {}, identity)
         if diffs:
             raise Stage2Error(f"cannot resume {run_dir}: the shards in {cfg.shards} differ from the ones "
                               f"it was trained on ({'; '.join(diffs[:8])}). Resume with the original shards "
@@ -476,7 +417,7 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
         if not cfg.train_peripheral:
             model.freeze_peripheral()
         if state is not None:
-            model.load_state_dict(state["state_dict"])
+            model.load_state_dict(state.state_dict)
         use_features = _decide_features(cfg, facts, model, attention, log)
         model.to(ctx.device)
         if ctx.device.type == "cuda":

@@ -6,23 +6,10 @@ floats, strings, lists and dicts only (no numpy arrays, no tuples of objects).
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file next to ``path``, fsync, rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:

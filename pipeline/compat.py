@@ -1,0 +1,120 @@
+"""Can this model use these shards? One answer for ``gpf train stage2`` (resume), ``gpf evaluate`` and ``gpf predict``.
+
+A stage-2 model fits data made with :class:`~gpf.shards.manifest.RunFields`
+when it predicts the same number of score buckets (N), was trained on views of
+the same size, and — for the variants whose foveal view is the attention crop
+(``gpf``, ``pf``) — its embedded attention model is the one that made the crops:
+the same weights (digest), tau, EB layer and contrastive flag (paper Eq. 4: the
+crop is a function of all four). Other bucket scores or another threshold only
+change how predictions are read, so they are warnings, and the data's values win.
+The ``random`` variant needs stored random crops.
+
+``gpf predict`` has no shards: it checks a checkpoint against the record of the
+shards it was trained on (kept in the checkpoint), which catches a checkpoint
+whose embedded attention model is not the one its crops came from.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from gpf.errors import GPFError
+from gpf.model.checkpoint import Checkpoint
+from gpf.shards.manifest import RunFields
+from gpf.vocabulary import DEFAULT_VARIANT, get_variant
+
+
+class FitError(GPFError, ValueError):
+    """A model that cannot use these shards; the message names both and what to do."""
+
+
+@dataclass
+class Fit:
+    """The warnings of a model that fits (scale differences the data's values override)."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def missing_scale(run: RunFields) -> list[str]:
+    """The run fields without which nothing can be trained or evaluated on the shards."""
+    return [name for name in ("scores", "threshold", "view_size") if getattr(run, name) is None]
+
+
+def attention_differences(checkpoint: Checkpoint, run: RunFields) -> list[str]:
+    """How the checkpoint's embedded attention model differs from the one that made the crops of ``run``."""
+    block = checkpoint.attention
+    if block is None:
+        return ["no embedded attention model"]
+    diffs = []
+    made_by = run.attention_digest
+    if made_by and block.stage1_digest != made_by:
+        diffs.append(f"attention model digest {block.stage1_digest[:12]}... vs the shards' {made_by[:12]}...")
+    if run.tau is not None and not math.isclose(block.tau, run.tau):
+        diffs.append(f"tau {block.tau} vs {run.tau}")
+    if run.eb_layer and block.eb_layer != run.eb_layer:
+        diffs.append(f"EB layer {block.eb_layer!r} vs {run.eb_layer!r}")
+    if run.contrastive is not None and block.contrastive != bool(run.contrastive):
+        diffs.append(f"contrastive {block.contrastive} vs {bool(run.contrastive)}")
+    return diffs
+
+
+def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, random_crops: int | None = None,
+              allow_attention_mismatch: bool = False, mismatch_option: str | None = "--allow-attention-mismatch") -> Fit:
+    """Refuse (:class:`FitError`) a stage-2 ``checkpoint`` that cannot use data made with ``run``.
+
+    ``model`` and ``data`` name both sides in messages (a file, a run folder,
+    ``the shards in DIR``); ``random_crops`` is the number of random crops the
+    data stores (None: not checked). ``allow_attention_mismatch`` turns a
+    different attention model into a warning; ``mismatch_option`` is the option
+    that does so where the caller has one (None: the refusal names none).
+    """
+    missing = missing_scale(run)
+    if missing:
+        raise FitError(f"{data} lacks {', '.join(missing)}; rewrite its manifest with `gpf shards verify DIR "
+                       "--write-manifest` or re-run `gpf preprocess`")
+    fit = Fit()
+    if checkpoint.num_classes != len(run.scores):
+        raise FitError(f"{model} predicts N = {checkpoint.num_classes} score buckets, but {data} has "
+                       f"N = {len(run.scores)} (scores {list(run.scores)}); use shards of the dataset the "
+                       "checkpoint was trained on, or train a new model on these shards")
+    view = checkpoint.view_size
+    if view is not None and view != int(run.view_size):
+        raise FitError(f"{model} was trained on views of {view} px, but {data} was made with --view-size "
+                       f"{run.view_size}; preprocess with --view-size {view}, or train a new model on these shards")
+    if any(not math.isclose(a, b) for a, b in zip(checkpoint.scores, run.scores)):
+        fit.warnings.append(f"the checkpoint's bucket scores {list(checkpoint.scores)} differ from "
+                            f"{list(run.scores)} of {data}; the data's are used")
+    if checkpoint.threshold is not None and not math.isclose(checkpoint.threshold, run.threshold):
+        fit.warnings.append(f"the checkpoint's threshold {checkpoint.threshold:g} differs from {run.threshold:g} "
+                            f"of {data}; the data's is used")
+    variant = get_variant(checkpoint.model_config.get("variant", DEFAULT_VARIANT))
+    if variant.needs_attention:
+        diffs = attention_differences(checkpoint, run)
+        if diffs:
+            text = (f"the attention model embedded in {model} did not make the crops of {data} "
+                    f"({'; '.join(diffs)})")
+            if not allow_attention_mismatch:
+                escape = f", or pass {mismatch_option} to go on anyway" if mismatch_option else ""
+                raise FitError(f"{text}: its numbers would not be what `gpf predict` gives with this checkpoint. "
+                               f"Use shards made with its stage-1 model{escape}")
+            fit.warnings.append(text)
+    if variant.needs_random_crops and random_crops is not None and random_crops < 1:
+        raise FitError(f"the 'random' variant needs the random crops stored in shards, but {data} has none; "
+                       "preprocess with --random-crops K")
+    return fit
+
+
+def trained_on(checkpoint: Checkpoint) -> RunFields | None:
+    """The run fields of the shards a stage-2 checkpoint was trained on, as it recorded them (None if absent)."""
+    record = (checkpoint.shards or {}).get("run")
+    if not isinstance(record, dict):
+        return None
+    version = 1 if checkpoint.format_version == 1 else 2
+    return RunFields.from_dict(record, "the checkpoint's record of its shards", version)
+
+
+def check_self_consistent(checkpoint: Checkpoint, source: str) -> Fit:
+    """``gpf predict``: the checkpoint against the record of the shards it was trained on (when kept)."""
+    run = trained_on(checkpoint)
+    if run is None or missing_scale(run):
+        return Fit()
+    return check_fit(checkpoint, run, model=source, data=f"the shards {source} was trained on")
