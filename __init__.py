@@ -4,6 +4,6 @@ The import package is assembled from the repository's top-level folders
 (``model/``, ``shards/``, ``pipeline/``, ``train/``, ``cli/``); importing it has
 no side effects.
 """
-from gpf._version import __version__
+from ._version import __version__
 
 __all__ = ["__version__"]

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from gpf._version import __version__
+from ._version import __version__
 
 # Written next to PIL by scripts/install_pillow_simd.sh: the compiler flags used.
 PIL_BUILD_NOTE = "GPF_BUILD_INFO"
@@ -97,6 +97,60 @@ FORMAT_NEEDS = {
 #: How the formats' keys read in messages.
 FORMAT_LABELS = {"TIFF_libtiff": "compressed TIFF", "JPEG2000": "JPEG 2000"}
 
+#: Formats ``gpf.pipeline.images.load_image`` will open (those this PIL build can read). Vector and
+#: document formats (EPS, PDF, WMF) are excluded: opening them would run
+#: external interpreters on untrusted files.
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP", "PPM", "JPEG2000", "AVIF")
+_CODEC_MODULES = {"WEBP": "webp", "AVIF": "avif"}
+
+
+@lru_cache(maxsize=1)
+def readable_formats() -> tuple[str, ...]:
+    """The :data:`IMAGE_FORMATS` this PIL build can actually decode."""
+    from PIL import Image, features
+
+    Image.init()
+
+    def usable(name: str) -> bool:
+        module = _CODEC_MODULES.get(name)
+        if module is None:
+            return True
+        return module in features.modules and features.check_module(module)
+
+    return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN and usable(f))
+
+
+def pil_features() -> dict:
+    """What this PIL can do: :func:`pil_flavour` (flavour, version, avx2) plus the
+    readable formats, the JPEG library and PIL's own pixel limit."""
+    from PIL import Image, features
+
+    from .vocabulary import DEFAULT_MAX_PIXELS
+
+    def check(name: str) -> bool:
+        known = (getattr(features, "modules", {}), getattr(features, "codecs", {}),
+                 getattr(features, "features", {}))
+        return any(name in table for table in known) and bool(features.check(name))
+
+    readable = set(readable_formats())
+    return {
+        **pil_flavour(),
+        "formats": {
+            "JPEG": "JPEG" in readable and check("jpg"),
+            "PNG": "PNG" in readable and check("zlib"),
+            "WEBP": "WEBP" in readable and check("webp"),
+            "TIFF": "TIFF" in readable,
+            "TIFF_libtiff": check("libtiff"),
+            "GIF": "GIF" in readable,
+            "AVIF": "AVIF" in readable and check("avif"),
+        },
+        "libjpeg_turbo": check("libjpeg_turbo"),
+        "jpeg_version": features.version("jpg") if check("jpg") else None,
+        "pil_max_image_pixels": Image.MAX_IMAGE_PIXELS,
+        "default_max_pixels": DEFAULT_MAX_PIXELS,
+    }
+
+
 #: Exit status of ``pil-choice`` when Pillow is kept.
 KEEP_PILLOW = 3
 
@@ -110,8 +164,6 @@ def pil_formats() -> dict[str, bool]:
     """
     from PIL import features
 
-    from gpf.pipeline.images import IMAGE_FORMATS, pil_features
-
     formats = dict(pil_features()["formats"])
     if "JPEG2000" in IMAGE_FORMATS and "JPEG2000" not in formats:
         formats["JPEG2000"] = bool(features.check_codec("jpg_2000"))
@@ -120,8 +172,6 @@ def pil_formats() -> dict[str, bool]:
 
 def pil_features_report() -> dict:
     """``pil_features()`` with :func:`pil_formats` as its formats (what ``pil-features`` prints)."""
-    from gpf.pipeline.images import pil_features
-
     return {**pil_features(), "formats": pil_formats()}
 
 

@@ -24,6 +24,10 @@ EMD_R_TRAIN = 2            # EMD loss exponent for training (section III-C)
 EMD_R_EVAL = 1             # EMD reported in Table I
 SAMPLES_PER_SHARD = 1000
 PREPROCESS_BATCH_SIZE = 32
+#: Largest accepted width x height, checked on the header before any pixel is
+#: decoded. 100 MP covers the largest common camera sensors; an RGB image this
+#: size needs 300 MB once decoded.
+DEFAULT_MAX_PIXELS = 100_000_000
 MAX_FAILURE_RATE = 0.05    # share of images a preprocess run may lose before it exits non-zero
 SEED = 0
 DEVICE = "auto"
@@ -78,7 +82,7 @@ DEFAULT_VARIANT = "gpf"
 
 def get_variant(name: str) -> Variant:
     """The variant called ``name``; an error listing the allowed names otherwise."""
-    from gpf.errors import OptionError
+    from .errors import OptionError
 
     if name not in VARIANTS:
         close = difflib.get_close_matches(str(name), VARIANT_NAMES, n=1)

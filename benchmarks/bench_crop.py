@@ -1,4 +1,4 @@
-"""Benchmark the exact Eq. 4 crop search (``gpf.model.crop``) against vectorised NumPy.
+"""Benchmark the exact Eq. 4 crop search (``gpf.model.boxsearch``) against vectorised NumPy.
 
     .venv/bin/python benchmarks/bench_crop.py            # full run, writes docs/bench/crop.md
     .venv/bin/python benchmarks/bench_crop.py --quick    # fewer maps and repeats
@@ -86,7 +86,7 @@ def numpy_best_area(att: np.ndarray, tau: float = TAU) -> tuple[int, float]:
 
 
 def check_agreement(maps: list[np.ndarray]) -> None:
-    from gpf.model.crop import best_box
+    from gpf.model.boxsearch import best_box
     for att in maps:
         y0, x0, y1, x1 = best_box(att, TAU)
         area = (y1 - y0) * (x1 - x0)
@@ -104,7 +104,7 @@ def uniform_noise(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def bench_single(size: int, n_maps: int, repeat: int, numpy_repeat: int, seed: int,
                  kind: str = "attention-like") -> dict:
-    from gpf.model.crop import best_box
+    from gpf.model.boxsearch import best_box
     rng = np.random.default_rng(seed)
     make = uniform_noise if kind == "uniform noise" else attention_like
     maps = [make(size, rng) for _ in range(n_maps)]
@@ -130,7 +130,7 @@ def bench_batch(size: int, batch: int, repeat: int, threads: int, seed: int) -> 
 
 
 def batch_worker(size: int, batch: int, repeat: int, seed: int) -> None:
-    from gpf.model.crop import best_boxes
+    from gpf.model.boxsearch import best_boxes
     rng = np.random.default_rng(seed)
     maps = np.stack([attention_like(size, rng) for _ in range(batch)])
     warm_until = time.perf_counter() + WARMUP_S
@@ -141,7 +141,7 @@ def batch_worker(size: int, batch: int, repeat: int, seed: int) -> None:
 
 def render(single: list[dict], batched: list[dict], command: str) -> str:
     lines = [
-        "## Crop search (`gpf.model.crop.best_box`, paper Eq. 4, tau = 0.7)",
+        "## Crop search (`gpf.model.boxsearch.best_box`, paper Eq. 4, tau = 0.7)",
         "",
         f"Command: `{command}`",
         "",

@@ -148,7 +148,7 @@ def bare_decode(paths) -> None:
 
 def attention_step(dataset: PhotoDataset, backbone: str, batch_size: int):
     """A callable running EB + crop search on the dataset's peripheral views (decoded once, here)."""
-    from gpf.pipeline.crops import attend_views
+    from gpf.pipeline.attend import attend_views
     from gpf.pipeline.images import load_image, peripheral_view
     from gpf.model.device import resolve_device
     from gpf.pipeline.preprocess import load_attention_model

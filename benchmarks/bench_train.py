@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_train.py                      # writes docs/bench/train.md
     .venv/bin/python benchmarks/bench_train.py --quick --no-write   # smoke run
 
-The whole pipeline runs on a synthetic AVA folder (``gpf.pipeline.synthetic``):
+The whole pipeline runs on a synthetic AVA folder (``gpf.workflows.synthetic``):
 a seeded, randomly initialised stage-1 peripheral subnet (speed does not depend
 on its weights) -> ``run_preprocess`` with ``store_features=True`` -> short
 ``train_stage2`` runs of the ``gpf`` variant, the peripheral frozen, once with
@@ -37,7 +37,7 @@ def make_shards(folder: Path, images: int, view: int, backbone: str) -> Path:
     from gpf.model.checkpoint import save_checkpoint, stage1_checkpoint
     from gpf.model.gpf import PeripheralNet
     from gpf.pipeline.preprocess import PreprocessConfig, run_preprocess
-    from gpf.pipeline.synthetic import make_ava_dataset
+    from gpf.workflows.synthetic import make_ava_dataset
 
     make_ava_dataset(folder / "ava", images, seed=0, width=5 * view, height=15 * view // 4, view_size=view)
     torch.manual_seed(0)

@@ -5,14 +5,14 @@
 
 GPF-CNN's claim (paper, sections III-IV, Table I) is that a foveal crop chosen by
 top-down attention beats a single low-resolution column. On AVA nobody knows
-where the deciding detail is; here it is planted (``gpf.pipeline.synthetic``):
+where the deciding detail is; here it is planted (``gpf.workflows.synthetic``):
 the score of each photo depends on a fine plaid on one framed panel (gone in
 the peripheral view, visible in a crop of the panel's size) and, less, on the
 panel's colour (visible at any scale: what teaches stage 1 where to look).
 
 For each task and seed: generate the dataset -> train stage 1 -> preprocess
 (attention crops, random crops) -> train stage 2 for ``single``, ``random``,
-``pf`` and ``gpf`` -> evaluate on the test split (``gpf.train.experiment``).
+``pf`` and ``gpf`` -> evaluate on the test split (``gpf.workflows.experiment``).
 Reported per variant: the paper's six metrics, mean ± sample std over seeds;
 per task: the pointing-game hit rate of the attention boxes (a box covering
 >= 50 % of the panel and small enough for the fovea to resolve the plaid) next
@@ -49,10 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import load_average, machine_line  # noqa: E402
 
+from gpf.vocabulary import VARIANT_NAMES  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "bench" / "fine_detail.md"
 TASKS = ("detail", "control")
-VARIANTS = ("single", "random", "pf", "gpf")
+VARIANTS = VARIANT_NAMES
 METRICS = ("accuracy", "srcc", "lcc", "mae", "rmse", "emd")
 TITLES = {"accuracy": "accuracy %", "srcc": "SRCC", "lcc": "LCC", "mae": "MAE", "rmse": "RMSE", "emd": "EMD"}
 
@@ -85,7 +87,7 @@ FULL = Mode("full", n_images=4000, width=640, height=480, view_size=224, backbon
 def run_one(mode: Mode, task: str, seed: int, variants, work: Path, device: str, threads: int | None,
             echo):
     """Dataset, stage 1, preprocess, stage 2 for ``variants``, evaluation: one ExperimentResult."""
-    from gpf.train.experiment import ExperimentConfig, SyntheticSpec, run_synthetic_experiment
+    from gpf.workflows.experiment import ExperimentConfig, SyntheticSpec, run_synthetic_experiment
 
     folder = work / f"{task}-seed{seed}"
     spec = SyntheticSpec(n_images=mode.n_images, seed=seed, width=mode.width, height=mode.height,
@@ -201,7 +203,7 @@ def markdown(summary: dict, mode: Mode, command: str, seconds: float, device: st
              f"Machine: {machine_line()}; device {resolved_device(device)}; load average before/after below; "
              f"wall time {seconds / 60:.1f} min.", "",
              f"Mode **{mode.name}**: {mode.n_images} synthetic {mode.width}x{mode.height} photos per task and seed "
-             f"(`gpf.pipeline.synthetic`, 20 % test), {mode.view_size} px views, backbone `{mode.backbone}` "
+             f"(`gpf.workflows.synthetic`, 20 % test), {mode.view_size} px views, backbone `{mode.backbone}` "
              f"from scratch; stage 1 -> preprocess (EB, tau = 0.7, {mode.random_crops} random crops) -> stage 2 "
              f"({', '.join(variants)}) -> test split. Cells: mean ± sample std over the seeds.", ""]
     for task, entry in summary.items():

@@ -345,7 +345,7 @@ class Bench:
         from PIL import Image
 
         from bench_preprocess_cpu import fovea_box
-        from gpf.pipeline.crops import attend_views
+        from gpf.pipeline.attend import attend_views
         from gpf.pipeline.images import encode_jpeg, foveal_view, load_image, peripheral_view
         from gpf.model.device import resolve_device
         from gpf.pipeline.preprocess import load_attention_model
@@ -393,7 +393,7 @@ class Bench:
 
     # 5
     def fed(self) -> dict:
-        from gpf.train.logging import DataWaitTimer
+        from gpf.train.runlog import DataWaitTimer
 
         s, device = self.sizes, self.device
         workers = max(1, min(self.cores - 2, self._train_shards()))

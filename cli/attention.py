@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from gpf.cli.common import friendly_errors
-from gpf.vocabulary import DEVICE, DEVICE_CHOICES, TAU
+from .common import friendly_errors
+from ..vocabulary import DEVICE, DEVICE_CHOICES, TAU
 
 
 @click.command()
@@ -21,8 +21,8 @@ from gpf.vocabulary import DEVICE, DEVICE_CHOICES, TAU
 @friendly_errors
 def attention(image, checkpoint, out, device, tau, eb_layer, contrastive, view_size):
     """Draw IMAGE, its EB attention with the tau box, and the foveal crop side by side."""
-    from gpf.pipeline.plots import save_attention_figure
-    from gpf.pipeline.scoring import explain_photo, image_id_of
+    from ..pipeline.plots import save_attention_figure
+    from ..pipeline.scoring import explain_photo, image_id_of
 
     explanation = explain_photo(checkpoint, image, device, tau=tau, eb_layer=eb_layer,
                                 contrastive=contrastive, view_size=view_size)

@@ -73,7 +73,7 @@ def friendly_errors(fn):
     into one clear line and a non-zero exit, no traceback. Anything else is a bug and keeps its traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from gpf.errors import GPFError
+        from ..errors import GPFError
 
         try:
             return fn(*args, **kwargs)

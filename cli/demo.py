@@ -5,8 +5,8 @@ import time
 
 import click
 
-from gpf.cli.common import friendly_errors
-from gpf.vocabulary import DEVICE, DEVICE_CHOICES
+from .common import friendly_errors
+from ..vocabulary import DEVICE, DEVICE_CHOICES
 
 
 @click.command()
@@ -33,7 +33,7 @@ def demo(out, quick, seed, device, threads, fresh):
     low-resolution column. About 2.5 minutes on 2 CPU cores. Rerunning with
     the same options resumes (finished steps are kept). See docs/demo.md.
     """
-    from gpf.train.experiment import demo_plan, run_synthetic_experiment
+    from ..workflows.experiment import demo_plan, run_synthetic_experiment
 
     started = time.perf_counter()
     spec, cfg = demo_plan(out, quick=quick, seed=seed, device=device, threads=threads)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from gpf.cli.common import echo_err, friendly_errors
-from gpf.pipeline.evaluation import DEFAULT_BATCH_SIZE
-from gpf.vocabulary import DEVICE, DEVICE_CHOICES, SPLITS
+from .common import echo_err, friendly_errors
+from ..pipeline.evaluation import DEFAULT_BATCH_SIZE
+from ..vocabulary import DEVICE, DEVICE_CHOICES, SPLITS
 
 
 @click.command()
@@ -39,7 +39,7 @@ def evaluate(checkpoint, shards, split, by_category, json_out, plots_dir, batch_
     size, and (gpf/pf variants) the attention model that made the shards' crops;
     see docs/evaluation.md.
     """
-    from gpf.pipeline.evaluation import evaluate_checkpoint
+    from ..pipeline.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, shards, split, batch_size=batch_size, workers=workers,
                                  device=device, by_category=by_category,
@@ -54,7 +54,7 @@ def evaluate(checkpoint, shards, split, by_category, json_out, plots_dir, batch_
         path.write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
         click.echo(f"metrics written to {path}")
     if plots_dir:
-        from gpf.pipeline.plots import write_evaluation_plots
+        from ..pipeline.plots import write_evaluation_plots
 
         for path in write_evaluation_plots(result, plots_dir):
             click.echo(f"plot written to {path}")

@@ -69,7 +69,7 @@ class LazyGroup(click.Group):
 
 
 def _version_text() -> str:
-    from gpf.env_info import environment_summary
+    from ..env_info import environment_summary
 
     info = environment_summary()
     pil = info["pil"]

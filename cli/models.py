@@ -17,9 +17,9 @@ def models(num_classes: int, names: tuple[str, ...], as_json: bool) -> None:
     Excitation Backprop layer, GIF bottleneck [W1, C] (paper Table II) and the
     parameter counts of the stage-1 model and of every stage-2 variant.
     """
-    from gpf.errors import GPFError
-    from gpf.model.backbones import get_spec
-    from gpf.model.gpf import describe_backbones, format_backbone_table
+    from ..errors import GPFError
+    from ..model.backbones import get_spec
+    from ..model.gpf import describe_backbones, format_backbone_table
 
     for name in names:
         try:

@@ -7,8 +7,9 @@ from collections import Counter
 
 import click
 
-from gpf.cli.common import echo_err, friendly_errors
-from gpf.vocabulary import DEVICE, DEVICE_CHOICES
+from .common import echo_err, friendly_errors
+from ..pipeline import scoring
+from ..vocabulary import DEVICE, DEVICE_CHOICES
 
 _HEADER = f"{'mean':>6} {'std':>6} {'class':<5} {'box x0,y0,x1,y1':<20} image"
 
@@ -29,12 +30,12 @@ def _table_row(result) -> str:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout instead of the table.")
 @click.option("--parquet", "parquet_out", type=click.Path(dir_okay=False),
               help="Write one row per image here (id, path, mean, std, distribution, high, box, status, error).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=scoring.DEFAULT_BATCH_SIZE, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Decoding threads (0 = one per CPU core).")
 @click.option("--device", default=DEVICE, show_default=True, help=DEVICE_CHOICES)
 @click.option("--random-crops", type=click.IntRange(min=1), default=None,
-              help="'random' variant: crops averaged per photo (default 5).")
+              help=f"'random' variant: crops averaged per photo (default {scoring.DEFAULT_RANDOM_CROPS}).")
 @click.option("--threshold", type=float, default=None,
               help="High/low cut on the mean score (default: the checkpoint's).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
@@ -49,8 +50,8 @@ def predict(images, checkpoint, as_json, parquet_out, batch_size, workers, devic
     alone). Unreadable images are reported and skipped; the exit code is 1
     only when no image could be scored.
     """
-    from gpf.pipeline.progress import Progress
-    from gpf.pipeline.scoring import ParquetResultWriter, Scorer, iter_image_files
+    from ..pipeline.progress import Progress
+    from ..pipeline.scoring import ParquetResultWriter, Scorer, iter_image_files
 
     scorer = Scorer.from_checkpoint(checkpoint, device, random_crops=random_crops, threshold=threshold,
                                     max_pixels=max_pixels, workers=workers)

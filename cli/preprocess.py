@@ -5,9 +5,9 @@ import sys
 
 import click
 
-from gpf.cli.common import collect_dataset_options, config_default, dataset_options, friendly_errors
-from gpf.pipeline.preprocess import PreprocessConfig
-from gpf.vocabulary import DEVICE_CHOICES, SPLITS
+from .common import collect_dataset_options, config_default, dataset_options, friendly_errors
+from ..pipeline.preprocess import PreprocessConfig
+from ..vocabulary import DEVICE_CHOICES, SPLITS
 
 
 def _default(name: str):
@@ -43,7 +43,8 @@ def _preprocess_options(fn):
         click.option("--store-features", is_flag=True,
                      help="Store the peripheral's pooled descriptor so stage 2 can skip its forward."),
         click.option("--seed", type=int, default=_default("seed"), show_default=True),
-        click.option("--max-pixels", type=int, default=None, help="Decompression-bomb limit (pixels)."),
+        click.option("--max-pixels", type=int, default=_default("max_pixels"), show_default=True,
+                     help="Decompression-bomb limit (pixels)."),
         click.option("--max-failure-rate", type=float, default=_default("max_failure_rate"), show_default=True,
                      help="Exit non-zero when a larger share of images fails."),
         click.option("--overwrite", is_flag=True, help="Start afresh in a folder made with another config."),
@@ -58,13 +59,11 @@ def _preprocess_options(fn):
 
 
 def _run(kind: str, root: str, **kw) -> None:
-    from gpf.pipeline.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, TooManyFailuresError, run_preprocess
+    from ..pipeline.preprocess import TooManyFailuresError, run_preprocess
 
     dataset_opts = collect_dataset_options(kind, kw.pop("val_size"), kw.pop("split_seed"),
                                            kw.pop("image_root"), kw.pop("threshold"))
     quiet = kw.pop("quiet")
-    if kw["max_pixels"] is None:
-        kw["max_pixels"] = DEFAULT_MAX_PIXELS
     cfg = PreprocessConfig(dataset=kind, root=str(root), dataset_options=dataset_opts,
                            progress=not quiet, **kw)
     try:

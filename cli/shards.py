@@ -5,7 +5,7 @@ import json
 
 import click
 
-from gpf.cli.common import friendly_errors
+from .common import friendly_errors
 
 
 @click.group()
@@ -26,7 +26,7 @@ def verify(folder, quick, write_manifest):
 
     Prints one line per problem and a summary; exits 1 when anything is wrong.
     """
-    from gpf.shards.verify import verify_shards
+    from ..shards.verify import verify_shards
 
     report = verify_shards(folder, deep=not quick, write_manifest=write_manifest)
     for note in report.notes:
@@ -44,7 +44,7 @@ def verify(folder, quick, write_manifest):
 @friendly_errors
 def info(folder, as_json):
     """Counts per split and status, box statistics and the config of FOLDER."""
-    from gpf.shards.verify import format_info, info as shard_info
+    from ..shards.verify import format_info, info as shard_info
 
     summary = shard_info(folder)
     if as_json:

@@ -10,10 +10,10 @@ import os
 
 import click
 
-from gpf.cli.common import (DATASET_KINDS, collect_dataset_options, dataset_options, default_help,
+from .common import (DATASET_KINDS, collect_dataset_options, dataset_options, default_help,
                             friendly_errors)
-from gpf.train.config import DEVICE_HELP, USE_FEATURES_CHOICES, Stage1Config, Stage2Config, TrainConfig
-from gpf.vocabulary import VARIANT_NAMES
+from ..train.config import DEVICE_HELP, USE_FEATURES_CHOICES, Stage1Config, Stage2Config, TrainConfig
+from ..vocabulary import VARIANT_NAMES
 
 
 def _training_options(fn):
@@ -70,8 +70,8 @@ def _overrides(kw: dict) -> dict:
 
 
 def _build(cls, kw: dict):
-    from gpf.train.config import build_config
-    from gpf.train.run import saved_config
+    from ..train.config import build_config
+    from ..train.run import saved_config
 
     saved = saved_config(kw["resume"]) if kw.get("resume") else None
     return build_config(cls, yaml_path=kw.get("config_file"), overrides=_overrides(kw), saved=saved)
@@ -112,8 +112,8 @@ def stage1(kind, root, val_size, split_seed, image_root, threshold, **kw):
 
     Writes RUN/best.pt, the checkpoint `gpf preprocess --stage1 RUN` takes.
     """
-    from gpf.train.config import Stage1Config
-    from gpf.train.stage1 import train_stage1
+    from ..train.config import Stage1Config
+    from ..train.stage1 import train_stage1
 
     options = collect_dataset_options(kind, val_size, split_seed, image_root, threshold)
     kw.update(dataset=kind, root=str(root), dataset_options=options or None)
@@ -144,8 +144,8 @@ def stage1(kind, root, val_size, split_seed, image_root, threshold, **kw):
 @friendly_errors
 def stage2(stage1_ckpt, **kw):
     """Train the foveal subnet and fusion on shards with the EMD loss (r = 2), peripheral frozen."""
-    from gpf.train.config import Stage2Config
-    from gpf.train.stage2 import train_stage2
+    from ..train.config import Stage2Config
+    from ..train.stage2 import train_stage2
 
     kw["stage1"] = stage1_ckpt
     cfg = _build(Stage2Config, kw)

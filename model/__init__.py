@@ -5,7 +5,7 @@ does not import torch.
 """
 from __future__ import annotations
 
-from gpf._lazy import lazy_exports
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     # backbones
@@ -27,9 +27,9 @@ _EXPORTS = {
     "attention_model_from_checkpoint": "checkpoint",
     # attention, crop search, loss, metrics
     "excitation_backprop": "attention", "upsample_map": "attention", "eb_layer_names": "attention",
-    "best_box": "crop", "best_boxes": "crop", "map_box_to_image": "crop", "box_fraction": "crop",
+    "best_box": "boxsearch", "best_boxes": "boxsearch", "map_box_to_image": "boxsearch", "box_fraction": "boxsearch",
     "emd_loss": "losses", "evaluate": "metrics", "mean_score": "metrics", "std_score": "metrics",
-    "EBLayerError": "attention", "AttentionMapError": "crop", "DistributionError": "metrics",
+    "EBLayerError": "attention", "AttentionMapError": "boxsearch", "DistributionError": "metrics",
     # geometry
     "peripheral_size": "geometry",
 }

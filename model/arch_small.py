@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from gpf.model.arch_resnet import relu_not_inplace
+from .arch_resnet import relu_not_inplace
 
 TINY_CHANNELS = 32
 SMALL_CHANNELS = 32

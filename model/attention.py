@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpf.errors import GPFError
+from ..errors import GPFError
 
 
 class EBLayerError(GPFError, ValueError):

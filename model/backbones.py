@@ -23,8 +23,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from gpf.errors import GPFError
-from gpf.model import arch_alexnet, arch_inception, arch_resnet, arch_small, arch_vgg
+from ..errors import GPFError
+from . import arch_alexnet, arch_inception, arch_resnet, arch_small, arch_vgg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -235,7 +235,7 @@ def create_backbone(name: str, weights: str | os.PathLike = "none", *, download:
         raise BackboneError(f"backbone {name!r}: default_eb_layer {reg.spec.default_eb_layer!r} is not a module; "
                          f"choose one of {', '.join(n for n in layers if n.startswith('features.'))}")
     if weights not in (None, "none"):
-        from gpf.model.weights import load_backbone_weights
+        from .weights import load_backbone_weights
 
         load_backbone_weights(backbone, weights, download=download)
     return backbone
@@ -285,7 +285,7 @@ _register_builtins()
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m gpf.model.backbones``: the table of ``gpf models``."""
-    from gpf.model.gpf import describe_backbones, format_backbone_table
+    from .gpf import describe_backbones, format_backbone_table
 
     print(format_backbone_table(describe_backbones()))
 

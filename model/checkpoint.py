@@ -35,8 +35,8 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from gpf.errors import GPFError
-from gpf.fsutil import atomic_write
+from ..errors import GPFError
+from ..fsutil import atomic_write
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -98,7 +98,7 @@ def state_dict_digest(state_dict: Mapping[str, Any]) -> str:
 
 def default_meta(**extra: Any) -> dict:
     """gpf and torch versions and the UTC creation time, plus ``extra``."""
-    from gpf._version import __version__
+    from .._version import __version__
 
     return {"gpf_version": __version__, "torch_version": str(torch.__version__),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
@@ -231,7 +231,7 @@ class Checkpoint:
                                   f"backbone from a plain state dict pass it as --weights PATH.")
         version = payload.get("format_version")
         if version not in READABLE_VERSIONS:
-            from gpf._version import __version__
+            from .._version import __version__
 
             made_by = (payload.get("meta") or {}).get("gpf_version", "?") if isinstance(payload.get("meta"), Mapping) \
                 else "?"
@@ -393,7 +393,7 @@ def instantiate(config: Mapping, state_dict: Mapping[str, torch.Tensor], source:
     Parameters are allocated uninitialised (built on the ``meta`` device) and
     then filled from the state dict, so rebuilding VGG16 costs no random init.
     """
-    from gpf.model.gpf import build_model
+    from .gpf import build_model
 
     with torch.device("meta"):
         probe = build_model(config)

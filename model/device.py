@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from gpf.errors import OptionError
-from gpf.vocabulary import DEVICE_CHOICES
+from ..errors import OptionError
+from ..vocabulary import DEVICE_CHOICES
 
 
 def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:

@@ -7,7 +7,7 @@ backbone's minimum input so a 4000x50 panorama still runs.
 """
 from __future__ import annotations
 
-from gpf.errors import OptionError
+from ..errors import OptionError
 
 
 def peripheral_size(width: int, height: int, view_size: int, stride: int = 1,

@@ -30,10 +30,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from gpf.errors import GPFError, OptionError
-from gpf.vocabulary import VARIANT_NAMES
-from gpf.vocabulary import VARIANTS as VARIANT_TABLE
-from gpf.model.backbones import (Backbone, BackboneSpec, build_imagenet_head, create_backbone,
+from ..errors import GPFError, OptionError
+from ..vocabulary import VARIANT_NAMES
+from ..vocabulary import VARIANTS as VARIANT_TABLE
+from .backbones import (Backbone, BackboneSpec, build_imagenet_head, create_backbone,
                                  get_spec, list_backbones)
 
 VARIANTS = VARIANT_NAMES
@@ -184,7 +184,7 @@ def imagenet_classifier(name: str, weights: str = "imagenet", *, download: bool 
     spec = get_spec(name)
     model = Classifier(spec, create_backbone(name).features, build_imagenet_head(name))
     if weights not in (None, "none"):
-        from gpf.model.weights import load_classifier_weights
+        from .weights import load_classifier_weights
 
         load_classifier_weights(model, weights, download=download)
     return model
@@ -383,8 +383,8 @@ class GPFNet(nn.Module):
         ``PeripheralNet`` / ``Backbone`` state dict (``features.*`` keys; head
         keys are ignored).
         """
-        from gpf.model.checkpoint import Checkpoint
-        from gpf.model.weights import load_state_into, unwrap_state_dict
+        from .checkpoint import Checkpoint
+        from .weights import load_state_into, unwrap_state_dict
 
         trained_on = None
         if isinstance(state, Checkpoint):

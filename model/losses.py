@@ -12,8 +12,8 @@ from numbers import Real
 
 import torch
 
-from gpf.errors import OptionError
-from gpf.model.metrics import DistributionError
+from ..errors import OptionError
+from .metrics import DistributionError
 
 __all__ = ["emd_loss"]
 

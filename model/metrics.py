@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpf.errors import GPFError, OptionError
+from ..errors import GPFError, OptionError
 
 __all__ = ["normalize", "mean_score", "std_score", "emd", "evaluate", "METRIC_KEYS", "DistributionError"]
 

@@ -25,7 +25,7 @@ from typing import Mapping
 
 import torch
 from torch import nn
-from gpf.errors import GPFError
+from ..errors import GPFError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _expected_hash_prefix(filename: str) -> str | None:
 
 def _download(url: str, destination: Path, timeout: float) -> None:
     """Stream ``url`` to a temp file next to ``destination``, check its hash prefix, rename."""
-    from gpf.fsutil import atomic_write
+    from ..fsutil import atomic_write
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     prefix = _expected_hash_prefix(destination.name)
@@ -84,7 +84,7 @@ def imagenet_weights_file(backbone_name: str, weights_name: str | None, *, downl
                           timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
     """Path of the cached ImageNet weights of ``backbone_name``, downloading once if allowed."""
     if not weights_name:
-        from gpf.model.backbones import list_backbones, get_spec
+        from .backbones import list_backbones, get_spec
 
         with_weights = [n for n in list_backbones() if get_spec(n).torchvision_weights]
         raise WeightsError(f"backbone {backbone_name!r} has no ImageNet weights; use weights='none' or a "
@@ -113,7 +113,7 @@ def imagenet_weights_file(backbone_name: str, weights_name: str | None, *, downl
 
 def read_state_dict(path: str | os.PathLike) -> dict:
     """``torch.load(path, weights_only=True)`` on CPU, with errors that name the file."""
-    from gpf.model.checkpoint import safe_torch_load
+    from .checkpoint import safe_torch_load
 
     path = Path(path)
     if not path.is_file():
@@ -130,7 +130,7 @@ def unwrap_state_dict(obj, source: str = "state dict") -> dict[str, torch.Tensor
     A gpf stage-1 checkpoint gives its model's keys (``features.*``, ``head.*``);
     a stage-2 checkpoint gives its peripheral subnet renamed to ``features.*``.
     """
-    from gpf.model.checkpoint import MADE_BY, Checkpoint, CheckpointError
+    from .checkpoint import MADE_BY, Checkpoint, CheckpointError
 
     if not isinstance(obj, Checkpoint) and obj.get("format") in MADE_BY:
         try:
@@ -237,7 +237,7 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, keym
 
 def resolve_weights_state(backbone_name: str, weights: str | os.PathLike, *, download: bool = True) -> tuple[dict, str]:
     """(state dict, description of its source) for ``weights`` = ``'imagenet'`` or a PATH."""
-    from gpf.model.backbones import get_spec
+    from .backbones import get_spec
 
     if isinstance(weights, str) and weights == "imagenet":
         path = imagenet_weights_file(backbone_name, get_spec(backbone_name).torchvision_weights,
@@ -253,7 +253,7 @@ def resolve_weights_state(backbone_name: str, weights: str | os.PathLike, *, dow
 
 def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike, *, download: bool = True) -> None:
     """Load ``'imagenet'`` or a PATH into a :class:`~gpf.model.backbones.Backbone` (head keys ignored)."""
-    from gpf.model.backbones import torchvision_keys
+    from .backbones import torchvision_keys
 
     name = backbone.spec.name
     state, source = resolve_weights_state(name, weights, download=download)
@@ -262,7 +262,7 @@ def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike, *, do
 
 def load_classifier_weights(model: nn.Module, weights: str | os.PathLike, *, download: bool = True) -> None:
     """Load ``'imagenet'`` or a PATH into a features + head classifier (all keys must fit)."""
-    from gpf.model.backbones import torchvision_keys
+    from .backbones import torchvision_keys
 
     name = model.spec.name
     state, source = resolve_weights_state(name, weights, download=download)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from gpf.errors import GPFError
-from gpf.model.checkpoint import Checkpoint
-from gpf.shards.manifest import RunFields
-from gpf.vocabulary import DEFAULT_VARIANT, get_variant
+from ..errors import GPFError
+from ..model.checkpoint import Checkpoint
+from ..shards.manifest import RunFields
+from ..vocabulary import DEFAULT_VARIANT, get_variant
 
 
 class FitError(GPFError, ValueError):

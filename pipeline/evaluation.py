@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from gpf.errors import GPFError
-from gpf.model.metrics import METRIC_KEYS
+from ..errors import GPFError
+from ..model.metrics import METRIC_KEYS
 
 if TYPE_CHECKING:
-    from gpf.shards.manifest import Manifest
+    from ..shards.manifest import Manifest
 
 DEFAULT_BATCH_SIZE = 64
 #: Column titles of the paper's Table I, in :data:`METRIC_KEYS` order.
@@ -164,7 +164,7 @@ def format_table(rows: Sequence[tuple[str, int, dict]], first: str) -> list[str]
 def _loader_batches(shard_dir, split: str, batch_size: int, workers: int | None, members: tuple,
                     pin_memory: bool) -> Iterator[dict]:
     """Batches of ``make_loader`` in evaluation mode: every sample exactly once."""
-    from gpf.shards.reader import make_loader
+    from ..shards.reader import make_loader
 
     loader = make_loader(shard_dir, split, batch_size, shuffle=False, num_workers=workers,
                          members=members, pin_memory=pin_memory)
@@ -184,8 +184,8 @@ def _random_crop_batches(shard_dir, split: str, batch_size: int) -> Iterator[dic
 
     import torch
 
-    from gpf.shards.layout import JSON, PERIPH, jpeg_size, rand_index
-    from gpf.shards.reader import decode_jpegs_uint8, iter_samples, list_shards
+    from ..shards.layout import JSON, PERIPH, jpeg_size, rand_index
+    from ..shards.reader import decode_jpegs_uint8, iter_samples, list_shards
 
     def keep(_key: str, member: str) -> bool:
         return member in (JSON, PERIPH) or rand_index(member) is not None
@@ -259,7 +259,7 @@ def _group_labels(shard_dir, manifest: Manifest, split: str) -> dict[str, tuple[
 def group_results(ids: Sequence[str], pred: np.ndarray, true: np.ndarray, labels: dict, threshold: float,
                   scores) -> tuple[str, list[GroupResult], int]:
     """Table IV: metrics per category, or per semantic tag when no image has a category."""
-    from gpf.model.metrics import evaluate
+    from ..model.metrics import evaluate
 
     category = [labels.get(i, (None, ()))[0] for i in ids]
     if any(c is not None for c in category):
@@ -278,7 +278,7 @@ def group_results(ids: Sequence[str], pred: np.ndarray, true: np.ndarray, labels
 # ----------------------------------------------------------------------------- entry point
 
 def _refuse_damaged_shards(shard_dir, manifest: Manifest, split: str) -> None:
-    from gpf.shards.verify import check_checksums
+    from ..shards.verify import check_checksums
 
     problems = check_checksums(shard_dir, manifest, splits=(split,))
     if problems:
@@ -295,12 +295,12 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
     ``workers``: loader processes (None: up to 4). Every sample of the split is
     read exactly once. See the module doc for the checks and the ``random`` variant.
     """
-    from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
-    from gpf.model.metrics import evaluate, normalize
-    from gpf.pipeline.compat import check_fit
-    from gpf.model.device import resolve_device
-    from gpf.pipeline.progress import Progress
-    from gpf.shards.manifest import read_manifest
+    from ..model.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
+    from ..model.metrics import evaluate, normalize
+    from .compat import check_fit
+    from ..model.device import resolve_device
+    from .progress import Progress
+    from ..shards.manifest import read_manifest
 
     if split not in SPLITS:
         raise EvaluationError(f"split {split!r} is not one of {', '.join(SPLITS)}")

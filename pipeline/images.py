@@ -27,24 +27,15 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gpf.errors import GPFError, OptionError
-from gpf.model.geometry import peripheral_size
-
-#: Largest accepted width x height, checked on the header before any pixel is
-#: decoded. 100 MP covers the largest common camera sensors; an RGB image this
-#: size needs 300 MB once decoded.
-DEFAULT_MAX_PIXELS = 100_000_000
-
-#: Formats ``load_image`` will open (those this PIL build can read). Vector and
-#: document formats (EPS, PDF, WMF) are excluded: opening them would run
-#: external interpreters on untrusted files.
-IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "TIFF", "BMP", "PPM", "JPEG2000", "AVIF")
+from ..env_info import IMAGE_FORMATS, pil_features, readable_formats as _readable_formats  # noqa: F401 (re-exported)
+from ..errors import GPFError, OptionError
+from ..model.geometry import peripheral_size
+from ..vocabulary import DEFAULT_MAX_PIXELS  # noqa: F401 (re-exported: one pixel limit for every command)
 
 #: Why an image could not be used, with what to do about it.
 STATUS_ADVICE = {
@@ -260,25 +251,6 @@ def _check_regular_file(path: Path) -> None:
 
 
 # Formats whose plugin registers even when PIL was built without the codec.
-_CODEC_MODULES = {"WEBP": "webp", "AVIF": "avif"}
-
-
-@lru_cache(maxsize=1)
-def _readable_formats() -> tuple[str, ...]:
-    """The :data:`IMAGE_FORMATS` this PIL build can actually decode."""
-    from PIL import features
-
-    Image.init()
-
-    def usable(name: str) -> bool:
-        module = _CODEC_MODULES.get(name)
-        if module is None:
-            return True
-        return module in features.modules and features.check_module(module)
-
-    return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN and usable(f))
-
-
 def _open(path: Path) -> Image.Image:
     """Identify the file and read its header (no pixel data)."""
     try:
@@ -524,7 +496,7 @@ def encode_jpeg(img: Image.Image, quality: int = 95, subsampling: str = "4:2:0")
     """JPEG bytes at an explicit quality and chroma subsampling (baseline, not
     optimised, no metadata): the same pixels and library give the same bytes.
 
-    Shards store views at quality 95 (DESIGN.md: "never by the writer's default").
+    Shards store views at gpf.vocabulary.JPEG_QUALITY (docs/shards.md: never the writer's default).
     """
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
         raise OptionError(f"JPEG quality must be an integer in 1..100, got {quality!r}", param="jpeg_quality")
@@ -549,34 +521,3 @@ def to_uint8_tensor(img: Image.Image):
         raise ValueError(f"to_uint8_tensor takes RGB or L images, got mode {img.mode}")
     array = np.array(img, dtype=np.uint8)  # a writable copy torch can own
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-def pil_features() -> dict:
-    """What this PIL can do: ``gpf.env_info.pil_flavour()`` (flavour, version,
-    avx2) plus the readable formats, the JPEG library and PIL's own pixel limit."""
-    from PIL import features
-
-    from gpf.env_info import pil_flavour
-
-    def check(name: str) -> bool:
-        known = (getattr(features, "modules", {}), getattr(features, "codecs", {}),
-                 getattr(features, "features", {}))
-        return any(name in table for table in known) and bool(features.check(name))
-
-    readable = set(_readable_formats())
-    return {
-        **pil_flavour(),
-        "formats": {
-            "JPEG": "JPEG" in readable and check("jpg"),
-            "PNG": "PNG" in readable and check("zlib"),
-            "WEBP": "WEBP" in readable and check("webp"),
-            "TIFF": "TIFF" in readable,
-            "TIFF_libtiff": check("libtiff"),
-            "GIF": "GIF" in readable,
-            "AVIF": "AVIF" in readable and check("avif"),
-        },
-        "libjpeg_turbo": check("libjpeg_turbo"),
-        "jpeg_version": features.version("jpg") if check("jpg") else None,
-        "pil_max_image_pixels": Image.MAX_IMAGE_PIXELS,
-        "default_max_pixels": DEFAULT_MAX_PIXELS,
-    }

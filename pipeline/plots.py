@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gpf.errors import GPFError
+from ..errors import GPFError
 
 #: Files written by :func:`write_evaluation_plots`.
 PLOT_FILES = {"distributions": "distributions.png", "scatter": "mean_scatter.png", "emd": "emd_hist.png"}
@@ -143,7 +143,7 @@ def attention_overlay(image, attn: np.ndarray, alpha: float = 0.55):
     """``image`` (PIL RGB) blended with its attention map, upsampled bicubic like the crop search."""
     from PIL import Image
 
-    from gpf.model.attention import upsample_map
+    from ..model.attention import upsample_map
 
     width, height = image.size
     up = np.clip(upsample_map(np.asarray(attn, dtype=np.float32), (height, width)), 0, None)

@@ -1,4 +1,4 @@
-"""The stage-1 pass: decode once, attention, optimal crop, shards (DESIGN.md, "What the system does").
+"""The stage-1 pass: decode once, attention, optimal crop, shards (docs/preprocess.md).
 
 Per image: full-resolution decode (EXIF applied, RGB, pixel limit) -> peripheral
 view (longest side = view size) -> Excitation Backprop map on the peripheral
@@ -33,15 +33,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gpf import vocabulary
-from gpf.vocabulary import cli_option
-from gpf.errors import GPFError
-from gpf.fsutil import atomic_write_bytes
-from gpf.model.checkpoint import resolve_checkpoint_path
-from gpf.model.device import resolve_device
-from gpf.pipeline.crops import AttentionModel, attend_views
-from gpf.pipeline.images import DEFAULT_MAX_PIXELS  # one pixel limit for every command
-from gpf.pipeline.progress import Progress
+from .. import vocabulary
+from ..vocabulary import cli_option
+from ..errors import GPFError
+from ..fsutil import atomic_write_bytes
+from ..model.checkpoint import resolve_checkpoint_path
+from ..model.device import resolve_device
+from .attend import AttentionModel, attend_views
+from ..vocabulary import DEFAULT_MAX_PIXELS  # one pixel limit for every command
+from .progress import Progress
 
 # Config keys that decide the bytes of the shards: a rerun with a different
 # value for any of them must not mix outputs in one folder.
@@ -169,7 +169,7 @@ def resolve_world(cfg: PreprocessConfig) -> tuple[int, int]:
 
 def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
     """The network whose EB maps choose the crops: a stage-1 checkpoint or an ImageNet classifier."""
-    from gpf.model import checkpoint as ckpt_mod
+    from ..model import checkpoint as ckpt_mod
 
     if cfg.stage1 and cfg.backbone:
         raise PreprocessError("give either --stage1 (a trained peripheral subnet) or --backbone/--weights, not both")
@@ -181,7 +181,7 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
         split_spec = ckpt.split_spec
         description = {"kind": "stage1", "path": str(path), "digest": digest, "backbone": model.spec.name}
     elif cfg.backbone:
-        from gpf.model.gpf import imagenet_classifier
+        from ..model.gpf import imagenet_classifier
 
         import torch
 
@@ -203,7 +203,7 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
 
 def load_inputs(cfg: PreprocessConfig, att: AttentionModel | None):
     """The dataset, with the split chosen; refuses a split spec the stage-1 model was not trained with."""
-    from gpf.pipeline.sources import open_dataset
+    from .sources import open_dataset
 
     dataset = open_dataset(cfg.dataset, cfg.root, strict=False, check_images=False, **cfg.dataset_options)
     if att is not None and att.split_spec is not None and att.split_spec != dataset.split_spec:
@@ -263,7 +263,7 @@ class _Worker:
         self.min_side = att.min_side
 
     def decode(self, item: _Item) -> _Item:
-        from gpf.pipeline.images import ImageError, load_image, peripheral_view
+        from .images import ImageError, load_image, peripheral_view
 
         if item.status != "ok":
             return item
@@ -282,8 +282,8 @@ class _Worker:
 
     def finish(self, item: _Item) -> _Item:
         """Foveal view, JPEG encodes and the tar sample of a decoded item."""
-        from gpf.pipeline.images import encode_jpeg, foveal_view, random_crops
-        from gpf.shards.layout import safe_key
+        from .images import encode_jpeg, foveal_view, random_crops
+        from ..shards.layout import safe_key
 
         if item.status != "ok":
             return item
@@ -335,9 +335,9 @@ def attend(items: Sequence[_Item], att: AttentionModel, cfg: PreprocessConfig) -
 
 
 def metadata_row(item: _Item, shard: str, scores: Sequence[float] | None = None) -> dict:
-    """One Parquet row (DESIGN.md, shard contract) for an item, failed or not."""
-    from gpf.model.metrics import mean_score, std_score
-    from gpf.shards.layout import safe_key
+    """One Parquet row (docs/shards.md, the Parquet metadata) for an item, failed or not."""
+    from ..model.metrics import mean_score, std_score
+    from ..shards.layout import safe_key
 
     record = item.record
     votes = [int(v) for v in record.votes] if record is not None else None
@@ -382,14 +382,14 @@ class _ShardJob:
 
     @property
     def name(self) -> str:
-        from gpf.shards.layout import shard_name
+        from ..shards.layout import shard_name
 
         return shard_name(self.split, self.index)
 
 
 def plan_shards(items_by_split: dict[str, list[_Item]], cfg: PreprocessConfig) -> list[_ShardJob]:
     """Every shard of the whole job (all ranks), in a fixed order."""
-    from gpf.shards.layout import assign_shards
+    from ..shards.layout import assign_shards
 
     jobs: list[_ShardJob] = []
     for split in sorted(items_by_split):
@@ -452,8 +452,8 @@ def _remove_outputs(out: Path) -> None:
 
 def run_preprocess(cfg: PreprocessConfig) -> Summary:
     """Run (or resume) the stage-1 pass described by ``cfg``; returns the summary of this rank."""
-    from gpf.env_info import environment_summary
-    from gpf.shards.writer import is_shard_done, read_stats, write_shard
+    from ..env_info import environment_summary
+    from ..shards.writer import is_shard_done, read_stats, write_shard
 
     _validate(cfg)
     cfg.root = str(Path(cfg.root).resolve())
@@ -576,8 +576,8 @@ def _validate(cfg: PreprocessConfig) -> None:
 def _maybe_write_manifest(out: Path, jobs: Sequence[_ShardJob], cfg: PreprocessConfig,
                           environment: dict, att: AttentionModel, dataset) -> bool:
     """Write manifest.json once every shard of the job (all ranks) is done."""
-    from gpf.shards.manifest import RunFields, write_manifest
-    from gpf.shards.writer import is_shard_done
+    from ..shards.manifest import RunFields, write_manifest
+    from ..shards.writer import is_shard_done
 
     if not all(is_shard_done(out, j.split, j.index) for j in jobs):
         return False

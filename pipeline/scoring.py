@@ -5,13 +5,13 @@ resolution -> peripheral view (aspect kept, longest side = view size) ->
 Excitation Backprop map of the *embedded* stage-1 model (Eq. 2-3) -> optimal
 tau box (Eq. 4), mapped to original pixels -> foveal view (the box of the
 original, zoomed to view size square) -> both subnets and the fusion -> softmax
-over the N score buckets. The box is computed by :func:`gpf.pipeline.crops.attend_views`
+over the N score buckets. The box is computed by :func:`gpf.pipeline.attend.attend_views`
 with the view geometry of ``gpf preprocess``, so a photo of a shard gets exactly
 the box stored in the shard's Parquet row.
 
 Usage (README)::
 
-    from gpf.pipeline.scoring import Scorer
+    from .scoring import Scorer
     scorer = Scorer.from_checkpoint("runs/gpf-vgg16/best.pt")   # device='auto'
     result = scorer.score(Image.open("photo.jpg"))              # or a path
     print(result.mean, result.distribution, result.box)
@@ -35,11 +35,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from gpf.errors import GPFError
-from gpf.fsutil import commit, temp_path
-from gpf.vocabulary import TAU
-from gpf.model.checkpoint import Checkpoint, resolve_checkpoint_path
-from gpf.pipeline.crops import AttentionModel, Attended, attend_views
+from ..errors import GPFError
+from ..fsutil import commit, temp_path
+from ..vocabulary import TAU
+from ..model.checkpoint import Checkpoint, resolve_checkpoint_path
+from .attend import AttentionModel, Attended, attend_views
 
 DEFAULT_BATCH_SIZE = 32
 #: Random crops averaged per photo by the ``random`` variant (see :class:`Scorer`).
@@ -120,7 +120,7 @@ def image_id_of(source, index: int = 0) -> str:
 
 def load_source(source, max_pixels: int | None):
     """``(upright RGB image, path or None)`` of a path or a PIL image; raises ImageError."""
-    from gpf.pipeline.images import load_image, upright_rgb
+    from .images import load_image, upright_rgb
 
     if isinstance(source, (str, os.PathLike)):
         return load_image(source, max_pixels=max_pixels), str(source)
@@ -152,7 +152,7 @@ def iter_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True)
 
 def attention_view(att: AttentionModel, image, view_size: int) -> AttentionView:
     """Peripheral view, EB map, tau box and foveal view of one upright RGB image (as preprocess makes them)."""
-    from gpf.pipeline.images import foveal_view, peripheral_view
+    from .images import foveal_view, peripheral_view
 
     periph = peripheral_view(image, view_size, stride=att.stride, min_side=att.min_side)
     attended = attend_views(att, [periph], [image.size])[0]
@@ -167,8 +167,8 @@ def load_stage2_checkpoint(checkpoint) -> tuple[Checkpoint, Path]:
 
     Refuses, with one line saying what to pass instead, a stage-1 checkpoint.
     """
-    from gpf.model.checkpoint import load_checkpoint
-    from gpf.pipeline.compat import check_self_consistent
+    from ..model.checkpoint import load_checkpoint
+    from .compat import check_self_consistent
 
     path = resolve_checkpoint_path(checkpoint)
     ckpt = load_checkpoint(path)
@@ -223,7 +223,7 @@ class Scorer:
     def __init__(self, model, attention: AttentionModel, *, view_size: int, scores: Sequence[float],
                  threshold: float | None, device, random_crops: int = DEFAULT_RANDOM_CROPS, seed: int = 0,
                  max_pixels: int | None = None, workers: int = 0, source: str | None = None):
-        from gpf.pipeline.preprocess import DEFAULT_MAX_PIXELS
+        from ..vocabulary import DEFAULT_MAX_PIXELS
 
         if not isinstance(random_crops, int) or isinstance(random_crops, bool) or random_crops < 1:
             raise ScoringError(f"random_crops must be a positive int, got {random_crops!r}")
@@ -265,8 +265,8 @@ class Scorer:
                     random_crops: int | None = None, threshold: float | None = None,
                     max_pixels: int | None = None, workers: int = 0) -> "Scorer":
         """A scorer for a loaded stage-2 :class:`Checkpoint` (see :meth:`from_checkpoint`)."""
-        from gpf.model.checkpoint import model_from_checkpoint
-        from gpf.model.device import resolve_device
+        from ..model.checkpoint import model_from_checkpoint
+        from ..model.device import resolve_device
 
         device = resolve_device(device)
         model = model_from_checkpoint(ckpt)
@@ -301,7 +301,7 @@ class Scorer:
 
     def explain(self, image, image_id: str | None = None) -> tuple[ScoreResult, AttentionView]:
         """Score one photo and return the attention panels (for ``gpf attention``)."""
-        from gpf.pipeline.images import foveal_view
+        from .images import foveal_view
 
         work = self._decode(_Work(image_id or image_id_of(image), None, source=image), keep_error=True)
         full_image, periph = work.image, work.periph
@@ -343,7 +343,7 @@ class Scorer:
 
     def _decode(self, work: _Work, keep_error: bool = False) -> _Work:
         """Full-resolution upright decode and the peripheral view (runs in a worker thread)."""
-        from gpf.pipeline.images import ImageError, peripheral_view
+        from .images import ImageError, peripheral_view
 
         try:
             work.image, path = load_source(work.source, self.max_pixels)
@@ -393,7 +393,7 @@ class Scorer:
 
     def _second_views(self, work: _Work) -> list:
         """The foveal view (attention variants), K random crops (``random``) or nothing (``single``)."""
-        from gpf.pipeline.images import foveal_view, random_crops
+        from .images import foveal_view, random_crops
 
         source = self.model.fovea_source
         if source == "attention":
@@ -406,7 +406,7 @@ class Scorer:
         """Softmax distributions ``[B, N]`` (float64); the ``random`` variant's averaged over its crops."""
         import torch
 
-        from gpf.pipeline.images import to_uint8_tensor
+        from .images import to_uint8_tensor
 
         model, device = self.model, self.device
         with torch.inference_mode():
@@ -424,7 +424,7 @@ class Scorer:
         return probs.cpu().double().numpy()
 
     def _result(self, work: _Work) -> ScoreResult:
-        from gpf.model.metrics import mean_score, std_score
+        from ..model.metrics import mean_score, std_score
 
         if work.status != "ok":
             return ScoreResult(id=work.id, path=work.path, status=work.status, error=work.error)
@@ -467,9 +467,9 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
     ``contrastive`` and ``view_size`` (default: the checkpoint's, else 224).
     Raises ImageError when the photo cannot be decoded.
     """
-    from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint
-    from gpf.model.device import resolve_device
-    from gpf.pipeline.preprocess import DEFAULT_MAX_PIXELS
+    from ..model.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..model.device import resolve_device
+    from ..vocabulary import DEFAULT_MAX_PIXELS
 
     if tau is not None and not 0 < tau <= 1:
         raise ScoringError(f"tau must be in (0, 1] (the paper uses {TAU}), got {tau}")

@@ -35,7 +35,7 @@ import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
-from gpf.errors import GPFError, OptionError
+from ..errors import GPFError, OptionError
 
 __all__ = [
     "Record", "Problem", "Dataset", "LabelError", "open_dataset",

@@ -6,7 +6,7 @@ is cheap and has no side effects. See ``docs/shards.md``.
 """
 from __future__ import annotations
 
-from gpf._lazy import lazy_exports
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "shard_name": "layout", "safe_key": "layout", "assign_shards": "layout",

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
-from gpf.errors import GPFError, OptionError
+from ..errors import GPFError, OptionError
 
 class ShardReadError(GPFError, ValueError):
     """A shard, its members or its metadata cannot be read; the message names the file (and key) and the fix."""

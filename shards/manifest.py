@@ -26,10 +26,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from gpf.errors import GPFError
-from gpf.shards.layout import (MANIFEST_NAME, STATS_SUFFIX, TEMP_PREFIX, parse_shard_name,
+from ..errors import GPFError
+from .layout import (MANIFEST_NAME, STATS_SUFFIX, TEMP_PREFIX, parse_shard_name,
                                parquet_relpath, tar_filename)
-from gpf.shards.writer import atomic_write_bytes, dump_json, read_stats
+from .writer import atomic_write_bytes, dump_json, read_stats
 
 MANIFEST_FORMAT = 2
 READABLE_FORMATS = (1, 2)
@@ -206,7 +206,7 @@ class Manifest:
             raise ManifestError(f"{where}: not a gpf shard manifest (no 'shards' list)")
         version = data.get("format")
         if version not in READABLE_FORMATS:
-            from gpf._version import __version__
+            from .._version import __version__
 
             newer = isinstance(version, int) and version > MANIFEST_FORMAT
             advice = ("upgrade gpf to read it" if newer else
@@ -238,7 +238,7 @@ def build_manifest(out_dir: str | os.PathLike, run: RunFields, *, complete: bool
                    gpf_version: str | None = None) -> Manifest:
     """The manifest of ``out_dir``: the shards from the stats files found there, and ``run``."""
     if gpf_version is None:
-        from gpf._version import __version__ as gpf_version
+        from .._version import __version__ as gpf_version
     shards = tuple(ShardEntry.from_stats(read_stats(out_dir, split, index), split, index)
                    for split, index in find_stats_files(out_dir))
     return Manifest(run=run, shards=shards, complete=bool(complete), gpf_version=gpf_version)

@@ -43,10 +43,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from gpf.errors import OptionError
-from gpf.shards.layout import (ShardReadError, ATTN, FEATURES, FOVEA, JSON, PERIPH, jpeg_size, rand_index,
+from ..errors import OptionError
+from .layout import (ShardReadError, ATTN, FEATURES, FOVEA, JSON, PERIPH, jpeg_size, rand_index,
                                split_member_name)
-from gpf.shards.manifest import read_manifest
+from .manifest import read_manifest
 
 IMAGE_MEMBERS = {"periph": PERIPH, "fovea": FOVEA}
 ALLOWED_MEMBERS = ("periph", "fovea", "attn")

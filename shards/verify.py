@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from gpf.shards.layout import (ShardReadError, ATTN, FEATURES, JSON, MANIFEST_NAME, META_DIR, PARQUET_COLUMNS,
+from .layout import (ShardReadError, ATTN, FEATURES, JSON, MANIFEST_NAME, META_DIR, PARQUET_COLUMNS,
                                PARQUET_SUFFIX, REQUIRED_MEMBERS, STATUS_OK, STATS_SUFFIX,
                                TAR_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX, is_contract_member,
                                is_safe_key, parse_shard_name, safe_key,
                                split_member_name)
-from gpf.shards.manifest import (Manifest, ManifestError, RunFields, ShardEntry, read_manifest,
+from .manifest import (Manifest, ManifestError, RunFields, ShardEntry, read_manifest,
                                  write_manifest)
-from gpf.shards.writer import StatsError, file_sha256, read_stats
-from gpf.fsutil import atomic_write_bytes
+from .writer import StatsError, file_sha256, read_stats
+from ..fsutil import atomic_write_bytes
 
 _MANIFEST_FIELDS = ("count", "bytes", "sha256", "parquet_sha256")
 

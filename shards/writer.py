@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpf.errors import GPFError
-from gpf.fsutil import atomic_write_bytes as _atomic_write_bytes, fsync_dir
-from gpf.shards.layout import (ATTN, FEATURES, JSON, PARQUET_COLUMNS, PARQUET_SCHEMA, PERIPH,
+from ..errors import GPFError
+from ..fsutil import atomic_write_bytes as _atomic_write_bytes, fsync_dir
+from .layout import (ATTN, FEATURES, JSON, PARQUET_COLUMNS, PARQUET_SCHEMA, PERIPH,
                                REQUIRED_MEMBERS, JpegHeaderError, STATUS_OK, is_contract_member, is_safe_key,
                                jpeg_size, member_order, parquet_relpath, rand_index, safe_key,
                                shard_name, stats_filename, tar_filename, temp_name)

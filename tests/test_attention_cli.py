@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from test_evaluate import TEST_IDS, build_eval_data
+from helpers.evaluation import TEST_IDS, build_eval_data
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_stage1_tau_changes_the_box(data, tmp_path):
 
 
 def test_figure_of_an_all_zero_map_shows_the_whole_photo():
-    from gpf.pipeline.crops import Attended
+    from gpf.pipeline.attend import Attended
     from gpf.pipeline.plots import attention_figure
     from gpf.pipeline.scoring import AttentionView
 

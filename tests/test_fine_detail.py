@@ -82,7 +82,7 @@ def test_bad_tasks_and_variants_are_refused(capsys):
 
 
 def test_quick_mode_sizes_the_detail_for_the_views():
-    from gpf.pipeline.synthetic import detail_geometry
+    from gpf.workflows.synthetic import detail_geometry
 
     for mode in (fd.QUICK, fd.FULL):
         geometry = detail_geometry(mode.width, mode.height, mode.view_size)

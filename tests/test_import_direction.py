@@ -34,47 +34,15 @@ MAY_IMPORT = {
 ROOMS = tuple(MAY_IMPORT)
 BASE = "root base"
 
-#: Renames of the "house" issue (old path -> new path). Until a file is moved, the
-#: test treats it as if it already lived at its new path: its room (ROOM_OF) and
-#: its row in docs/internals.md (which uses the new names). Once the file is
-#: moved the old path no longer exists and its entry does nothing; delete the
-#: entries then.
-RENAMED = {
-    "model/crop.py": "model/boxsearch.py",
-    "pipeline/crops.py": "pipeline/attend.py",
-    "train/logging.py": "train/runlog.py",
-    "train/experiment.py": "workflows/experiment.py",
-    "pipeline/synthetic.py": "workflows/synthetic.py",
-}
-
-
-def _dotted(rel: str) -> str:
-    return "gpf." + rel.removesuffix(".py").replace("/", ".")
-
-
-#: Modules whose room is not their folder (yet): the ones RENAMED moves into another room,
-#: i.e. ``{"gpf.train.experiment": "workflows", "gpf.pipeline.synthetic": "workflows"}``.
-#: Applies to the file itself (what it may import) and to every import of it (who may import it).
-ROOM_OF = {_dotted(old): new.split("/")[0] for old, new in RENAMED.items() if old.split("/")[0] != new.split("/")[0]}
-
 #: Imports that break the table today and are to be fixed in the library; keyed by
 #: (file, imported module) so that moving lines does not matter. Keep this empty when you can.
-KNOWN_VIOLATIONS = {
-    # env_info.pil_formats() and pil_features_report() import pil_features and IMAGE_FORMATS
-    # from gpf.pipeline.images (lazily, inside the functions): a root base module reaching into
-    # pipeline. Fix: move pil_features/IMAGE_FORMATS below the base (e.g. into env_info or
-    # vocabulary) and let pipeline.images import them from there; then delete these entries.
-    ("env_info.py", "gpf.pipeline.images"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 
 # ----------------------------------------------------------------------------- resolving imports
 
-def room_of(module: str, overrides: dict[str, str] | None = None) -> str:
-    """The room of dotted ``module`` (``gpf`` and root modules: the root base); ``overrides``: ROOM_OF."""
-    for name, room in (ROOM_OF if overrides is None else overrides).items():
-        if module == name or module.startswith(name + "."):
-            return room
+def room_of(module: str) -> str:
+    """The room of dotted ``module`` (``gpf`` and root modules: the root base)."""
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in ROOMS:
         return parts[1]
@@ -198,16 +166,8 @@ def test_rooms_import_only_rooms_above_them():
 def test_rooms_of_modules():
     assert room_of("gpf") == room_of("gpf.errors") == room_of("gpf.vocabulary.TAU") == BASE
     assert room_of("gpf.model.checkpoint.Checkpoint") == "model"
-    assert room_of("gpf.workflows.experiment") == "workflows"
-    # a module that is to move into workflows/ belongs to it already (made-up names: a rename
-    # script that rewrites module names must not change this test)
-    moving = {"gpf.train.mover": "workflows", "gpf.pipeline.walker": "workflows"}
-    assert room_of("gpf.train.mover.run", moving) == room_of("gpf.pipeline.walker", moving) == "workflows"
-    assert room_of("gpf.pipeline.walker", {}) == "pipeline"
-    assert room_of("gpf.train.movers", moving) == "train"
-    # ROOM_OF is what RENAMED gives: the moves between rooms, all into workflows/
-    assert set(ROOM_OF.values()) <= {"workflows"}
-    assert all(_dotted(old) in ROOM_OF for old, new in RENAMED.items() if old.split("/")[0] != new.split("/")[0])
+    assert room_of("gpf.workflows.experiment") == room_of("gpf.workflows.synthetic.make") == "workflows"
+    assert room_of("gpf.train.loop.fit") == "train" and room_of("gpf.pipeline") == "pipeline"
 
 
 def test_an_upward_import_is_caught():
@@ -225,7 +185,7 @@ def test_every_package_folder_is_a_room():
     assert set(folders) <= set(ROOMS), (f"package folders not in the room table {ROOMS}: "
                                         f"{sorted(set(folders) - set(ROOMS))}; add them here and to "
                                         f"docs/internals.md")
-    missing = [room for room in ROOMS if room != "workflows" and room not in folders]
+    missing = [room for room in ROOMS if room not in folders]
     assert not missing, f"rooms without an __init__.py: {missing}"
 
 
@@ -274,12 +234,10 @@ def test_internals_shows_the_room_table_in_order():
 
 
 def test_internals_lists_every_module():
-    """Each module of the package has its row (``| `room/module.py` | contract |``), under its new name."""
+    """Each module of the package has its row (``| `room/module.py` | contract |``)."""
     text = INTERNALS.read_text(encoding="utf-8")
     documented = re.findall(r"^\|\s*`((?:\w+/)*\w+\.py)`\s*\|\s*\S", text, flags=re.M)
-    expected = {RENAMED.get(rel(p), rel(p)) for p in package_files()}
-    if not (PKG / "workflows").is_dir():
-        expected.add("workflows/__init__.py")          # made by the move of RENAMED
+    expected = {rel(p) for p in package_files()}
     duplicates = sorted({m for m in documented if documented.count(m) > 1})
     assert not duplicates, f"listed twice in docs/internals.md: {duplicates}"
     missing, extra = sorted(expected - set(documented)), sorted(set(documented) - expected)

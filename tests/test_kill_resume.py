@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from _ava_fixture import make_ava
+from helpers.ava import make_ava
 
 pytestmark = pytest.mark.slow
 

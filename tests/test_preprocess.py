@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from _ava_fixture import make_ava, photo_like
+from helpers.ava import make_ava, photo_like
 from gpf.cli.main import cli
 from gpf.model.checkpoint import load_checkpoint, save_checkpoint, stage1_checkpoint
-from gpf.model.crop import best_box
+from gpf.model.boxsearch import best_box
 from gpf.model.gpf import PeripheralNet
 from gpf.pipeline.preprocess import PreprocessConfig, PreprocessError, run_preprocess
 from gpf.pipeline.sources import load_ava

@@ -1,4 +1,4 @@
-"""Every bad or awkward image kind (tests/_bad_files.py) through preprocess, train stage1, predict, attention.
+"""Every bad or awkward image kind (tests/helpers/bad_files.py) through preprocess, train stage1, predict, attention.
 
 Batch commands must record each unusable file by path with its status and go
 on; single-image commands must exit non-zero with one clear line and no
@@ -20,14 +20,13 @@ import tarfile
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from _ava_fixture import make_ava
-from _bad_files import (MAX_PIXELS_OPTION, OPTIONAL_FORMATS, ORIENTATIONS, add_ava_rows, permission_denied,
+from helpers.ava import make_ava
+from helpers.bad_files import (MAX_PIXELS_OPTION, OPTIONAL_FORMATS, ORIENTATIONS, add_ava_rows, permission_denied,
                         quadrants, unusable, unwritable_reason, usable, write_bad_images)
-from gpf.cli.main import cli
-from test_evaluate import make_stage2, save_stage1
+from helpers.cli import invoke
+from helpers.evaluation import make_stage2, save_stage1
 
 VIEW = 64
 EB_LAYER = "features.pool2"          # the tiny backbone's default EB layer
@@ -52,14 +51,6 @@ def checkpoints(tmp_path_factory):
     stage1 = save_stage1(base / "stage1.pt")
     return {"stage1": stage1, "stage2": make_stage2(base / "stage2.pt", stage1, eb_layer=EB_LAYER)}
 
-
-def invoke(args, **kw):
-    """Run the CLI in this process; an exception escaping click would be a traceback for the user."""
-    result = CliRunner().invoke(cli, [str(a) for a in args], **kw)
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}"
-    assert "Traceback" not in result.output
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -15,34 +15,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 from PIL import Image
 
-from _ava_fixture import make_ava, photo_like
-from gpf.cli.main import cli
-from test_evaluate import make_stage2, save_stage1
+from helpers.ava import make_ava, photo_like
+from helpers.cli import invoke, refused
+from helpers.evaluation import make_stage2, save_stage1
 
 VIEW = 64
 EB_LAYER = "features.pool2"
 
 
-def invoke(args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}"
-    assert "Traceback" not in result.output
-    return result
-
-
-def refused(args, *words: str) -> str:
-    """Run a command that must fail with one line holding ``words``; returns that line."""
-    result = invoke(args)
-    assert result.exit_code == 1, result.output
-    message = result.output.strip()
-    assert len(message.splitlines()) == 1, message
-    for word in words:
-        assert word in message, (word, message)
-    return message
 
 
 class _Trap:

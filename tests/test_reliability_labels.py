@@ -15,23 +15,15 @@ import tarfile
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from _ava_fixture import ava_line, make_ava, photo_like
-from gpf.cli.main import cli
+from helpers.ava import ava_line, make_ava, photo_like
+from helpers.cli import invoke
 from gpf.shards.layout import is_safe_key
 
 VIEW = 64
 GOOD = [3, 4, 9, 12, 6, 2, 1, 0, 0, 1]
 
-
-def invoke(args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}"
-    assert "Traceback" not in result.output
-    return result
 
 
 def preprocess(kind: str, root, out, *extra):

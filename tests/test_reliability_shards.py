@@ -20,21 +20,13 @@ import tarfile
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
-from _ava_fixture import make_ava
-from gpf.cli.main import cli
-from test_evaluate import save_stage1
+from helpers.ava import make_ava
+from helpers.cli import invoke
+from helpers.evaluation import save_stage1
 
 VIEW = 64
 
-
-def invoke(args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}"
-    assert "Traceback" not in result.output
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +161,7 @@ def test_stage2_refuses_a_shard_whose_checksum_does_not_match(copy, tmp_path):
 
 
 def test_evaluate_refuses_a_truncated_shard_naming_it(made, copy, tmp_path):
-    from test_evaluate import make_stage2
+    from helpers.evaluation import make_stage2
 
     checkpoint = make_stage2(tmp_path / "stage2.pt", made["stage1"], eb_layer="features.pool2")
     truncate(copy / "test-000000.tar")

@@ -20,20 +20,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
-from gpf.cli.main import cli
-from test_train_helpers import stage1_checkpoint, write_ava, write_shards
+from helpers.cli import invoke
+from helpers.training import stage1_checkpoint, write_ava, write_shards
 
 EPOCHS = 3
 
-
-def invoke(args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}"
-    assert "Traceback" not in result.output
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +215,7 @@ def blind_stage1(tmp_path_factory):
 
 
 def test_all_zero_attention_uses_the_whole_image_and_is_counted(blind_stage1, tmp_path):
-    from _ava_fixture import make_ava
+    from helpers.ava import make_ava
 
     make_ava(tmp_path / "ava", n=10)
     out = tmp_path / "shards"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from gpf.model.geometry import peripheral_size
-from gpf.pipeline.synthetic import (
+from gpf.workflows.synthetic import (
     DETAIL_AMPLITUDE, FIRST_ID, MAX_AREA_FRACTION, CarrierTruth, DatasetExistsError,
     SyntheticError, carrier_cover, detail_geometry, draw_scene, encode_scene, hit_rate,
     make_ava_dataset, plaid, random_box_hit_rate, read_truth, render_scene,

@@ -16,7 +16,7 @@ from gpf.train.loop import TrainHooks
 from gpf.train.stage1 import (ImageItem, bucket_batches, rankdata, stage1_metrics, train_epoch_batches,
                               train_stage1, val_batches_for_rank)
 
-from test_train_helpers import mean_of, write_ava
+from helpers.training import mean_of, write_ava
 
 
 @pytest.fixture(scope="module")

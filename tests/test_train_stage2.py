@@ -16,7 +16,7 @@ from gpf.train.loop import NonFiniteLossError, TrainHooks
 from gpf.pipeline.compat import FitError, check_fit
 from gpf.train.stage2 import Stage2Error, train_stage2
 
-from test_train_helpers import SMALL_HEAD, VIEW, stage1_checkpoint, state_of, write_shards
+from helpers.training import SMALL_HEAD, VIEW, stage1_checkpoint, state_of, write_shards
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """gpf.train: the stage-1 and stage-2 trainers (paper, section IV-B), DDP, checkpoints, resume.
 
-    from gpf.train import Stage2Config, train_stage2
+    from . import Stage2Config, train_stage2
     result = train_stage2(Stage2Config(shards="shards/", backbone="vgg16", out="runs/gpf"))
 
 Public names load on first use (PEP 562), so ``import gpf.train`` does not import torch.
@@ -8,7 +8,7 @@ See docs/training.md.
 """
 from __future__ import annotations
 
-from gpf._lazy import lazy_exports
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "config", "Stage1Config": "config", "Stage2Config": "config", "ConfigError": "config",

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from gpf import vocabulary
-from gpf.errors import GPFError
-from gpf.pipeline.images import DEFAULT_MAX_PIXELS
+from .. import vocabulary
+from ..errors import GPFError
+from ..vocabulary import DEFAULT_MAX_PIXELS
 
 VARIANTS = vocabulary.VARIANT_NAMES
 DEVICE_HELP = vocabulary.DEVICE_CHOICES
@@ -233,7 +233,7 @@ def write_config(cfg: TrainConfig, run_dir: Path, extra: Mapping[str, Any] | Non
     """Write the resolved config (and ``extra`` facts such as the world size) to ``run_dir/config.yaml``."""
     import yaml
 
-    from gpf.fsutil import atomic_write_text
+    from ..fsutil import atomic_write_text
 
     data = {"config": to_dict(cfg)}
     if extra:

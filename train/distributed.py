@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from gpf.errors import GPFError
-from gpf.model.device import resolve_device
+from ..errors import GPFError
+from ..model.device import resolve_device
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

@@ -29,16 +29,16 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from gpf.errors import GPFError
-from gpf.fsutil import atomic_write
-from gpf.model.checkpoint import Checkpoint
-from gpf.pipeline.progress import Progress
-from gpf.train.config import TrainConfig, to_dict
-from gpf.train.distributed import (DistContext, all_reduce_max, all_reduce_sum, gather_objects,
+from ..errors import GPFError
+from ..fsutil import atomic_write
+from ..model.checkpoint import Checkpoint
+from ..pipeline.progress import Progress
+from .config import TrainConfig, to_dict
+from .distributed import (DistContext, all_reduce_max, all_reduce_sum, gather_objects,
                                    gather_rows)
-from gpf.train.logging import DataWaitTimer, MetricsCSV, RunLog, TensorBoard, epoch_summary
-from gpf.train.schedule import EarlyStopping, make_optimizer, make_scheduler
-from gpf.train.state import rng_state, seed_epoch, set_rng_state
+from .runlog import DataWaitTimer, MetricsCSV, RunLog, TensorBoard, epoch_summary
+from .schedule import EarlyStopping, make_optimizer, make_scheduler
+from .state import rng_state, seed_epoch, set_rng_state
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -411,7 +411,7 @@ class Trainer:
         return checkpoint
 
     def _save(self, epoch_done: int, improved: bool) -> None:
-        from gpf.model.checkpoint import save_checkpoint
+        from ..model.checkpoint import save_checkpoint
 
         bad = nonfinite_weights(self.model)
         if bad:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from gpf.model.checkpoint import Checkpoint
-from gpf.train.config import ConfigError, TrainConfig, check_resume_compatible, write_config
-from gpf.train.distributed import DistContext, barrier, init_distributed, shutdown
-from gpf.train.logging import RunLog
-from gpf.train.loop import LAST, LOG
+from ..model.checkpoint import Checkpoint
+from .config import ConfigError, TrainConfig, check_resume_compatible, write_config
+from .distributed import DistContext, barrier, init_distributed, shutdown
+from .runlog import RunLog
+from .loop import LAST, LOG
 
 
 @dataclass
@@ -49,7 +49,7 @@ def saved_config(resume: str | Path) -> dict:
         data = yaml.safe_load(config_file.read_text()) or {}
         if isinstance(data.get("config"), dict):
             return _portable(data["config"])
-    from gpf.model.checkpoint import load_checkpoint
+    from ..model.checkpoint import load_checkpoint
 
     return _portable(dict(load_checkpoint(path).config or {}))
 
@@ -78,7 +78,7 @@ def run_context(cfg: TrainConfig, stage: str, echo=_echo, check_resume=None) -> 
 
 
 def _prepare(cfg: TrainConfig, stage: str, ctx: DistContext, echo, check_resume=None) -> RunSetup:
-    from gpf.model.checkpoint import load_checkpoint
+    from ..model.checkpoint import load_checkpoint
 
     resume_state = None
     if cfg.resume:

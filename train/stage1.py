@@ -33,13 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpf.errors import GPFError
-from gpf.model.checkpoint import Checkpoint
-from gpf.train.config import Stage1Config
-from gpf.train.distributed import DistContext, gather_objects, per_rank_batch_size
-from gpf.train.loop import RunResult, Task, images_to_device
-from gpf.fsutil import atomic_write_text
-from gpf.train.state import derived_seed, seed_init
+from ..errors import GPFError
+from ..model.checkpoint import Checkpoint
+from .config import Stage1Config
+from .distributed import DistContext, gather_objects, per_rank_batch_size
+from .loop import RunResult, Task, images_to_device
+from ..fsutil import atomic_write_text
+from .state import derived_seed, seed_init
 
 SKIPPED = "skipped_images.csv"
 _ORIENTATION_TAG = 0x0112
@@ -72,7 +72,7 @@ class Skipped:
 
 def open_stage1_dataset(cfg: Stage1Config):
     """The dataset with the configured split options and threshold."""
-    from gpf.pipeline.sources import open_dataset
+    from ..pipeline.sources import open_dataset
 
     return open_dataset(cfg.dataset, cfg.root, strict=False, check_images=False, **cfg.dataset_options)
 
@@ -87,7 +87,7 @@ def upright_size(path: str, max_pixels: int | None) -> tuple[int, int]:
     """(width, height) of the upright image from its header (EXIF orientation applied), no decode."""
     from PIL import Image
 
-    from gpf.pipeline.images import ImageError
+    from ..pipeline.images import ImageError
 
     with Image.open(path) as im:
         width, height = im.size
@@ -103,7 +103,7 @@ def upright_size(path: str, max_pixels: int | None) -> tuple[int, int]:
 
 def _classify_failure(path: str, max_pixels: int | None, exc: Exception) -> tuple[str, str]:
     """(status, message) of an image whose header could not be read."""
-    from gpf.pipeline.images import ImageError, decode_image
+    from ..pipeline.images import ImageError, decode_image
 
     if isinstance(exc, ImageError):
         return exc.status, str(exc)
@@ -123,7 +123,7 @@ def probe_images(records, dataset, view_size: int, stride: int, min_side: int, m
     Under DDP each rank reads a share and the results are gathered, so every
     rank ends with the same lists in record order.
     """
-    from gpf.model.geometry import peripheral_size
+    from ..model.geometry import peripheral_size
 
     means = mean_scores(np.array([r.votes for r in records], dtype=np.float64), dataset.scores) \
         if records else np.zeros(0)
@@ -203,7 +203,7 @@ class PeripheralViews(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int):
-        from gpf.pipeline.images import ImageError, decode_image, peripheral_view, to_uint8_tensor
+        from ..pipeline.images import ImageError, decode_image, peripheral_view, to_uint8_tensor
 
         item = self.items[index]
         try:
@@ -369,7 +369,7 @@ class Stage1Task(Task):
             write_skipped(self.run_dir / SKIPPED, list(self.skipped.values()))
 
     def checkpoint(self) -> Checkpoint:
-        from gpf.model.checkpoint import stage1_checkpoint
+        from ..model.checkpoint import stage1_checkpoint
 
         ds = self.dataset
         checkpoint = stage1_checkpoint(self.model, view_size=self.cfg.view_size, threshold=float(ds.threshold),
@@ -395,7 +395,7 @@ def write_skipped(path: Path, skipped: list[Skipped]) -> None:
 
 def build_stage1_model(cfg: Stage1Config, resuming: bool):
     """``PeripheralNet`` with 2 classes; ImageNet (or ``--weights``) init unless a resume overwrites it."""
-    from gpf.model.gpf import PeripheralNet
+    from ..model.gpf import PeripheralNet
 
     if not cfg.backbone:
         raise Stage1Error("no backbone: pass --backbone NAME (see `gpf models`)")
@@ -404,16 +404,16 @@ def build_stage1_model(cfg: Stage1Config, resuming: bool):
 
 def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
     """Fine-tune the peripheral subnet on raw images (high/low softmax); see the module doc."""
-    from gpf.train.config import validate
-    from gpf.train.loop import Trainer
-    from gpf.train.run import run_context
+    from .config import validate
+    from .loop import Trainer
+    from .run import run_context
 
     validate(cfg)
     if not cfg.root:
         raise Stage1Error("no dataset root given")
     if not cfg.backbone:
         raise Stage1Error("no backbone: pass --backbone NAME (see `gpf models`)")
-    from gpf.model.backbones import get_spec
+    from ..model.backbones import get_spec
 
     get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
     dataset = open_stage1_dataset(cfg)
@@ -451,7 +451,7 @@ def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
 def _check_same_split(state: Checkpoint, dataset) -> None:
     saved = state.split_spec
     if saved is not None and saved != dataset.split_spec:
-        from gpf.shards.manifest import compare_config
+        from ..shards.manifest import compare_config
 
         diff = "; ".join(compare_config(saved, dataset.split_spec)[:5])
         raise Stage1Error(f"cannot resume: the dataset's split differs from the run's ({diff}); "

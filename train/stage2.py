@@ -28,15 +28,15 @@ from typing import Mapping
 
 import torch
 
-from gpf.errors import GPFError
-from gpf.model.checkpoint import AttentionBlock, Checkpoint
-from gpf.pipeline.compat import check_fit, missing_scale
-from gpf.shards.manifest import Manifest, RunFields, compare_config, run_fields
-from gpf.vocabulary import get_variant
-from gpf.train.config import Stage2Config
-from gpf.train.distributed import DistContext, per_rank_batch_size
-from gpf.train.loop import RunResult, Task, images_to_device
-from gpf.train.state import seed_init
+from ..errors import GPFError
+from ..model.checkpoint import AttentionBlock, Checkpoint
+from ..pipeline.compat import check_fit, missing_scale
+from ..shards.manifest import Manifest, RunFields, compare_config, run_fields
+from ..vocabulary import get_variant
+from .config import Stage2Config
+from .distributed import DistContext, per_rank_batch_size
+from .loop import RunResult, Task, images_to_device
+from .state import seed_init
 
 
 class Stage2Error(GPFError):
@@ -120,7 +120,7 @@ def manifest_differences(saved: Mapping, current: Mapping) -> list[str]:
 
 def resolve_checkpoint_file(path: str | os.PathLike, prefer: str = "best") -> Path:
     """A checkpoint file, or a run folder's ``best.pt`` / ``last.pt`` (see ``model.checkpoint``)."""
-    from gpf.model.checkpoint import resolve_checkpoint_path
+    from ..model.checkpoint import resolve_checkpoint_path
 
     return resolve_checkpoint_path(path, prefer)
 
@@ -135,7 +135,7 @@ class Attention:
 
 def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Checkpoint | None) -> Attention:
     """Find the network that made the shards' crops and check it is that network."""
-    from gpf.model.checkpoint import attention_block, load_checkpoint, state_dict_digest
+    from ..model.checkpoint import attention_block, load_checkpoint, state_dict_digest
 
     run, described = facts.run, facts.attention_model
     settings = dict(tau=run.tau, eb_layer=run.eb_layer or "", contrastive=bool(run.contrastive),
@@ -173,7 +173,7 @@ def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Checkp
             f"the shards in {facts.folder} were made by a randomly initialised attention network "
             f"(backbone {backbone}, weights {weights}); a checkpoint could not "
             "reproduce their crops. Re-run preprocessing with --stage1 CKPT or --weights imagenet|PATH")
-    from gpf.model.gpf import imagenet_classifier
+    from ..model.gpf import imagenet_classifier
 
     model = imagenet_classifier(backbone, weights=weights)
     digest = state_dict_digest(model.state_dict())
@@ -187,7 +187,7 @@ def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Checkp
 
 def init_peripheral(model, cfg: Stage2Config, attention: Attention, log) -> str:
     """Load the peripheral conv layers; returns a description of where they came from."""
-    from gpf.model.backbones import create_backbone
+    from ..model.backbones import create_backbone
 
     if cfg.peripheral_weights:
         source = create_backbone(cfg.backbone, cfg.peripheral_weights)
@@ -228,7 +228,7 @@ class Stage2Task(Task):
 
     def __init__(self, cfg: Stage2Config, ctx: DistContext, model, facts: ShardFacts, attention: Attention,
                  identity: dict, use_features: bool):
-        from gpf.shards.reader import default_num_workers, list_shards, make_loader
+        from ..shards.reader import default_num_workers, list_shards, make_loader
 
         self.cfg, self.ctx, self.model, self.facts = cfg, ctx, model, facts
         self.attention, self.identity, self.use_features = attention, identity, use_features
@@ -284,7 +284,7 @@ class Stage2Task(Task):
         return torch.softmax(logits.float(), dim=1), target
 
     def train_loss(self, forward, batch):
-        from gpf.model.losses import emd_loss
+        from ..model.losses import emd_loss
 
         pred, target = self._forward(forward, batch)
         # No per-step validation (a device sync): the loop's NaN watch checks the loss. emd_loss
@@ -298,8 +298,8 @@ class Stage2Task(Task):
         return pred.cpu(), target.cpu()
 
     def val_metrics(self, predictions, targets) -> dict:
-        from gpf.model.losses import emd_loss
-        from gpf.model.metrics import evaluate
+        from ..model.losses import emd_loss
+        from ..model.metrics import evaluate
 
         if not bool(torch.isfinite(predictions).all()):
             return {"val_loss": math.nan}
@@ -311,7 +311,7 @@ class Stage2Task(Task):
         return out
 
     def checkpoint(self) -> Checkpoint:
-        from gpf.model.checkpoint import stage2_checkpoint
+        from ..model.checkpoint import stage2_checkpoint
 
         facts = self.facts
         checkpoint = stage2_checkpoint(self.model, self.attention.block, view_size=facts.view_size,
@@ -351,7 +351,7 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
 
 def _refuse_damaged_shards(shard_dir, manifest: Manifest) -> None:
     """Never train on rotten bytes: every train/val tar must match the manifest's size and sha256."""
-    from gpf.shards.verify import check_checksums
+    from ..shards.verify import check_checksums
 
     problems = check_checksums(shard_dir, manifest, splits=("train", "val"))
     if problems:
@@ -362,18 +362,18 @@ def _refuse_damaged_shards(shard_dir, manifest: Manifest) -> None:
 
 def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     """Train a stage-2 variant on shards; see the module doc."""
-    from gpf.model.gpf import GPFNet
-    from gpf.shards.manifest import read_manifest
-    from gpf.train.config import validate
-    from gpf.train.loop import Trainer
-    from gpf.train.run import run_context
+    from ..model.gpf import GPFNet
+    from ..shards.manifest import read_manifest
+    from .config import validate
+    from .loop import Trainer
+    from .run import run_context
 
     validate(cfg)
     if not cfg.shards:
         raise Stage2Error("no shards: pass --shards DIR (made by `gpf preprocess`)")
     if not cfg.backbone:
         raise Stage2Error("no backbone: pass --backbone NAME (see `gpf models`)")
-    from gpf.model.backbones import get_spec
+    from ..model.backbones import get_spec
 
     get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
     manifest = read_manifest(cfg.shards)
@@ -391,7 +391,7 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
         if not facts.samples.get(split):
             raise Stage2Error(f"the shards in {cfg.shards} hold no {split!r} samples; preprocess with --split all")
     if cfg.workers is None:   # fixed now and saved: the data order of an epoch depends on it
-        from gpf.shards.reader import default_num_workers, list_shards
+        from ..shards.reader import default_num_workers, list_shards
 
         trains = [s for s in list_shards(cfg.shards, "train") if s.count > 0]
         cfg.workers = default_num_workers(len(trains), int(os.environ.get("WORLD_SIZE", "1")), shuffle=True)

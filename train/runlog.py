@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from gpf.fsutil import atomic_write_text
+from ..fsutil import atomic_write_text
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "accuracy", "srcc", "lcc", "mae", "rmse", "emd",
                   "lr", "samples_per_s", "data_wait", "epoch_s")

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from gpf.errors import GPFError
-from gpf.vocabulary import TAU
+from ..errors import GPFError
+from ..vocabulary import TAU
 
 if TYPE_CHECKING:
-    from gpf.model.checkpoint import Checkpoint
+    from ..model.checkpoint import Checkpoint
 
 
 class AttentionModelError(GPFError):
@@ -44,8 +44,8 @@ class AttentionModel:
     def from_model(cls, model, *, device, tau: float = TAU, eb_layer: str | None = None,
                    contrastive: bool = False, digest: str | None = None,
                    split_spec: dict | None = None, description: dict | None = None) -> "AttentionModel":
-        from gpf.model.attention import resolve_eb_layer
-        from gpf.model.checkpoint import state_dict_digest
+        from ..model.attention import resolve_eb_layer
+        from ..model.checkpoint import state_dict_digest
 
         spec = model.spec
         model = model.to(device).eval()
@@ -62,7 +62,7 @@ class AttentionModel:
     @classmethod
     def from_stage2_checkpoint(cls, ckpt: Checkpoint, device) -> "AttentionModel":
         """The attention model a stage-2 checkpoint embeds, with its tau, EB layer and contrast flag."""
-        from gpf.model.checkpoint import attention_model_from_checkpoint
+        from ..model.checkpoint import attention_model_from_checkpoint
 
         block = ckpt.attention
         if block is None:
@@ -92,9 +92,9 @@ def attend_views(att: AttentionModel, views: Sequence, original_sizes: Sequence[
     """EB maps and tau boxes of peripheral views (PIL images), grouped by shape (no padding)."""
     import torch
 
-    from gpf.model.attention import excitation_backprop, upsample_map
-    from gpf.model.crop import best_box, box_fraction, map_box_to_image
-    from gpf.pipeline.images import to_uint8_tensor
+    from ..model.attention import excitation_backprop, upsample_map
+    from ..model.boxsearch import best_box, box_fraction, map_box_to_image
+    from .images import to_uint8_tensor
 
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, view in enumerate(views):

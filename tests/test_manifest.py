@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from gpf.cli.main import cli
+from helpers.cli import invoke
 from gpf.model.checkpoint import (FORMAT_VERSION, READABLE_VERSIONS, AttentionBlock, Checkpoint, CheckpointError,
                                   load_checkpoint, model_from_checkpoint)
 from gpf.pipeline.compat import check_fit
@@ -34,13 +33,6 @@ def shards(tmp_path) -> Path:
     shutil.copytree(DATA / "shards", copy)
     return copy
 
-
-def invoke(args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}"
-    assert "Traceback" not in result.output
-    return result
 
 
 def assert_same_checkpoint(a: Checkpoint, b: Checkpoint, *, skip=("format_version",)) -> None:

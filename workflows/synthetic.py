@@ -46,7 +46,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from gpf.errors import GPFError
+from ..errors import GPFError
 
 TASKS = ("detail", "control")
 N_BUCKETS = 10                      # AVA scores 1..10
@@ -743,7 +743,7 @@ def make_ava_dataset(root: str | os.PathLike, n_images: int, *, seed: int, width
     geometry = detail_geometry(width, height, view_size, fovea_size)
     root = Path(root).expanduser()
     _prepare_root(root, overwrite)
-    params = {"generator": "gpf.pipeline.synthetic", "seed": int(seed), "task": task,
+    params = {"generator": "gpf.workflows.synthetic", "seed": int(seed), "task": task,
               "n_images": int(n_images), "test_fraction": test_fraction,
               "jpeg_quality": int(jpeg_quality), "geometry": asdict(geometry),
               "score_model": asdict(model), "detail_amplitude": DETAIL_AMPLITUDE}

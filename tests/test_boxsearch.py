@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gpf.model.crop import best_box, best_boxes, box_fraction, map_box_to_image
+from gpf.model.boxsearch import best_box, best_boxes, box_fraction, map_box_to_image
 
 SLACK = 1e-9  # documented relative slack on tau * total
 
@@ -263,7 +263,7 @@ def test_rejects_bad_tau(tau):
 
 
 def test_import_does_not_compile():
-    code = ("import gpf.model.crop as c; "
+    code = ("import gpf.model.boxsearch as c; "
             "print(sum(len(f.signatures) for f in (c._box_kernel, c._boxes_kernel, c._search, "
             "c._summed_area)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

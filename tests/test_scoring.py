@@ -1,4 +1,4 @@
-"""`gpf predict` and the Python scoring API (`Scorer`) on the shared session data of test_evaluate.py.
+"""`gpf predict` and the Python scoring API (`Scorer`) on the shared session data of tests/helpers/evaluation.py.
 
 Independent references: the boxes `gpf preprocess` stored in the shards' Parquet,
 the mean scores `evaluate_checkpoint` computes from the shards, and images
@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from test_evaluate import EXIF_ID, N_IMAGES, TEST_IDS, build_eval_data
+from helpers.evaluation import EXIF_ID, N_IMAGES, TEST_IDS, build_eval_data
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,8 @@ from numbers import Real
 import numpy as np
 from numba import njit, prange
 
-from gpf.errors import GPFError, OptionError
-from gpf.vocabulary import TAU
+from ..errors import GPFError, OptionError
+from ..vocabulary import TAU
 
 __all__ = ["REL_TOL", "AttentionMapError", "best_box", "best_boxes", "box_fraction", "map_box_to_image"]
 
@@ -297,7 +297,7 @@ class AttentionMapError(GPFError, ValueError):
 def _check_tau(tau) -> float:
     if isinstance(tau, bool) or not isinstance(tau, Real) or not (0.0 < float(tau) <= 1.0):
         raise OptionError(f"tau must be a number in (0, 1] (share of attention to keep; "
-                          f"the paper uses 0.7), got {tau!r}", param="tau")
+                          f"the paper uses {TAU}), got {tau!r}", param="tau")
     return float(tau)
 
 

@@ -3,7 +3,7 @@
 The paper's pipeline (sections III-IV) end to end, as ``gpf demo`` and
 ``benchmarks/fine_detail.py`` run it::
 
-    from gpf.train.experiment import ExperimentConfig, run_experiment
+    from .experiment import ExperimentConfig, run_experiment
 
     result = run_experiment(ExperimentConfig(root="data/synth", out="runs/exp",
                                              variants=("single", "gpf")))
@@ -24,7 +24,7 @@ Steps and the folders they write under ``out``:
    Fig. 4 for one test image) and ``results.json``.
 
 When the dataset is a synthetic fine-detail set (``synthetic_truth.csv`` in its
-root, :mod:`gpf.pipeline.synthetic`) the crop boxes are also scored with the
+root, :mod:`gpf.workflows.synthetic`) the crop boxes are also scored with the
 pointing game: the share of boxes that cover the planted carrier, next to the
 share for boxes of the same sizes placed at random.
 
@@ -50,7 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-from gpf.errors import GPFError
+from ..errors import GPFError
+from ..vocabulary import TAU, VARIANT_NAMES
 
 EXPERIMENT_FILE = "experiment.json"
 RESULTS_FILE = "results.json"
@@ -60,7 +61,7 @@ STAGE2_DIR = "stage2"
 PLOTS_DIR = "plots"
 ATTENTION_FILE = "attention.png"
 OWNED = (STAGE1_DIR, SHARDS_DIR, STAGE2_DIR, PLOTS_DIR, ATTENTION_FILE, RESULTS_FILE, EXPERIMENT_FILE)
-VARIANT_ORDER = ("single", "random", "pf", "gpf")
+VARIANT_ORDER = VARIANT_NAMES
 #: The variant whose checkpoint draws the attention picture, in order of preference.
 ATTENTION_PREFERENCE = ("gpf", "pf", "random", "single")
 
@@ -73,8 +74,8 @@ DEFAULT_STAGE1 = {"epochs": 25, "lr": 0.05, "lr_step": 17, "weight_decay": 5e-3,
                   "patience": 0}
 DEFAULT_STAGE2 = {"epochs": 30, "lr": 0.1, "lr_step": 20, "batch_size": 32, "patience": 0,
                   "branch_width": 64, "fusion_width": 64, "dropout": 0.0}
-# The paper's attention: EB of the predicted class, tau = 0.7 (Eq. 4), the backbone's EB layer.
-DEFAULT_PREPROCESS = {"tau": 0.7, "eb_layer": None, "contrastive": False, "samples_per_shard": 200,
+# The paper's attention: EB of the predicted class, tau = TAU (Eq. 4), the backbone's EB layer.
+DEFAULT_PREPROCESS = {"tau": TAU, "eb_layer": None, "contrastive": False, "samples_per_shard": 200,
                       "batch_size": 32, "jpeg_quality": 95}
 STAGE1_CHECKPOINTS = ("last", "best")
 # Keys of the sub-configs that the experiment sets itself.
@@ -175,7 +176,7 @@ class ExperimentResult:
 
     def table_lines(self) -> list[str]:
         """The comparison: the paper's Table I columns per variant, then the pointing game."""
-        from gpf.pipeline.evaluation import format_table
+        from ..pipeline.evaluation import format_table
 
         rows = [(name, r.n, r.metrics) for name, r in self.variants.items()]
         lines = format_table(rows, first="variant")
@@ -243,7 +244,7 @@ def _merged(defaults: Mapping, overrides: Mapping, fixed: set[str], what: str) -
 
 def check_config(cfg: ExperimentConfig) -> None:
     """Refuse unknown variants and sub-config keys before anything is written."""
-    from gpf.train.config import VARIANTS, Stage1Config, Stage2Config, check_keys
+    from ..train.config import VARIANTS, Stage1Config, Stage2Config, check_keys
 
     unknown = [v for v in cfg.variants if v not in VARIANTS]
     if unknown or not cfg.variants:
@@ -265,7 +266,7 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise ExperimentError(str(exc)) from None
     _merged(DEFAULT_STAGE1, cfg.stage1, _FIXED_STAGE_KEYS, "stage1")
     _merged(DEFAULT_STAGE2, cfg.stage2, _FIXED_STAGE_KEYS, "stage2")
-    from gpf.pipeline.preprocess import PreprocessConfig
+    from ..pipeline.preprocess import PreprocessConfig
 
     allowed = {f.name for f in dataclasses.fields(PreprocessConfig)} - _FIXED_PREPROCESS_KEYS
     bad = sorted(set(cfg.preprocess) - allowed)
@@ -285,7 +286,7 @@ def prepare_out(cfg: ExperimentConfig, fresh: bool = False) -> Path:
             previous = json.loads(marker.read_text())
         except ValueError:
             previous = None
-        from gpf.shards.manifest import compare_config
+        from ..shards.manifest import compare_config
 
         differences = [f"{marker} is unreadable"] if previous is None else compare_config(previous, current)
         if fresh:
@@ -322,8 +323,8 @@ def _train(stage: str, config_cls, values: dict, run_dir: Path, restart: bool, e
 
     Returns (RunResult, the ``prefer``red checkpoint file, whether anything was trained).
     """
-    from gpf.train import build_config, train_stage1, train_stage2
-    from gpf.train.loop import LAST
+    from ..train import build_config, train_stage1, train_stage2
+    from ..train.loop import LAST
 
     if restart and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -360,7 +361,7 @@ def _stage2_values(cfg: ExperimentConfig, variant: str, shards: Path, stage1: Pa
 
 
 def _preprocess(cfg: ExperimentConfig, stage1: Path, shards: Path, overwrite: bool):
-    from gpf.pipeline.preprocess import PreprocessConfig, run_preprocess
+    from ..pipeline.preprocess import PreprocessConfig, run_preprocess
 
     values = _merged(DEFAULT_PREPROCESS, cfg.preprocess, _FIXED_PREPROCESS_KEYS, "preprocess")
     values.setdefault("random_crops", cfg.random_crops if "random" in cfg.variants else 0)
@@ -384,7 +385,7 @@ def crop_hit_rates(shards: str | Path, dataset_root: str | Path, split: str = "t
     """
     import pyarrow.parquet as pq
 
-    from gpf.pipeline.synthetic import INFO_FILE, TRUTH_FILE, hit_rate, random_box_hit_rate, read_truth
+    from .synthetic import INFO_FILE, TRUTH_FILE, hit_rate, random_box_hit_rate, read_truth
 
     root = Path(dataset_root)
     if not (root / TRUTH_FILE).exists():
@@ -425,7 +426,7 @@ def attention_example(shards: str | Path, split: str, dataset_root: str | Path |
              if r["split"] == split and r["status"] == "ok" and r["path"] and Path(r["path"]).is_file()}
     ids = sorted(paths, key=lambda i: (len(i), i))
     if dataset_root is not None:
-        from gpf.pipeline.synthetic import TRUTH_FILE, read_truth
+        from .synthetic import TRUTH_FILE, read_truth
 
         if (Path(dataset_root) / TRUTH_FILE).exists():
             truth = read_truth(dataset_root)
@@ -434,8 +435,8 @@ def attention_example(shards: str | Path, split: str, dataset_root: str | Path |
 
 
 def _attention_picture(checkpoint: Path, image: str, path: Path, device: str) -> Path:
-    from gpf.pipeline.plots import save_attention_figure
-    from gpf.pipeline.scoring import explain_photo
+    from ..pipeline.plots import save_attention_figure
+    from ..pipeline.scoring import explain_photo
 
     explanation = explain_photo(checkpoint, image, device)
     return save_attention_figure(explanation.view, path, explanation.title(Path(image).stem), explanation.tau)
@@ -445,10 +446,10 @@ def _attention_picture(checkpoint: Path, image: str, path: Path, device: str) ->
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """A synthetic fine-detail dataset (:func:`gpf.pipeline.synthetic.make_ava_dataset`).
+    """A synthetic fine-detail dataset (:func:`gpf.workflows.synthetic.make_ava_dataset`).
 
     ``detail_weight``, ``coarse_weight``, ``layout_weight`` and ``noise_std`` are the
-    :class:`~gpf.pipeline.synthetic.ScoreModel` weights: how much the plaid (seen
+    :class:`~gpf.workflows.synthetic.ScoreModel` weights: how much the plaid (seen
     only by a foveal crop on the carrier), the carrier's colour (seen by the
     peripheral view: what teaches stage 1 to look at the carrier) and the light
     direction move the mean score.
@@ -466,14 +467,14 @@ class SyntheticSpec:
     centre: float = 5.0
 
     def score_model(self):
-        from gpf.pipeline.synthetic import ScoreModel
+        from .synthetic import ScoreModel
 
         return ScoreModel(detail_weight=self.detail_weight, coarse_weight=self.coarse_weight,
                           layout_weight=self.layout_weight, noise_std=self.noise_std, centre=self.centre)
 
     def expected_params(self) -> dict:
         """The parts of ``synthetic_info.json`` this spec decides."""
-        from gpf.pipeline.synthetic import detail_geometry
+        from .synthetic import detail_geometry
 
         geometry = detail_geometry(self.width, self.height, self.view_size)
         return {"seed": self.seed, "task": self.task, "n_images": self.n_images,
@@ -488,7 +489,7 @@ def ensure_synthetic_dataset(spec: SyntheticSpec, root: str | Path, echo: Callab
     kept; an interrupted one or one made with other parameters is rewritten
     (``make_ava_dataset`` only touches folders and files it wrote itself).
     """
-    from gpf.pipeline.synthetic import INFO_FILE, make_ava_dataset
+    from .synthetic import INFO_FILE, make_ava_dataset
 
     root = Path(root)
     info = root / INFO_FILE
@@ -568,8 +569,8 @@ def run_experiment(cfg: ExperimentConfig, *, fresh: bool = False,
 
 
 def _run(cfg: ExperimentConfig, out: Path, echo) -> ExperimentResult:
-    from gpf.pipeline.evaluation import evaluate_checkpoint
-    from gpf.train import Stage1Config, Stage2Config
+    from ..pipeline.evaluation import evaluate_checkpoint
+    from ..train import Stage1Config, Stage2Config
 
     variants = [v for v in VARIANT_ORDER if v in cfg.variants]
     steps = 3 + len(variants)
@@ -630,7 +631,7 @@ def _run(cfg: ExperimentConfig, out: Path, echo) -> ExperimentResult:
 
 
 def _plots(evaluation, folder: Path, notes: list[str]) -> list[Path]:
-    from gpf.pipeline.plots import PlotError, write_evaluation_plots
+    from ..pipeline.plots import PlotError, write_evaluation_plots
 
     try:
         return write_evaluation_plots(evaluation, folder)

@@ -1,4 +1,4 @@
-"""``gpf demo`` and its library (gpf.train.experiment) on a tiny generated dataset.
+"""``gpf demo`` and its library (gpf.workflows.experiment) on a tiny generated dataset.
 
 The demo's own sizes take minutes; here the same code path runs with 40 images
 and one or two epochs, and the outputs are checked against the files they
@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from gpf.train import experiment as ex
-from gpf.train.experiment import (ExperimentConfig, ExperimentError, SyntheticSpec, check_config,
+from gpf.workflows import experiment as ex
+from gpf.workflows.experiment import (ExperimentConfig, ExperimentError, SyntheticSpec, check_config,
                                   ensure_synthetic_dataset, prepare_out, run_experiment)
 
 TINY_SPEC = dict(n_images=40, width=448, height=336, view_size=96)
