@@ -686,6 +686,9 @@ def _unknown_layer_message(model: nn.Module, layer: str, names: list[str]) -> st
     else:
         why = f"{type(model).__name__} has no module {layer!r}"
     close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+    if not close and "." not in layer:   # a short name ('pol2') is compared with the short names
+        short = {name.split(".", 1)[1]: name for name in names if name.startswith("features.")}
+        close = [short[n] for n in difflib.get_close_matches(layer, list(short), n=5, cutoff=0.5)]
     hint = f"; close matches: {', '.join(close)}" if close else ""
     return f"unknown EB read-out layer: {why}{hint}; valid layers: {', '.join(names)}"
 

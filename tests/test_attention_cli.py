@@ -74,16 +74,3 @@ def test_stage1_tau_changes_the_box(data, tmp_path):
         x0, y0, x1, y1 = map(int, run.output.split("box ")[1].split(")")[0].split(","))
         boxes.append((x1 - x0) * (y1 - y0))
     assert boxes[0] < boxes[1]        # more attention needs a larger box
-
-
-def test_figure_of_an_all_zero_map_shows_the_whole_photo():
-    from gpf.pipeline.attend import Attended
-    from gpf.pipeline.plots import attention_figure
-    from gpf.pipeline.scoring import AttentionView
-
-    photo = Image.new("RGB", (50, 30), (90, 120, 150))
-    attended = Attended(attn=np.zeros((4, 6), np.float16), box=(0, 0, 50, 30), view_box=(0, 0, 30, 50),
-                        attn_fraction=None, zero=True)
-    figure = attention_figure(AttentionView(photo, photo, attended, photo.resize((64, 64))), "flat", 0.7)
-    pixels = np.asarray(figure)
-    assert figure.height > 320 and (pixels == (0, 255, 120)).all(axis=-1).any()   # the box is drawn

@@ -161,13 +161,6 @@ def test_cli_json_table_and_plots(eval_data, tmp_path):
             assert im.format == "PNG" and im.width > 100 and im.height > 100
 
 
-def test_best_and_worst_panels_are_the_extremes_of_emd():
-    from gpf.pipeline.plots import best_and_worst
-
-    best, worst = best_and_worst(np.array([0.3, 0.1, 0.5, 0.2, 0.4]), 2)
-    assert best.tolist() == [1, 3] and worst.tolist() == [2, 4]
-
-
 @pytest.mark.parametrize("change, words", [
     ({"num_classes": 7}, ["N = 7", "N = 10"]),
     ({"view_size": 96}, ["96", "--view-size 64"]),

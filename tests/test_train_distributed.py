@@ -100,13 +100,16 @@ TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 
 @pytest.fixture
 def torchrun_env(monkeypatch):
-    """A clean slate of torchrun's variables; returns a setter."""
+    """A clean slate of torchrun's variables; returns a setter (None deletes a variable)."""
     for key in TORCHRUN_KEYS:
         monkeypatch.delenv(key, raising=False)
 
     def set_env(**values):
         for key, value in values.items():
-            monkeypatch.setenv(key, str(value))
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, str(value))
     return set_env
 
 
@@ -122,11 +125,9 @@ def test_plain_run_is_rank_0_of_1_without_a_process_group(torchrun_env):
 def test_torchrun_variables_are_read_and_local_rank_defaults_to_rank(torchrun_env):
     torchrun_env(RANK=3, WORLD_SIZE=4, LOCAL_RANK=1)
     assert env_world() == (3, 4, 1)
-    torchrun_env(RANK=2, WORLD_SIZE=4)
-    os.environ.pop("LOCAL_RANK")
+    torchrun_env(RANK=2, LOCAL_RANK=None)
     assert env_world() == (2, 4, 2)
-    torchrun_env(WORLD_SIZE=1)                       # a one-process torchrun: no process group
-    os.environ.pop("RANK")
+    torchrun_env(RANK=None, WORLD_SIZE=1)            # a one-process torchrun: no process group
     ctx = init_distributed("cpu")
     assert (ctx.rank, ctx.world_size, ctx.distributed) == (0, 1, False) and not dist.is_initialized()
 

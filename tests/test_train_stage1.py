@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from gpf.model.checkpoint import load_checkpoint, model_from_checkpoint
 from gpf.pipeline.sources import open_dataset
@@ -16,7 +15,7 @@ from gpf.train.loop import TrainHooks
 from gpf.train.stage1 import (ImageItem, bucket_batches, rankdata, stage1_metrics, train_epoch_batches,
                               train_stage1, val_batches_for_rank)
 
-from helpers.training import mean_of, write_ava
+from helpers.training import write_ava
 
 
 @pytest.fixture(scope="module")
@@ -137,26 +136,6 @@ def test_stage1_resume_after_kill_matches_uninterrupted(ava, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-7, msg=key)
-
-
-def test_cli_stage1_and_threshold_option(ava, tmp_path):
-    from gpf.cli.main import cli
-
-    root, votes = ava
-    run = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "stage1", "ava", str(root), "--backbone", "tiny", "--weights",
-                                      "none", "--out", str(run), "--view-size", "32", "--epochs", "1",
-                                      "--batch-size", "4", "--val-size", "6", "--workers", "0",
-                                      "--threshold", "8", "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert f"--stage1 {run}" in result.output
-    ckpt = load_checkpoint(run / "best.pt", expect="stage1")
-    assert ckpt.model_config["threshold"] == 8.0 and ckpt.threshold == 8.0
-    assert all(mean_of(v) < 8 for v in votes.values())      # so every image is 'low' at threshold 8
-
-    result = CliRunner().invoke(cli, ["train", "stage1", "ava", str(root), "--backbone", "tiny",
-                                      "--out", str(tmp_path / "r2"), "--batch-size", "0"])
-    assert result.exit_code != 0 and "batch_size must be a positive integer" in result.output
 
 
 def test_header_probe_matches_the_decoded_view_for_rotated_and_large_jpegs(tmp_path):

@@ -146,6 +146,17 @@ def write_shards(out: Path, stage1_path: Path, *, random_crops: int = 2, feature
     return truth
 
 
+def stage2_config(data: dict, out, **kw):
+    """A small stage-2 config on ``data['shards']`` (tiny backbone, small head, CPU-friendly); ``kw`` override."""
+    from gpf.train.config import Stage2Config
+
+    values = dict(out=None if out is None else str(out), shards=str(data["shards"]), backbone="tiny", weights="none",
+                  variant="gpf", epochs=3, batch_size=4, lr=0.05, workers=0, progress=False, tensorboard=False,
+                  **SMALL_HEAD)
+    values.update(kw)
+    return Stage2Config(**values)
+
+
 def state_of(path) -> dict:
     from gpf.model.checkpoint import load_checkpoint
 

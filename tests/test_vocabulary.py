@@ -1,0 +1,147 @@
+"""The names every room shares (gpf.vocabulary): the variant table, its errors, and library parameter -> CLI option.
+
+The references: the paper's Table I (which models exist and what each sees),
+the network GPFNet builds for each variant, the shard layout's member names, and
+the options the ``gpf`` commands really have (walked from the click group).
+"""
+from __future__ import annotations
+
+import re
+
+import click
+import pytest
+
+from gpf import vocabulary
+from gpf.errors import OptionError
+from gpf.vocabulary import DEFAULT_VARIANT, VARIANT_NAMES, VARIANTS, cli_option, get_variant
+
+#: Table I of the paper: name -> (table name, columns, second view, gated fusion).
+TABLE_I = {
+    "single": ("VGG16", 1, None, False),
+    "random": ("Random-VGG16", 2, "random", False),
+    "pf": ("PF-CNN", 2, "fovea", False),
+    "gpf": ("GPF-CNN", 2, "fovea", True),
+}
+
+
+# ----------------------------------------------------------------------------- the variant table
+
+def test_the_four_variants_of_table_i_in_its_order():
+    assert VARIANT_NAMES == ("single", "random", "pf", "gpf") == tuple(TABLE_I)
+    for name, (table_name, columns, second_view, gated) in TABLE_I.items():
+        variant = get_variant(name)
+        assert variant is VARIANTS[name] and variant.name == name
+        assert (variant.table_name, variant.columns, variant.second_view, variant.gated) == \
+            (table_name, columns, second_view, gated)
+        assert variant.description
+    assert DEFAULT_VARIANT == "gpf"
+
+
+def test_what_each_variant_needs_from_the_shards():
+    needs = {name: (v.needs_attention, v.needs_random_crops, v.member) for name, v in VARIANTS.items()}
+    assert needs == {"single": (False, False, None), "random": (False, True, "rand"),
+                     "pf": (True, False, "fovea"), "gpf": (True, False, "fovea")}
+
+
+def test_members_are_the_shard_members_the_reader_and_stage2_use():
+    from gpf.shards.layout import FOVEA, REQUIRED_MEMBERS, rand_index, rand_member
+
+    assert f"{VARIANTS['gpf'].member}.jpg" == FOVEA and FOVEA in REQUIRED_MEMBERS
+    assert rand_member(0).startswith(VARIANTS["random"].member) and rand_index(rand_member(3)) == 3
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_the_network_of_each_variant_has_its_columns_and_gates(name):
+    from gpf.model.gpf import GPFNet
+
+    variant = get_variant(name)
+    model = GPFNet("tiny", name, num_classes=3, branch_width=4, fusion_width=4)
+    assert (model.foveal is not None) == (variant.columns == 2) == model.needs_fovea
+    assert (model.gif is not None) == variant.gated
+    assert model.fusion.fc.in_features == variant.columns * 4
+    assert model.fovea_source == {"fovea": "attention", "random": "random", None: None}[variant.second_view]
+
+
+def test_the_rooms_use_the_same_names_and_default():
+    from gpf.model.gpf import VARIANTS as MODEL_VARIANTS
+    from gpf.train.config import VARIANTS as CONFIG_VARIANTS
+    from gpf.train.config import Stage2Config
+
+    assert tuple(MODEL_VARIANTS) == tuple(CONFIG_VARIANTS) == VARIANT_NAMES
+    assert Stage2Config().variant == DEFAULT_VARIANT
+
+
+@pytest.mark.parametrize("typo, close", [("gpff", "gpf"), ("sngle", "single"), ("randm", "random"), ("PF", None),
+                                         ("vgg16", None)])
+def test_an_unknown_variant_lists_all_four_and_suggests_a_close_match(typo, close):
+    with pytest.raises(OptionError) as info:
+        get_variant(typo)
+    error = info.value
+    assert error.param == "variant" and isinstance(error, ValueError)
+    message = str(error)
+    assert message.startswith(f"unknown variant {typo!r}") and message.endswith("one of: single, random, pf, gpf")
+    if close is None:
+        assert "did you mean" not in message
+    else:
+        assert f"(did you mean {close!r}?)" in message
+
+
+# ----------------------------------------------------------------------------- CLI options
+
+def cli_params(kind) -> dict[str, set[str]]:
+    """``{command path: names}`` of every ``gpf`` command: its ``--options`` (kind click.Option) or
+    its arguments as the help shows them (kind click.Argument)."""
+    from gpf.cli.main import cli
+
+    found: dict[str, set[str]] = {}
+
+    def walk(command, path):
+        ctx = click.Context(command, info_name=path)
+        names = set()
+        for param in command.params:
+            if isinstance(param, kind):
+                names |= {*param.opts, *param.secondary_opts} if kind is click.Option else {param.human_readable_name}
+        found[path] = names
+        if isinstance(command, click.Group):
+            for sub in command.list_commands(ctx):
+                walk(command.get_command(ctx, sub), f"{path} {sub}")
+
+    walk(cli, "gpf")
+    return found
+
+
+@pytest.mark.parametrize("param, option", [("view_size", "--view-size"), ("max_failure_rate", "--max-failure-rate"),
+                                           ("tau", "--tau"), ("random_crops", "--random-crops")])
+def test_a_parameter_is_its_option_with_dashes(param, option):
+    assert cli_option(param) == option
+
+
+@pytest.mark.parametrize("param, option", [("shard_dir", "--shards"), ("num_workers", "--workers"),
+                                           ("pixel_limit", "--max-pixels"), ("progress", "--quiet"),
+                                           ("drop_last", "--batch-size"), ("root", "ROOT")])
+def test_the_exceptions_name_the_option_the_cli_has(param, option):
+    assert cli_option(param) == option
+
+
+def test_every_option_the_vocabulary_names_exists_in_the_cli():
+    options = set().union(*cli_params(click.Option).values())
+    assert len(options) > 30
+    named = {param: re.findall(r"--[a-z][a-z0-9-]*", cli_option(param))
+             for param in [*vocabulary._CLI_OPTION_EXCEPTIONS, "view_size", "max_failure_rate", "random_crops",
+                           "jpeg_quality", "max_pixels", "samples_per_shard", "eb_layer", "threshold", "val_size"]}
+    missing = {param: opt for param, opts in named.items() for opt in opts if opt not in options}
+    assert not missing, f"cli_option names options no gpf command has: {missing}"
+    assert all(named[p] for p in named if p not in ("root", "dataset")), named
+    assert named["attention_model"] == ["--stage1", "--backbone", "--weights"]
+
+
+def test_root_is_the_argument_of_the_commands_that_read_a_dataset():
+    arguments = cli_params(click.Argument)
+    with_root = sorted(path for path, names in arguments.items() if cli_option("root") in names)
+    assert with_root == ["gpf preprocess ava", "gpf preprocess folder", "gpf preprocess photonet",
+                         "gpf train stage1"]
+
+
+def test_defaults_are_the_papers():
+    assert (vocabulary.TAU, vocabulary.VIEW_SIZE, vocabulary.EMD_R_TRAIN, vocabulary.EMD_R_EVAL) == (0.7, 224, 2, 1)
+    assert vocabulary.SPLITS == ("train", "val", "test")
