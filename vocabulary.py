@@ -13,6 +13,7 @@ No imports beyond the standard library: every room may import this module.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 # ----------------------------------------------------------------------------- paper constants and defaults
@@ -93,20 +94,85 @@ def get_variant(name: str) -> Variant:
 
 # ----------------------------------------------------------------------------- library parameter -> CLI option
 
-# Parameters whose CLI option is not simply ``--`` + the name with '-' for '_'.
-_CLI_OPTION_EXCEPTIONS = {
+# Every library parameter a gpf option sets, and that option. A parameter not
+# listed here has no option (``min_size``, ``image_pattern``, ``subsampling``,
+# ``train_size``, ...): :func:`cli_option` gives None, never an invented option.
+_CLI_OPTIONS = {
+    # the option is the name with dashes
+    **{name: "--" + name.replace("_", "-") for name in (
+        # preprocess
+        "view_size", "tau", "eb_layer", "contrastive", "samples_per_shard", "split", "limit", "batch_size",
+        "jpeg_quality", "random_crops", "store_features", "max_pixels", "max_failure_rate", "overwrite",
+        "num_nodes", "node_rank", "stage1", "backbone", "weights", "device", "seed", "out",
+        # the dataset options of preprocess and train stage1
+        "val_size", "test_size", "split_seed", "image_root", "threshold", "path_column", "id_column",
+        "count_columns",
+        # train stage1 / stage2 (docs/training.md: every config key is an option)
+        "resume", "epochs", "lr", "lr_step", "lr_gamma", "momentum", "weight_decay", "patience",
+        "limit_train_batches", "log_interval", "amp", "compile", "tensorboard", "branch_width", "fusion_width",
+        "dropout",
+        "emd_r", "variant", "peripheral_weights", "use_features", "train_peripheral",
+        # evaluate, predict, attention
+        "checkpoint", "by_category", "allow_attention_mismatch")},
+    # the option has another name
     "root": "ROOT",
     "dataset": "the dataset kind (ava | photonet | folder)",
     "shard_dir": "--shards",
-    "checkpoint": "--checkpoint",
+    "shards": "--shards",
     "num_workers": "--workers",
+    "workers": "--workers",
     "drop_last": "--batch-size",          # the CLI always drops the last partial batch when training
     "progress": "--quiet",
     "attention_model": "--stage1 or --backbone/--weights",
     "pixel_limit": "--max-pixels",
+    "config_file": "--config",
 }
 
 
-def cli_option(param: str) -> str:
-    """How the CLI spells the library parameter ``param`` (``view_size`` -> ``--view-size``)."""
-    return _CLI_OPTION_EXCEPTIONS.get(param, "--" + param.replace("_", "-"))
+def cli_option(param: str) -> str | None:
+    """How the CLI spells the library parameter ``param`` (``view_size`` -> ``--view-size``);
+    None when no gpf option sets it."""
+    return _CLI_OPTIONS.get(param)
+
+
+# ``name=VALUE`` (Python keyword syntax) of a parameter; VALUE may be quoted, ``[...]`` or ``...``.
+_KEYWORD = re.compile(r"(?<![\w./-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|\[\.\.\.\]|\.\.\.|[^\s,;)]*)")
+# A snake_case identifier: unmistakably a Python name (not part of a path, file or option name).
+_SNAKE = re.compile(r"(?<![\w./-])[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w/-]|\.\w)")
+# The neutral advice forms the library writes (``set path_column``, ``lower batch_size``).
+_ADVICE_VERBS = ("set", "lower", "raise", "pass", "use", "give", "change", "with", "drop", "add")
+
+
+def cli_text(message: str, param: str | None = None) -> str:
+    """``message`` of a library error as the CLI words it: each parameter that has an option is named as it.
+
+    * ``name=VALUE`` (a keyword argument) -> ``--name VALUE`` (``--name`` for ``[...]``, ``...`` or
+      an empty value; ``name=True``/``False`` stay), for every parameter with an option;
+    * a snake_case parameter name (``path_column``) -> its option (``--path-column``);
+    * ``param``, the error's own parameter, also when it is one word, after an advice verb
+      (``set threshold`` -> ``set --threshold``).
+
+    Names without an option stay as they are (the CLI never reaches those errors).
+    """
+    def keyword(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        option = cli_option(name)
+        if option is None or not option.startswith("--"):
+            return match.group(0)
+        if value in ("True", "False"):       # a Python flag: the option takes no value, keep the API's words
+            return match.group(0)
+        if value in ("", "[...]", "..."):
+            return option
+        return f"{option} {value.strip(chr(39) + chr(34))}"
+
+    def snake(match: re.Match) -> str:
+        option = cli_option(match.group(0))
+        return option if option is not None and option.startswith("--") else match.group(0)
+
+    text = _KEYWORD.sub(keyword, message)
+    text = _SNAKE.sub(snake, text)
+    option = cli_option(param) if param else None
+    if option is not None and option.startswith("--") and "_" not in param:
+        verbs = "|".join(_ADVICE_VERBS)
+        text = re.sub(rf"\b({verbs}) {re.escape(param)}\b", lambda m: f"{m.group(1)} {option}", text)
+    return text

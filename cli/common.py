@@ -12,6 +12,8 @@ DATASET_KINDS = ("ava", "photonet", "folder")
 
 def dataset_options(fn):
     """Options that say how a dataset's splits are made; stage 1 and preprocess must agree on them."""
+    from ..pipeline.sources import DEFAULT_TEST_SIZE
+
     options = [
         click.option("--val-size", type=float, default=None,
                      help="Validation split carved from train: a count (>= 1) or a fraction (< 1). "
@@ -22,13 +24,24 @@ def dataset_options(fn):
                      help="folder datasets: where relative image paths in the CSV point (default: the CSV's folder)."),
         click.option("--threshold", type=float, default=None,
                      help="High/low cut on the mean score (default: AVA 5, Photo.net see docs, CSV the scale midpoint)."),
+        click.option("--path-column", default=None,
+                     help="folder datasets: the CSV column holding image paths (default: path, file, image, ...)."),
+        click.option("--id-column", default=None,
+                     help="folder datasets: the CSV column holding image ids (default: image_id, id, photo_id)."),
+        click.option("--count-columns", default=None,
+                     help="folder datasets: the vote-count columns in score order, comma-separated, e.g. "
+                          "c1,c2,c3 (default: found by name, see docs/datasets.md)."),
+        click.option("--test-size", type=float, default=None,
+                     help="folder datasets without a split column: the test split, a count (>= 1) or a "
+                          f"fraction (< 1) [default: {DEFAULT_TEST_SIZE:g}]."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def collect_dataset_options(kind: str, val_size, split_seed, image_root, threshold) -> dict:
+def collect_dataset_options(kind: str, val_size, split_seed, image_root, threshold, *, path_column=None,
+                            id_column=None, count_columns=None, test_size=None) -> dict:
     """Keyword arguments for ``gpf.pipeline.sources.open_dataset`` from the CLI values given."""
     opts: dict = {}
     if val_size is not None:
@@ -37,10 +50,24 @@ def collect_dataset_options(kind: str, val_size, split_seed, image_root, thresho
         opts["seed"] = split_seed
     if threshold is not None:
         opts["threshold"] = threshold
-    if image_root is not None:
+    folder_only = {"--image-root": ("image_root", image_root),
+                   "--path-column": ("path_column", path_column),
+                   "--id-column": ("id_column", id_column),
+                   "--count-columns": ("count_columns", count_columns),
+                   "--test-size": ("test_size", test_size)}
+    for option, (name, value) in folder_only.items():
+        if value is None:
+            continue
         if kind != "folder":
-            raise click.UsageError("--image-root applies to folder (CSV) datasets only")
-        opts["image_root"] = image_root
+            raise click.UsageError(f"{option} applies to folder (CSV) datasets only")
+        if name == "count_columns":
+            value = [part.strip() for part in value.split(",")]
+            if len(value) < 2 or not all(value):
+                raise click.BadParameter("give the vote-count columns' names in score order, separated by "
+                                         "commas, e.g. c1,c2,c3 (at least two)", param_hint="--count-columns")
+        elif name == "test_size":
+            value = int(value) if value >= 1 else float(value)
+        opts[name] = value
     return opts
 
 
@@ -87,17 +114,66 @@ def friendly_errors(fn):
 
 
 def error_text(exc: BaseException) -> str:
-    """The message of an expected error, unwrapped from torch's DataLoader worker re-raise.
+    """The message of an expected error as a CLI user reads it.
 
-    An error raised in a loader worker comes back with the worker's whole
-    traceback in its message; the user needs its last line only.
+    * Unwrapped from torch's DataLoader worker re-raise: an error raised in a
+      loader worker comes back with the worker's whole traceback in its message;
+      the user needs its last line only.
+    * In the CLI's words: an error whose advice names library parameters carries
+      ``param`` (``OptionError``, ``LabelError``, ``ImageError``, ...); its text is
+      reworded so the user reads the option that sets each (``path_column=`` ->
+      ``--path-column``, :func:`gpf.vocabulary.cli_text`). Errors without ``param``
+      pass unchanged (a config file's unknown key lists config keys, not options).
     """
+    from ..vocabulary import cli_text
+
     text = str(exc)
-    if "Original Traceback" not in text:
-        return text
-    last = [line for line in text.strip().splitlines() if line.strip()][-1]
-    name, sep, message = last.partition(": ")
-    return message if sep and name.replace(".", "").replace("_", "").isalnum() else last
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        name, sep, message = last.partition(": ")
+        text = message if sep and name.replace(".", "").replace("_", "").isalnum() else last
+    param = getattr(exc, "param", None)
+    return cli_text(text, param) if isinstance(param, str) and param else text
+
+
+#: Exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_EXIT = 130
+
+
+def on_interrupt(advice):
+    """Ctrl-C in a long command: say what is kept and how to go on, exit 130 (no "Aborted!", no traceback).
+
+    ``advice(kwargs)`` gives the lines to print from the command's keyword arguments.
+    Raising ``SystemExit`` here, inside the command, keeps click's standalone mode
+    from printing its bare "Aborted!" first.
+    """
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                try:
+                    lines = advice(kwargs)
+                except Exception:  # noqa: BLE001 - the advice must never hide the interrupt
+                    lines = ["interrupted"]
+                for line in ["", *lines] if lines else []:      # "" ends the line of a "^C" or a bar
+                    echo_err(line)
+                raise SystemExit(INTERRUPTED_EXIT) from None
+        return wrapper
+    return decorate
+
+
+def command_line() -> str:
+    """The running command as the user typed it (``gpf preprocess folder ...``), quoted for a shell."""
+    import shlex
+
+    ctx = click.get_current_context(silent=True)
+    words = ctx.command_path.split()[1:] if ctx is not None else []
+    argv = sys.argv[1:]
+    if words and argv[:len(words)] == words:
+        return shlex.join(["gpf", *argv])
+    return " ".join(["gpf", *words, "..."])
 
 
 def echo_err(message: str) -> None:

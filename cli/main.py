@@ -55,6 +55,20 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def invoke(self, ctx):
+        """Run the sub-command; Ctrl-C is one line and exit 130, not click's bare "Aborted!".
+
+        ``gpf preprocess`` and ``gpf train`` say more themselves (what is kept, the
+        command that resumes): :func:`gpf.cli.common.on_interrupt`.
+        """
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            from .common import INTERRUPTED_EXIT
+
+            click.echo("\ninterrupted", err=True)
+            raise SystemExit(INTERRUPTED_EXIT) from None
+
     def resolve_command(self, ctx, args):
         name = args[0] if args else None
         if name and name not in _COMMANDS and not name.startswith("-"):
@@ -103,8 +117,8 @@ def cli():
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="gpf", standalone_mode=True)
-    except KeyboardInterrupt:  # pragma: no cover - interactive only
-        click.echo("interrupted", err=True)
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C outside a command (click handles the rest)
+        click.echo("\ninterrupted", err=True)
         sys.exit(130)
 
 

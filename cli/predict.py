@@ -1,6 +1,7 @@
 """``gpf predict``: score raw photos with the whole online path (peripheral view, EB, crop, fovea, fusion)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -21,6 +22,20 @@ def _table_row(result) -> str:
     verdict = "-" if result.high is None else ("high" if result.high else "low")
     box = ",".join(map(str, result.box)) if result.box else "-"
     return f"{result.mean:6.3f} {result.std:6.3f} {verdict:<5} {box:<20} {where}"
+
+
+def _beside_the_bar():
+    """A context for writing a line while a live progress bar may be on the same terminal.
+
+    The bar (tqdm, on stderr) is cleared first and redrawn after, so table rows
+    on stdout never land on the bar's line and no stale bar state stays behind
+    in the table; a no-op when no bar is live (logs, pipes, ``--quiet``).
+    """
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return contextlib.nullcontext()
+    return tqdm.external_write_mode(file=sys.stdout)
 
 
 @click.command()
@@ -47,35 +62,38 @@ def predict(images, checkpoint, as_json, parquet_out, batch_size, workers, devic
     """Score photos: IMAGES are files or folders (searched recursively for image files).
 
     Prints a table (or JSON lines with --json; only a summary with --parquet
-    alone). Unreadable images are reported and skipped; the exit code is 1
-    only when no image could be scored.
+    alone). A photo's id is its path relative to the folder given (a/photo.jpg),
+    or its file name when given as a file. Unreadable images are reported and
+    skipped; the exit code is 1 only when no image could be scored.
     """
     from ..pipeline.progress import Progress
-    from ..pipeline.scoring import ParquetResultWriter, Scorer, iter_image_files
+    from ..pipeline.scoring import ParquetResultWriter, Scorer, named_image_files
 
     scorer = Scorer.from_checkpoint(checkpoint, device, random_crops=random_crops, threshold=threshold,
                                     max_pixels=max_pixels, workers=workers)
-    files = list(iter_image_files(images))
+    files = named_image_files(images)
     if not files:
         raise click.ClickException(f"no image files in {', '.join(images)} (extensions looked for: "
                                    "jpg jpeg png webp tif tiff bmp gif ...)")
     table = not as_json and not parquet_out
+    if table:
+        click.echo(_HEADER)
     progress = Progress(len(files), "predict", enabled=not quiet)
     writer = ParquetResultWriter(parquet_out, metadata=scorer.describe()) if parquet_out else None
     statuses: Counter = Counter()
     try:
-        if table:
-            click.echo(_HEADER)
         for result in scorer.score_many(files, batch_size, progress=progress):
             statuses[result.status] += 1
             if writer is not None:
                 writer.write(result)
-            if as_json:
-                click.echo(json.dumps(result.as_dict()))
-            elif table:
-                click.echo(_table_row(result))
-            if not result.ok:
-                echo_err(f"skipped: {result.error}")
+            if as_json or table or not result.ok:
+                with _beside_the_bar():
+                    if as_json:
+                        click.echo(json.dumps(result.as_dict()))
+                    elif table:
+                        click.echo(_table_row(result))
+                    if not result.ok:
+                        echo_err(f"skipped: {result.error}")
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -88,5 +106,5 @@ def predict(images, checkpoint, as_json, parquet_out, batch_size, workers, devic
     echo_err(f"scored {scored} of {len(files)} images" + (f" ({failed})" if failed else "")
              + (f"; scores written to {parquet_out}" if parquet_out else ""))
     if scored == 0:
-        echo_err("error: no image could be scored")
+        echo_err("Error: no image could be scored")
         sys.exit(1)

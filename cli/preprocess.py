@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from .common import collect_dataset_options, config_default, dataset_options, friendly_errors
+from .common import (collect_dataset_options, command_line, config_default, dataset_options, error_text,
+                     friendly_errors, on_interrupt)
 from ..pipeline.preprocess import PreprocessConfig
 from ..vocabulary import DEVICE_CHOICES, SPLITS
 
@@ -29,20 +30,25 @@ def _preprocess_options(fn):
                      help="Longest side of the peripheral view and side of the foveal view."),
         click.option("--eb-layer", default=None, help="Module name where the EB map is read (default: the backbone's)."),
         click.option("--contrastive", is_flag=True, help="Contrastive Excitation Backprop."),
-        click.option("--samples-per-shard", type=int, default=_default("samples_per_shard"), show_default=True),
+        click.option("--samples-per-shard", type=int, default=_default("samples_per_shard"), show_default=True,
+                     help="Images per shard (tar); smaller shards give more loader workers something to read."),
         click.option("--split", type=click.Choice([*SPLITS, "all"]), default=_default("split"),
-                     show_default=True),
+                     show_default=True, help="Which split to preprocess (stage 2 needs train and val)."),
         click.option("--limit", type=int, default=None, help="At most this many images per split (a seeded sample)."),
         click.option("--workers", type=int, default=_default("workers"), show_default=True,
                      help="Decode/encode threads (0 = one per core)."),
-        click.option("--batch-size", type=int, default=_default("batch_size"), show_default=True),
+        click.option("--batch-size", type=int, default=_default("batch_size"), show_default=True,
+                     help="Images per attention (EB) forward/backward pass."),
         click.option("--device", default=_default("device"), show_default=True, help=DEVICE_CHOICES),
-        click.option("--jpeg-quality", type=int, default=_default("jpeg_quality"), show_default=True),
+        click.option("--jpeg-quality", type=int, default=_default("jpeg_quality"), show_default=True,
+                     help="JPEG quality (1..100) of the stored peripheral and foveal views."),
         click.option("--random-crops", type=int, default=_default("random_crops"), show_default=True,
                      help="K seeded random crops per image for the `random` baseline."),
         click.option("--store-features", is_flag=True,
                      help="Store the peripheral's pooled descriptor so stage 2 can skip its forward."),
-        click.option("--seed", type=int, default=_default("seed"), show_default=True),
+        click.option("--seed", type=int, default=_default("seed"), show_default=True,
+                     help="Seed of --limit's sample, which shard each image goes to, the random crops and a "
+                          "--weights none network (the split's seed is --split-seed)."),
         click.option("--max-pixels", type=int, default=_default("max_pixels"), show_default=True,
                      help="Decompression-bomb limit (pixels)."),
         click.option("--max-failure-rate", type=float, default=_default("max_failure_rate"), show_default=True,
@@ -62,7 +68,9 @@ def _run(kind: str, root: str, **kw) -> None:
     from ..pipeline.preprocess import TooManyFailuresError, run_preprocess
 
     dataset_opts = collect_dataset_options(kind, kw.pop("val_size"), kw.pop("split_seed"),
-                                           kw.pop("image_root"), kw.pop("threshold"))
+                                           kw.pop("image_root"), kw.pop("threshold"),
+                                           path_column=kw.pop("path_column"), id_column=kw.pop("id_column"),
+                                           count_columns=kw.pop("count_columns"), test_size=kw.pop("test_size"))
     quiet = kw.pop("quiet")
     cfg = PreprocessConfig(dataset=kind, root=str(root), dataset_options=dataset_opts,
                            progress=not quiet, **kw)
@@ -71,7 +79,7 @@ def _run(kind: str, root: str, **kw) -> None:
     except TooManyFailuresError as exc:
         for line in exc.summary.lines():
             click.echo(line)
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"Error: {error_text(exc)}", err=True)
         sys.exit(1)
     for line in summary.lines():
         click.echo(line)
@@ -82,10 +90,27 @@ def preprocess():
     """Stage-1 pass: EB attention, optimal tau crops, WebDataset shards + Parquet metadata."""
 
 
+def _interrupted(kw: dict) -> list[str]:
+    """What Ctrl-C keeps of a preprocess run, and the command that resumes it."""
+    from ..shards.manifest import find_stats_files
+
+    out = kw.get("out")
+    try:
+        done = len(find_stats_files(out)) if out else 0
+    except OSError:
+        done = 0
+    return [f"interrupted: the {done} finished shard(s) in {out} are kept (a shard under way is redone)",
+            f"resume with the same command: {command_line()}"]
+
+
+_NAMES = {"ava": "an AVA dataset", "photonet": "a Photo.net dataset", "folder": "a folder (CSV) dataset"}
+
+
 def _make_command(kind: str, root_help: str):
-    @preprocess.command(name=kind, help=f"Preprocess a {kind} dataset. ROOT: {root_help}")
+    @preprocess.command(name=kind, help=f"Preprocess {_NAMES[kind]}. ROOT: {root_help}")
     @click.argument("root", type=click.Path(exists=True))
     @_preprocess_options
+    @on_interrupt(_interrupted)
     @friendly_errors
     def command(root, **kw):
         _run(kind, root, **kw)

@@ -10,8 +10,8 @@ import os
 
 import click
 
-from .common import (DATASET_KINDS, collect_dataset_options, dataset_options, default_help,
-                            friendly_errors)
+from .common import (DATASET_KINDS, collect_dataset_options, command_line, dataset_options, default_help,
+                     friendly_errors, on_interrupt)
 from ..train.config import DEVICE_HELP, USE_FEATURES_CHOICES, Stage1Config, Stage2Config, TrainConfig
 from ..vocabulary import VARIANT_NAMES
 
@@ -50,6 +50,9 @@ def _training_options(fn):
                      help="At most this many steps per epoch (smoke runs)."),
         click.option("--tensorboard/--no-tensorboard", default=None,
                      help="TensorBoard scalars when tensorboard is installed [default: on]."),
+        click.option("--log-interval", type=int, default=None,
+                     help=default_help("Steps between NaN checks on GPU (CPU: every step)", TrainConfig,
+                                       "log_interval")),
         click.option("--quiet", is_flag=True, default=False, help="No progress line or log on stderr."),
     ]
     for option in reversed(options):
@@ -71,8 +74,10 @@ def _overrides(kw: dict) -> dict:
 
 def _build(cls, kw: dict):
     from ..train.config import build_config
-    from ..train.run import saved_config
+    from ..train.run import check_resume_stage, saved_config
 
+    if kw.get("resume"):     # a run of the other stage is refused first, not as a missing option
+        check_resume_stage(kw["resume"], "stage1" if cls is Stage1Config else "stage2")
     saved = saved_config(kw["resume"]) if kw.get("resume") else None
     return build_config(cls, yaml_path=kw.get("config_file"), overrides=_overrides(kw), saved=saved)
 
@@ -94,6 +99,33 @@ def _report(result, stage: str) -> None:
         click.echo(note)
 
 
+def _interrupted(stage: str):
+    """What Ctrl-C keeps of a training run, and the command that resumes it (rank 0 says it)."""
+    def advice(kw: dict) -> list[str]:
+        import shlex
+        from pathlib import Path
+
+        from ..train.loop import LAST
+
+        if not _is_main_process():
+            return []
+        run = kw.get("resume") or kw.get("out")
+        if not run:
+            return ["interrupted"]
+        run = Path(run)
+        if run.is_file():
+            run = run.parent
+        if not (run / LAST).is_file():
+            return [f"interrupted before the first epoch ended: no checkpoint in {run} yet",
+                    f"start again with the same command: {command_line()}"]
+        data = [kw["kind"], str(kw["root"])] if stage == "stage1" else []
+        resume = shlex.join(["gpf", "train", stage, *data, "--resume", str(run)])
+        return [f"interrupted: {run} keeps the checkpoint of the last finished epoch ({run / LAST}); "
+                "the epoch under way is redone",
+                f"resume with: {resume}"]
+    return advice
+
+
 @click.group()
 def train():
     """Train stage 1 (peripheral high/low classifier on raw images) or stage 2 (shards)."""
@@ -105,9 +137,12 @@ def train():
 @_training_options
 @dataset_options
 @click.option("--view-size", type=int, default=None, help=default_help("Longest side of the peripheral view", Stage1Config, "view_size"))
-@click.option("--max-pixels", type=int, default=None, help="Decompression-bomb limit (pixels).")
+@click.option("--max-pixels", type=int, default=None,
+              help=default_help("Decompression-bomb limit (pixels)", Stage1Config, "max_pixels"))
+@on_interrupt(_interrupted("stage1"))
 @friendly_errors
-def stage1(kind, root, val_size, split_seed, image_root, threshold, **kw):
+def stage1(kind, root, val_size, split_seed, image_root, threshold, path_column, id_column, count_columns,
+           test_size, **kw):
     """Fine-tune the peripheral subnet on KIND dataset ROOT (high/low softmax, paper IV-B).
 
     Writes RUN/best.pt, the checkpoint `gpf preprocess --stage1 RUN` takes.
@@ -115,7 +150,8 @@ def stage1(kind, root, val_size, split_seed, image_root, threshold, **kw):
     from ..train.config import Stage1Config
     from ..train.stage1 import train_stage1
 
-    options = collect_dataset_options(kind, val_size, split_seed, image_root, threshold)
+    options = collect_dataset_options(kind, val_size, split_seed, image_root, threshold, path_column=path_column,
+                                      id_column=id_column, count_columns=count_columns, test_size=test_size)
     kw.update(dataset=kind, root=str(root), dataset_options=options or None)
     cfg = _build(Stage1Config, kw)
     result = train_stage1(cfg)
@@ -140,10 +176,19 @@ def stage1(kind, root, val_size, split_seed, image_root, threshold, **kw):
                                 Stage2Config, "use_features"))
 @click.option("--train-peripheral", is_flag=True, default=None,
               help="Fine-tune the peripheral too (the paper freezes it).")
+@click.option("--emd-r", type=int, default=None,
+              help=default_help("Power r of the EMD loss (paper Eq. 1)", Stage2Config, "emd_r"))
+@click.option("--branch-width", type=int, default=None,
+              help=default_help("Width of each column's FC layer (F_c of Table II)", Stage2Config, "branch_width"))
+@click.option("--fusion-width", type=int, default=None,
+              help=default_help("Width of the fusion's FC layer (FC of Table II)", Stage2Config, "fusion_width"))
+@click.option("--dropout", type=float, default=None,
+              help=default_help("Dropout after each hidden FC layer", Stage2Config, "dropout"))
 @_training_options
+@on_interrupt(_interrupted("stage2"))
 @friendly_errors
 def stage2(stage1_ckpt, **kw):
-    """Train the foveal subnet and fusion on shards with the EMD loss (r = 2), peripheral frozen."""
+    """Train the foveal subnet and fusion on shards with the EMD loss (r = 2 unless --emd-r), peripheral frozen."""
     from ..train.config import Stage2Config
     from ..train.stage2 import train_stage2
 

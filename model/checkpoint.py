@@ -51,7 +51,12 @@ _TENSORS = (torch.Tensor, nn.Parameter)
 
 
 class CheckpointError(GPFError, ValueError):
-    """A checkpoint that cannot be written, read or used (message names the file and the fix)."""
+    """A checkpoint that cannot be written, read or used (message names the file and the fix);
+    ``param`` is the parameter the advice names (the CLI words it as its option), if any."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 # ----------------------------------------------------------------------------- plain payloads
@@ -228,7 +233,7 @@ class Checkpoint:
         if fmt not in MADE_BY:
             raise CheckpointError(f"{where} is not a gpf checkpoint (no 'format' of {', '.join(MADE_BY)}); gpf "
                                   f"checkpoints are made by `gpf train stage1` and `gpf train stage2`. To start a "
-                                  f"backbone from a plain state dict pass it as --weights PATH.")
+                                  f"backbone from a plain state dict, give it as weights=PATH.", param="weights")
         version = payload.get("format_version")
         if version not in READABLE_VERSIONS:
             from .._version import __version__

@@ -36,7 +36,12 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
 
 class WeightsError(GPFError, ValueError):
-    """Weights that cannot be found, read, or fitted to the model (message says which and why)."""
+    """Weights that cannot be found, read, or fitted to the model (message says which and why);
+    ``param`` is the parameter the advice names (the CLI words it as its option), if any."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 # ----------------------------------------------------------------------------- ImageNet
@@ -87,8 +92,8 @@ def imagenet_weights_file(backbone_name: str, weights_name: str | None, *, downl
         from .backbones import list_backbones, get_spec
 
         with_weights = [n for n in list_backbones() if get_spec(n).torchvision_weights]
-        raise WeightsError(f"backbone {backbone_name!r} has no ImageNet weights; use weights='none' or a "
-                           f"PATH. Backbones with ImageNet weights: {', '.join(with_weights)}")
+        raise WeightsError(f"backbone {backbone_name!r} has no ImageNet weights; use weights='none' or "
+                           f"weights=PATH. Backbones with ImageNet weights: {', '.join(with_weights)}", param="weights")
     path = imagenet_cache_path(weights_name)
     if path.is_file():
         return path
@@ -97,15 +102,16 @@ def imagenet_weights_file(backbone_name: str, weights_name: str | None, *, downl
     size_text = f", {size:.0f} MB" if size else ""
     where = (f"Download {entry.url}{size_text} on a machine with network access and copy it to {path} "
              f"(the torch hub cache: $TORCH_HOME/hub/checkpoints, default ~/.cache/torch/hub/checkpoints), "
-             f"or pass a local state dict as the weights PATH.")
+             f"or give a local state dict as weights=PATH.")
     if not download:
-        raise WeightsError(f"ImageNet weights of {backbone_name!r} are not in the torch hub cache. {where}")
+        raise WeightsError(f"ImageNet weights of {backbone_name!r} are not in the torch hub cache. {where}",
+                           param="weights")
     log.info("downloading %s to %s", entry.url, path)
     try:
         _download(entry.url, path, timeout)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise WeightsError(f"ImageNet weights of {backbone_name!r} are not in the torch hub cache and the "
-                           f"download failed ({exc}). {where}") from exc
+                           f"download failed ({exc}). {where}", param="weights") from exc
     return path
 
 

@@ -42,14 +42,13 @@ STATUS_ADVICE = {
     "missing": "check the path and the image root; re-download the image or drop it from the labels",
     "not_a_file": "point to an image file, not a directory or special file",
     "unreadable": "check the file's permissions and the disk it is on",
-    "empty": "the file has zero bytes: re-download or remove it",
-    "not_an_image": "the content is not an image in a supported format "
-                    f"({', '.join(IMAGE_FORMATS)}): re-download or remove it",
-    "truncated": "the file is cut short (interrupted download or copy): re-download it",
-    "too_large": "pass a larger max_pixels to load_image if you trust the file",
-    "too_small": "pass a smaller min_size to load_image, or drop the image",
+    "empty": "re-download or remove it",
+    "not_an_image": f"re-download or remove it (formats gpf reads: {', '.join(IMAGE_FORMATS)})",
+    "truncated": "the file is cut short, e.g. by an interrupted download or copy: re-download it",
+    "too_large": "raise max_pixels if you trust the file",
+    "too_small": "lower min_size, or drop the image",
     "decode_error": "the image data is damaged or uses an unsupported feature: "
-                    "re-encode it (e.g. to JPEG) or remove it",
+                    "re-encode it, e.g. to JPEG, or remove it",
 }
 STATUSES = tuple(STATUS_ADVICE)
 # The load_image parameter a status's advice names (the CLI words it as its option).
@@ -88,7 +87,7 @@ _SIGNATURES = (
 
 class ImageError(GPFError):
     """An image file that cannot be used: ``.path``, ``.status`` (one of
-    :data:`STATUSES`) and ``.reason``; ``str()`` is ``"PATH: reason (what to do)"``.
+    :data:`STATUSES`) and ``.reason``; ``str()`` is ``"PATH: reason; what to do"``.
     ``.param`` is the parameter the advice names (``max_pixels``, ``min_size``) or None."""
 
     def __init__(self, path: str | os.PathLike, status: str, reason: str):
@@ -101,7 +100,7 @@ class ImageError(GPFError):
         super().__init__(self.path, status, reason)
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason} ({STATUS_ADVICE[self.status]})"
+        return f"{self.path}: {self.reason}; {STATUS_ADVICE[self.status]}"
 
     def __reduce__(self):  # picklable across worker processes
         return (type(self), (self.path, self.status, self.reason))

@@ -52,6 +52,12 @@ IDENTITY_KEYS = (
 )
 
 
+#: Label problems the summary shows as ``file:line: problem``; the rest are in meta/.
+LABEL_PROBLEMS_SHOWN = 5
+#: Parquet key-value metadata key: JSON list of {"column", "bucket", "score"} (folder CSV datasets).
+SCORE_COLUMNS_KEY = "gpf_score_columns"
+
+
 class PreprocessError(GPFError):
     """A preprocess run cannot start or go on; the message says what to do."""
 
@@ -113,6 +119,8 @@ class Summary:
     zero_attention: int
     out: Path
     notes: list[str] = field(default_factory=list)   # the dataset's notes (absent test-list ids, ...)
+    label_problems: list[str] = field(default_factory=list)  # the first few as 'file:line: problem'
+    label_problem_count: int = 0                     # unusable label rows recorded in meta/
 
     @property
     def total(self) -> int:
@@ -130,7 +138,21 @@ class Summary:
             f"{self.total_shards} in this run's share",
             f"all-zero attention maps (whole image used): {self.zero_attention}",
             f"output: {self.out}",
-        ] + [f"note: {note}" for note in self.notes]
+        ] + self._problem_lines() + [f"note: {note}" for note in self.notes]
+
+    def _problem_lines(self) -> list[str]:
+        if not self.label_problem_count:
+            return []
+        shown = len(self.label_problems)
+        where = f"the status and error columns of {self.out / 'meta'}"
+        lines = [f"label rows unusable: {self.label_problem_count}"
+                 + (f"; the first {shown}:" if shown < self.label_problem_count else ":")]
+        lines += [f"  {line}" for line in self.label_problems]
+        if shown < self.label_problem_count:
+            lines.append(f"  ... and {self.label_problem_count - shown} more: all are in {where}")
+        else:
+            lines.append(f"  (also in {where})")
+        return lines
 
 
 @dataclass
@@ -202,8 +224,9 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
 
 
 def load_inputs(cfg: PreprocessConfig, att: AttentionModel | None):
-    """The dataset, with the split chosen; refuses a split spec the stage-1 model was not trained with."""
-    from .sources import open_dataset
+    """The dataset, with the split chosen; refuses a split spec the stage-1 model was not trained with,
+    and a dataset of which not one image file of the chosen split exists (nothing is written then)."""
+    from .sources import check_images_resolve, open_dataset
 
     dataset = open_dataset(cfg.dataset, cfg.root, strict=False, check_images=False, **cfg.dataset_options)
     if att is not None and att.split_spec is not None and att.split_spec != dataset.split_spec:
@@ -211,7 +234,8 @@ def load_inputs(cfg: PreprocessConfig, att: AttentionModel | None):
         raise PreprocessError(
             "the dataset's split differs from the one the stage-1 checkpoint was trained with "
             f"({diff}); a validation or test image may have trained the attention model. "
-            "Use the same dataset options (e.g. --val-size/--seed) as `gpf train stage1`, or retrain stage 1.")
+            "Use the same dataset options (e.g. --val-size/--split-seed) as `gpf train stage1`, or retrain stage 1.")
+    check_images_resolve(dataset, dataset.split(cfg.split))
     return dataset
 
 
@@ -239,8 +263,9 @@ def select_items(cfg: PreprocessConfig, dataset) -> dict[str, list[_Item]]:
         if image_id in seen:
             image_id = f"{image_id}@line{problem.line}"  # a duplicate row: keep both rows visible
         seen.add(image_id)
+        # problem.error names the file and line once; path: the image the row names, where known
         items[split].append(_Item(image_id=image_id, split=split, status=problem.status,
-                                  error=f"{problem.source}:{problem.line}: {problem.error}"))
+                                  error=problem.error, source=problem.path))
     if cfg.limit is not None:
         for split, group in items.items():
             group.sort(key=lambda it: _hash_rank(it.image_id, cfg.seed))
@@ -473,6 +498,7 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
         raise PreprocessError(f"no images to preprocess in split {cfg.split!r} of {cfg.root}")
     mine = [job for n, job in enumerate(jobs) if n % world == rank]
     scores = tuple(dataset.scores)
+    parquet_metadata = shard_metadata(dataset)
 
     workers = cfg.workers or os.cpu_count() or 1
     worker = _Worker(cfg, att)
@@ -487,7 +513,7 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
             if is_shard_done(out, job.split, job.index):
                 skipped += 1
                 counts.update(read_stats(out, job.split, job.index).get("status_counts", {}))
-                progress.update(len(job.items))
+                progress.skip(len(job.items))
                 continue
             done_items, z = _process_shard(job, worker, att, cfg, pool, progress)
             zero += z
@@ -496,15 +522,21 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
             counts.update(it.status for it in done_items)
             if pending_write is not None:
                 pending_write.result()
-            pending_write = writer.submit(write_shard, out, job.split, job.index, samples, rows)
+            pending_write = writer.submit(write_shard, out, job.split, job.index, samples, rows,
+                                          metadata=parquet_metadata)
             written += 1
         if pending_write is not None:
             pending_write.result()
     progress.close()
 
     _maybe_write_manifest(out, jobs, cfg, environment, att, dataset)
+    from .sources import problem_lines
+
+    recorded = [p for p in dataset.problems if cfg.split == "all" or p.split == cfg.split]
     summary = Summary(counts=counts, written_shards=written, skipped_shards=skipped,
-                      total_shards=len(mine), zero_attention=zero, out=out, notes=list(dataset.notes))
+                      total_shards=len(mine), zero_attention=zero, out=out, notes=list(dataset.notes),
+                      label_problems=problem_lines(recorded, LABEL_PROBLEMS_SHOWN),
+                      label_problem_count=len(recorded))
     check_failure_rate(summary, cfg.max_failure_rate)
     return summary
 
@@ -512,8 +544,9 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
 def check_failure_rate(summary: Summary, max_failure_rate: float) -> None:
     """Raise :class:`TooManyFailuresError` when no image was written or too large a share failed."""
     if summary.total and summary.counts.get("ok", 0) == 0:
-        raise TooManyFailuresError(f"no image could be written; see the status and error columns in "
-                                   f"{summary.out}/meta", summary)
+        raise TooManyFailuresError(f"no image could be written (the manifest is left incomplete); see the "
+                                   f"status and error columns in {summary.out}/meta, fix the inputs and "
+                                   f"rerun with {cli_option('overwrite')}", summary)
     rate = summary.failures / max(1, summary.total)
     if rate > max_failure_rate:
         raise TooManyFailuresError(
@@ -573,18 +606,29 @@ def _validate(cfg: PreprocessConfig) -> None:
         raise PreprocessError("; ".join(problems))
 
 
+def shard_metadata(dataset) -> dict[str, str] | None:
+    """Key-value metadata of every shard's Parquet: which label column holds which score bucket
+    (``gpf_score_columns``, JSON), for a folder CSV; None for the fixed formats."""
+    if not getattr(dataset, "score_columns", None):
+        return None
+    return {SCORE_COLUMNS_KEY: json.dumps(dataset.score_columns, sort_keys=True)}
+
+
 def _maybe_write_manifest(out: Path, jobs: Sequence[_ShardJob], cfg: PreprocessConfig,
                           environment: dict, att: AttentionModel, dataset) -> bool:
-    """Write manifest.json once every shard of the job (all ranks) is done."""
+    """Write manifest.json once every shard of the job (all ranks) is done: complete when the
+    shards hold at least one sample, else incomplete (a run that wrote nothing is not usable)."""
     from ..shards.manifest import RunFields, write_manifest
-    from ..shards.writer import is_shard_done
+    from ..shards.writer import is_shard_done, read_stats
 
     if not all(is_shard_done(out, j.split, j.index) for j in jobs):
         return False
+    wrote = sum(int(read_stats(out, j.split, j.index).get("count", 0)) for j in jobs) > 0
     run = RunFields(dataset=dataset.name, scores=tuple(dataset.scores), threshold=dataset.threshold,
                     view_size=cfg.view_size, tau=cfg.tau, eb_layer=att.eb_layer, contrastive=cfg.contrastive,
                     stage1_digest=cfg.stage1_digest, attention_model=att.description,
                     features_digest=att.digest if cfg.store_features else None, split_spec=dataset.split_spec,
-                    config=dict(cfg.identity(), num_classes=len(dataset.scores)), environment=environment)
-    write_manifest(out, run)
-    return True
+                    config=dict(cfg.identity(), num_classes=len(dataset.scores)), environment=environment,
+                    score_columns=getattr(dataset, "score_columns", None))
+    write_manifest(out, run, complete=wrote)
+    return wrote

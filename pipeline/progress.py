@@ -30,8 +30,10 @@ def _has_size(stream) -> bool:
 class Progress:
     """Progress of ``total`` units of work, called ``label``, written to ``stream`` (stderr).
 
-    ``update(n, failed=k, **extra)`` after each batch, ``close()`` at the end
-    (or use it as a context manager). ``enabled=False`` writes nothing.
+    ``update(n, failed=k, **extra)`` after each batch, ``skip(n)`` for work
+    done by an earlier run (a resumed preprocess: in the count and the ETA, not
+    in the rate), ``close()`` at the end (or use it as a context manager).
+    ``enabled=False`` writes nothing.
     ``tty`` forces the mode: ``True`` for the live bar, ``False`` for plain
     lines; ``None`` (the default) asks ``stream.isatty()``.
     """
@@ -45,6 +47,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.done = 0
+        self.skipped = 0
         self.failed = 0
         self.extra: dict[str, str] = {}
         self._start = time.perf_counter()
@@ -86,10 +89,29 @@ class Progress:
             self._last = now
             self._emit()
 
+    def skip(self, n: int) -> None:
+        """Count ``n`` units done by an earlier run: they move the count and shorten the ETA, but
+        the rate is over the work of this run only (a resumed run is not 80,000 img/s)."""
+        self.done += n
+        self.skipped += n
+        if self._bar is not None:
+            # tqdm's rate: an EMA of the steps between redraws, or (n - initial) / elapsed; moving
+            # n, last_print_n and initial together keeps the skipped units out of both
+            self._bar.n += n
+            self._bar.last_print_n += n
+            self._bar.initial += n
+            self._bar.refresh()
+            return
+        now = time.perf_counter()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._emit()
+
     @property
     def rate(self) -> float:
+        """Units per second of this run's work (skipped units not counted)."""
         elapsed = time.perf_counter() - self._start
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return (self.done - self.skipped) / elapsed if elapsed > 0 else 0.0
 
     def _line(self) -> str:
         total = f"/{self.total}" if self.total is not None else ""

@@ -63,6 +63,8 @@ class ScoringError(GPFError):
 class ScoreResult:
     """The score of one photo, or why it has none (``status`` != ``'ok'``).
 
+    ``id`` is the id the photo was given (``gpf predict``: its path relative to
+    the input, see :func:`named_image_files`), else :func:`image_id_of`.
     ``distribution`` is the predicted probability of each score bucket,
     ``mean``/``std`` its mean score and spread over the bucket scores, ``high``
     whether ``mean > threshold`` (paper, section IV-B), ``box`` the attended
@@ -111,11 +113,24 @@ class AttentionView:
 # ----------------------------------------------------------------------------- inputs
 
 def image_id_of(source, index: int = 0) -> str:
-    """The id a photo is reported under: its file name without extension (AVA: the id)."""
+    """The photo's dataset id: its file name without extension (AVA: the id); ``image{index}`` for an unnamed PIL image.
+
+    It is the key that seeds the ``random`` variant's crop positions (as
+    ``gpf preprocess`` seeds them with the dataset id), whatever id a result is
+    reported under, and the id of a result when no other is given.
+    """
     if isinstance(source, (str, os.PathLike)):
         return Path(source).stem
     filename = getattr(source, "filename", None)
     return Path(filename).stem if filename else f"image{index}"
+
+
+@dataclass(frozen=True)
+class NamedImage:
+    """A photo (path or PIL image) and the id its result is reported under (see :func:`named_image_files`)."""
+
+    id: str
+    source: Any
 
 
 def load_source(source, max_pixels: int | None):
@@ -130,22 +145,88 @@ def load_source(source, max_pixels: int | None):
     raise TypeError(f"expected an image path or a PIL.Image, got {type(source).__name__}")
 
 
+def _walk_inputs(paths: Iterable[str | os.PathLike], recursive: bool) -> Iterator[tuple[Path, str]]:
+    """``(file, id before de-duplication)`` of :func:`iter_image_files`; the id rule is :func:`named_image_files`'s."""
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            yield path, path.name
+            continue
+        for folder, subdirs, files in os.walk(path):
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")) if recursive else []
+            for name in sorted(files):
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    file = Path(folder) / name
+                    yield file, file.relative_to(path).as_posix()
+
+
 def iter_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Iterator[Path]:
     """Files named on the command line, and the image files of folders (sorted, hidden ones skipped).
 
     A file given explicitly is always yielded (a bad one is then reported by the
     scorer); inside folders only names with an extension of :data:`IMAGE_EXTENSIONS`.
     """
-    for given in paths:
-        path = Path(given)
-        if not path.is_dir():
-            yield path
-            continue
-        for folder, subdirs, files in os.walk(path):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")) if recursive else []
-            for name in sorted(files):
-                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                    yield Path(folder) / name
+    for file, _ in _walk_inputs(paths, recursive):
+        yield file
+
+
+def unique_ids(ids: Sequence[str]) -> list[str]:
+    """``ids`` made unique, deterministically: the first of equal ids keeps it, the k-th gets ``#k``.
+
+    ``#k`` is the smallest k >= 2 that is neither an id of ``ids`` nor given
+    already, so ``['a', 'a', 'a#2']`` becomes ``['a', 'a#3', 'a#2']``: no id
+    depends on anything but the list itself.
+    """
+    taken = set(ids)
+    seen: set[str] = set()
+    out = []
+    for image_id in ids:
+        if image_id in seen:
+            k = 2
+            while f"{image_id}#{k}" in taken:
+                k += 1
+            image_id = f"{image_id}#{k}"
+            taken.add(image_id)
+        seen.add(image_id)
+        out.append(image_id)
+    return out
+
+
+def named_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True) -> list[NamedImage]:
+    """The files of :func:`iter_image_files`, each with a unique id (``gpf predict``; docs/evaluation.md).
+
+    The id is the path relative to the input it was found under: for a folder,
+    the path below that folder with its extension and ``/`` separators
+    (``a/photo.jpg``); for a file named directly, its file name
+    (``photo.jpg``). Ids that still collide (the same name under two inputs,
+    a file given twice) are told apart by :func:`unique_ids` in input order.
+    The random crops stay seeded by :func:`image_id_of` (the file stem).
+    """
+    found = list(_walk_inputs(paths, recursive))
+    ids = unique_ids([image_id for _, image_id in found])
+    return [NamedImage(image_id, file) for (file, _), image_id in zip(found, ids)]
+
+
+#: What to do about a photo given for scoring where the dataset advice of
+#: :data:`gpf.pipeline.images.STATUS_ADVICE` (image roots, label files) does not apply.
+SCORING_ADVICE = {
+    "missing": "check the path",
+}
+
+
+def scoring_error_text(exc) -> str:
+    """The one-line text of an :class:`~gpf.pipeline.images.ImageError` met while scoring given photos:
+    its own text, with the advice of :data:`SCORING_ADVICE` in place of the dataset advice (a missing
+    file given by a relative path also names the absolute path looked for)."""
+    from .images import STATUS_ADVICE
+
+    text = str(exc)
+    advice = SCORING_ADVICE.get(exc.status)
+    if advice is None:
+        return text
+    if exc.status == "missing" and not os.path.isabs(exc.path):
+        advice = f"{advice}: looked for {os.path.abspath(exc.path)}"
+    return text.replace(STATUS_ADVICE[exc.status], advice)
 
 
 # ----------------------------------------------------------------------------- attention only
@@ -185,10 +266,11 @@ def load_stage2_checkpoint(checkpoint) -> tuple[Checkpoint, Path]:
 
 @dataclass
 class _Work:
-    """One photo on its way through a batch."""
+    """One photo on its way through a batch: ``id`` as reported, ``key`` seeding its random crops."""
     id: str
     path: str | None
     source: Any = None
+    key: str | None = None
     status: str = "ok"
     error: str | None = None
     image: Any = None
@@ -205,6 +287,17 @@ class _Work:
         self.second = []
 
 
+def _new_work(item, index: int = 0) -> _Work:
+    """A :class:`_Work` for a path, a PIL image or a :class:`NamedImage`: its reported id and its crop key."""
+    source = item.source if isinstance(item, NamedImage) else item
+    key = image_id_of(source, index)
+    if isinstance(item, NamedImage) and not isinstance(source, (str, os.PathLike)) \
+            and not getattr(source, "filename", None):
+        key = item.id                      # an unnamed PIL image: its given id is all there is
+    return _Work(item.id if isinstance(item, NamedImage) else key,
+                 str(source) if isinstance(source, (str, os.PathLike)) else None, source=source, key=key)
+
+
 class Scorer:
     """Scores photos with a stage-2 GPF-CNN and the attention model it embeds.
 
@@ -216,8 +309,9 @@ class Scorer:
     unbiased, and with ``K`` times less variance than one crop. A centre crop
     would be one fixed (and biased: photographers centre subjects) sample. The
     positions follow :func:`gpf.pipeline.images.random_crop_boxes` with the
-    shards' preprocess seed and the photo's id (its file name), so a photo of
-    the dataset gets the crops its shard stores.
+    shards' preprocess seed and the photo's dataset id (:func:`image_id_of`,
+    its file name without extension, whatever id its result is reported
+    under), so a photo of the dataset gets the crops its shard stores.
     """
 
     def __init__(self, model, attention: AttentionModel, *, view_size: int, scores: Sequence[float],
@@ -294,8 +388,12 @@ class Scorer:
 
     # -- public scoring
     def score(self, image, image_id: str | None = None) -> ScoreResult:
-        """Score one photo (path or PIL image). Raises ImageError when it cannot be decoded."""
-        work = self._decode(_Work(image_id or image_id_of(image), None, source=image), keep_error=True)
+        """Score one photo (path or PIL image). Raises ImageError when it cannot be decoded.
+
+        ``image_id`` is the id reported (default :func:`image_id_of`); the random
+        crops are seeded by the file's stem whatever it is.
+        """
+        work = self._decode(_new_work(NamedImage(image_id, image) if image_id else image), keep_error=True)
         self._score_batch([work])
         return self._result(work)
 
@@ -303,7 +401,7 @@ class Scorer:
         """Score one photo and return the attention panels (for ``gpf attention``)."""
         from .images import foveal_view
 
-        work = self._decode(_Work(image_id or image_id_of(image), None, source=image), keep_error=True)
+        work = self._decode(_new_work(NamedImage(image_id, image) if image_id else image), keep_error=True)
         full_image, periph = work.image, work.periph
         attended = attend_views(self.attention, [periph], [full_image.size])[0]
         self._score_batch([work], attended=[attended])
@@ -313,7 +411,11 @@ class Scorer:
 
     def score_many(self, images: Iterable, batch_size: int = DEFAULT_BATCH_SIZE, *,
                    progress=None) -> Iterator[ScoreResult]:
-        """Results of photos (paths or PIL images) in input order, streaming.
+        """Results of photos (paths, PIL images or :class:`NamedImage`) in input order, streaming.
+
+        A path or PIL image is reported under :func:`image_id_of`, a
+        :class:`NamedImage` under its ``id`` (``gpf predict`` passes
+        :func:`named_image_files`).
 
         Decoding runs in a pool of ``workers`` threads (PIL releases the GIL),
         one batch ahead of the network, so at most two batches of decoded
@@ -337,8 +439,7 @@ class Scorer:
     def _submit(self, pool: cf.Executor, chunk) -> list[cf.Future]:
         if not chunk:
             return []
-        works = [_Work(image_id_of(src, i), str(src) if isinstance(src, (str, os.PathLike)) else None,
-                       source=src) for i, src in chunk]
+        works = [_new_work(src, i) for i, src in chunk]
         return [pool.submit(self._decode, w) for w in works]
 
     def _decode(self, work: _Work, keep_error: bool = False) -> _Work:
@@ -354,7 +455,7 @@ class Scorer:
         except ImageError as exc:
             if keep_error:
                 raise
-            work.fail(exc.status, str(exc))
+            work.fail(exc.status, scoring_error_text(exc))
         except Exception as exc:  # an unforeseen file: report it, keep going
             if keep_error:
                 raise
@@ -399,7 +500,7 @@ class Scorer:
         if source == "attention":
             return [foveal_view(work.image, work.box, self.view_size)]
         if source == "random":
-            return random_crops(work.image, self.random_crops, self.view_size, self.seed, work.id)
+            return random_crops(work.image, self.random_crops, self.view_size, self.seed, work.key)
         return []
 
     def _predict(self, periphs: list, seconds: list[list]) -> np.ndarray:
@@ -446,6 +547,8 @@ class Explanation:
     result: ScoreResult | None          # None for a stage-1 checkpoint
     kind: str                           # 'stage1' | 'stage2'
     model: str                          # e.g. 'gpf tiny' or 'stage-1 tiny'
+    variant: str | None = None          # the stage-2 variant; None for a stage-1 checkpoint
+    crop_boxes: tuple = ()              # ``random`` variant: the crops (x0, y0, x1, y1) its score averages
 
     def title(self, image_id: str) -> str:
         if self.result is None:
@@ -465,6 +568,8 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
     cannot be overridden. A stage-1 checkpoint gives the attention only, with
     ``tau`` (default :data:`gpf.vocabulary.TAU`), ``eb_layer`` (default: the backbone's),
     ``contrastive`` and ``view_size`` (default: the checkpoint's, else 224).
+    ``variant`` and, for ``random``, ``crop_boxes`` say what the model sees
+    besides the whole photo (see :func:`gpf.pipeline.plots.attention_figure`).
     Raises ImageError when the photo cannot be decoded.
     """
     from ..model.checkpoint import load_checkpoint, model_from_checkpoint
@@ -487,8 +592,14 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
         ckpt, _ = load_stage2_checkpoint(path)
         scorer = Scorer.from_loaded(ckpt, device, source=str(path), max_pixels=max_pixels)
         result, view = scorer.explain(image)
+        crop_boxes = ()
+        if scorer.model.fovea_source == "random":       # the crops Scorer._second_views makes for this photo
+            from .images import random_crop_boxes
+
+            crop_boxes = tuple(random_crop_boxes(view.image.size, scorer.random_crops, scorer.view_size,
+                                                 scorer.seed, image_id_of(image)))
         return Explanation(view, scorer.attention.tau, result, "stage2",
-                           f"{scorer.variant} {scorer.model.spec.name}")
+                           f"{scorer.variant} {scorer.model.spec.name}", scorer.variant, crop_boxes)
     model = model_from_checkpoint(ckpt)
     att = AttentionModel.from_model(model, device=device, tau=TAU if tau is None else tau, eb_layer=eb_layer,
                                     contrastive=bool(contrastive))

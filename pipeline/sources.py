@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import gc
 import hashlib
 import inspect
@@ -42,7 +43,8 @@ __all__ = [
     "load_ava", "load_photonet", "load_folder",
     "SPLITS", "AVA_SCORES", "AVA_THRESHOLD", "AVA_CATEGORIES",
     "PHOTONET_SCORES", "PHOTONET_THRESHOLD", "DEFAULT_VAL_SIZE", "DEFAULT_TEST_SIZE",
-    "DEFAULT_IMAGE_PATTERN", "COUNT_COLUMN_FORMS",
+    "DEFAULT_IMAGE_PATTERN", "COUNT_COLUMN_FORMS", "MIN_VAL_IMAGES", "CSV_DELIMITERS",
+    "check_images_resolve", "problem_lines",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,10 @@ PHOTONET_PAPER_USABLE = 17_200  # section IV-A: images with a distribution in th
 DEFAULT_VAL_SIZE = 0.05        # fraction of the non-test rows held out for validation
 DEFAULT_TEST_SIZE = 0.10       # fraction of CSV rows for test when the CSV has no split column
 DEFAULT_IMAGE_PATTERN = "images/{id}.jpg"
+#: Below this many validation images, loss, accuracy and SRCC on the split are noise: a note says so.
+MIN_VAL_IMAGES = 30
+#: Field separators a label CSV may use; the header line decides which (csv.Sniffer).
+CSV_DELIMITERS = ",;\t|"
 
 _STATUS_BAD = "bad_label"
 _STATUS_DUPLICATE = "duplicate"
@@ -130,6 +136,20 @@ class Problem:
     status: str                   # 'bad_label' | 'no_distribution' | 'duplicate' | 'missing'
     error: str                    # human text naming the problem and the fix
     split: str | None = None
+    path: str | None = None       # the image file the row names, where known
+
+    @property
+    def reason(self) -> str:
+        """``error`` without the file and line it starts with."""
+        for prefix in (f"{self.source} line {self.line}: ", f"{self.source}: "):
+            if self.error.startswith(prefix):
+                return self.error[len(prefix):]
+        return self.error
+
+    def located(self) -> str:
+        """``file:line: problem`` (the location once, as compilers write it)."""
+        where = self.source if self.line is None else f"{self.source}:{self.line}"
+        return f"{where}: {self.reason}"
 
 
 @dataclass
@@ -151,6 +171,9 @@ class Dataset:
     categories: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
     report: dict = field(default_factory=dict, repr=False)
     notes: list[str] = field(default_factory=list, repr=False)
+    # folder CSV: which column holds the votes of which bucket, in bucket order:
+    # [{"column": "c1", "bucket": 1, "score": 1.0}, ...]; None for AVA and Photo.net (fixed formats)
+    score_columns: list[dict] | None = field(default=None, repr=False)
 
     def split(self, name: str) -> list[Record]:
         """Records of split ``name``: 'train', 'val', 'test' or 'all' (file order)."""
@@ -185,13 +208,14 @@ class _ProblemLog:
         return f"{where}: {reason}"
 
     def bad_row(self, line: int | None, reason: str, image_id: str | None = None,
-                status: str = _STATUS_BAD) -> None:
-        """A malformed row: LabelError when strict, else a Problem."""
+                status: str = _STATUS_BAD, path: str | None = None) -> None:
+        """A malformed row: LabelError when strict, else a Problem (``path``: the image
+        path cell as written, when the row has one)."""
         message = self.text(line, reason)
         if self.strict:
             raise LabelError(message, source=self.source, line=line, image_id=image_id,
                              status=status)
-        self.problems.append(Problem(image_id, self.source, line, status, message))
+        self.problems.append(Problem(image_id, self.source, line, status, message, path=path))
 
     def unusable_row(self, line: int, reason: str, image_id: str, status: str) -> None:
         """A well-formed row the dataset itself marks unusable: always a Problem."""
@@ -414,9 +438,99 @@ def _finish(dataset: Dataset, check_images: bool, source: Path) -> Dataset:
         dataset.report["splits"][r.split] += 1
     dataset.report["problems"] = _problem_counts(dataset.problems)
     dataset.report["images_checked"] = bool(check_images)
+    small_val = _small_val_note(dataset.report["splits"]["val"])
+    if small_val:
+        dataset.notes.append(small_val)
     for note in dataset.notes:
         logger.info("%s: %s", dataset.name, note)
     return dataset
+
+
+def _small_val_note(n_val: int) -> str | None:
+    """A warning when the validation split is too small to mean anything (None otherwise)."""
+    if n_val >= MIN_VAL_IMAGES:
+        return None
+    how = ("raise it with --val-size (val_size): a count such as --val-size 30, or a fraction "
+           "of the non-test rows such as --val-size 0.2")
+    if n_val == 0:
+        return (f"the validation split is empty: stage 1 and stage 2 need validation images to "
+                f"stop early and to report their scores; {how}")
+    return (f"the validation split has only {n_val} image(s), fewer than {MIN_VAL_IMAGES}: "
+            f"validation loss, accuracy and SRCC on so few images are noise; {how}")
+
+
+def _fill_problem_paths(problems: Iterable[Problem], path_of: Callable[[Problem], Path | None]
+                        ) -> list[Problem]:
+    """``problems`` with ``path`` set to the image file each row names, where that is known."""
+    filled = []
+    for problem in problems:
+        path = path_of(problem)
+        filled.append(replace(problem, path=str(path)) if path is not None else problem)
+    return filled
+
+
+def _id_path(image_path: "_ImagePath") -> Callable[[Problem], Path | None]:
+    def path_of(problem: Problem) -> Path | None:
+        if problem.path is not None or not problem.image_id or _unsafe_id_reason(problem.image_id):
+            return None if problem.path is None else Path(problem.path)
+        return image_path(problem.image_id)
+    return path_of
+
+
+def problem_lines(problems: Sequence[Problem], limit: int = 5) -> list[str]:
+    """The first ``limit`` problems as ``file:line: problem`` lines, for a console."""
+    return [p.located() for p in problems[:limit]]
+
+
+def check_images_resolve(dataset: Dataset, records: Sequence[Record] | None = None) -> None:
+    """Raise :class:`LabelError` when not one image file of ``records`` (default: all) exists.
+
+    Stops at the first file found, so it costs one ``stat`` on a good dataset. The
+    message names an example path as it was resolved and the rule that resolved it:
+    the mistake behind it is nearly always a wrong base folder, not missing photos.
+    """
+    records = dataset.records if records is None else list(records)
+    if not records:
+        return
+    folders: dict[str, bool] = {}
+    for record in records:
+        folder = os.path.dirname(str(record.path))
+        if folder not in folders:
+            folders[folder] = os.path.isdir(folder or ".")
+        if folders[folder] and record.path.is_file():
+            return
+    first = records[0]
+    label_file = dataset.report.get("label_file", str(dataset.root))
+    images = dataset.report.get("images", {})
+    where = f"line {first.line}" if first.line is not None else f"id {first.image_id}"
+    head = (f"none of the {len(records):,} image files named by {label_file} exists: e.g. {where} "
+            f"({first.image_id!r}) resolves to {first.path}, which is not there. ")
+    if dataset.name != "folder":
+        raise LabelError(head + f"Images are looked for as {images.get('pattern')!r} under "
+                         f"{images.get('base')}; put the images there, as the dataset is "
+                         "distributed", source=label_file, line=first.line,
+                         image_id=first.image_id, status=_STATUS_MISSING)
+    base, given = images.get("base"), images.get("image_root_given")
+    if images.get("column") is not None and given:
+        rule = f"Relative image paths in the CSV are relative to image_root ({base})"
+        advice = ("check image_root: pass the folder the CSV's paths are relative to, or write "
+                  "absolute paths in the CSV")
+    elif images.get("column") is not None:
+        rule = (f"Relative image paths in the CSV are relative to the CSV's folder ({base}), "
+                "not to the working folder")
+        advice = ("pass image_root with the folder the CSV's paths are relative to, or write "
+                  "absolute paths in the CSV")
+        written = (first.path.relative_to(base)
+                   if base is not None and first.path.is_relative_to(base) else None)
+        if written is not None and (Path.cwd() / written).is_file():
+            advice = (f"{written} is there relative to the working folder: pass image_root "
+                      f"{Path.cwd()}, or write the paths relative to the CSV's folder")
+    else:
+        rule = (f"Image files are image_pattern {images.get('pattern')!r} (the id in place of "
+                f"{{id}}) in {base}" + (" (image_root)" if given else " (the CSV's folder)"))
+        advice = "pass image_root with the folder that holds the images, or add a path column"
+    raise LabelError(f"{head}{rule}; {advice}", source=label_file, line=first.line,
+                     image_id=first.image_id, status=_STATUS_MISSING, param="image_root")
 
 
 @contextlib.contextmanager
@@ -694,12 +808,14 @@ def load_ava(root: str | os.PathLike, *, val_size: int | float = DEFAULT_VAL_SIZ
                                           report)
     categories = _ava_categories(list_dir, usable, notes, report)
     split_of = _ava_splits(rows, test_ids, val_size, seed)
-    image_path = _ImagePath(image_pattern, _pattern_base(image_pattern, [label_dir, root]))
+    image_base = _pattern_base(image_pattern, [label_dir, root])
+    image_path = _ImagePath(image_pattern, image_base)
+    report["images"] = {"base": str(image_base), "pattern": image_pattern}
     records = _ava_records(rows, split_of, categories, image_path,
                            _ava_tag_names(label_dir, notes), notes, report)
 
     problems = [replace(p, split="test") if listed_test and p.image_id in listed_test else p
-                for p in log.problems]
+                for p in _fill_problem_paths(log.problems, _id_path(image_path))]
     has_list = test_ids is not None
     spec = {"source": "ava", "kind": "ava-test-list" if has_list else "ava-no-test-list",
             "test_list": list_path.name if has_list else None,
@@ -821,8 +937,9 @@ def _photonet_sizes(n: int, train_size: int | float | None, val_size: int | floa
         notes.append(f"only {n:,} usable rows (the paper had {PHOTONET_PAPER_USABLE:,}): "
                      "default split sizes scaled to the paper's 15,000 : 1,000 : 1,200")
     if n_train + n_val > n:
-        raise OptionError(f"train_size + val_size = {n_train:,} + {n_val:,} is more than the "
-                          f"{n:,} usable rows; pass smaller counts or fractions", param="val_size")
+        raise OptionError(f"the train and validation splits ({n_train:,} + {n_val:,} rows) need more than "
+                          f"the {n:,} usable rows; lower val_size"
+                          + (" or train_size" if train_size is not None else ""), param="val_size")
     return n_train, n_val
 
 
@@ -862,15 +979,17 @@ def load_photonet(root_or_file: str | os.PathLike, *, train_size: int | float | 
     split_of.update(dict.fromkeys(ranked[:n_val], "val"))
 
     image_path = _ImagePath(image_pattern, root)
+    report["images"] = {"base": str(root), "pattern": image_pattern}
     records = [Record(image_id, image_path(image_id), votes, split_of[image_id], line=line)
                for image_id, votes, line in rows]
+    problems = _fill_problem_paths(log.problems, _id_path(image_path))
     spec = {"source": "photonet", "kind": "photonet-seeded-hash",
             "train_size": _plain_size(train_size), "val_size": _plain_size(val_size),
             "seed": int(seed),
             "rank_rule": _RANK_RULE + ": val, then train, then test",
             **_split_digests(records)}
     cut = _threshold(threshold, PHOTONET_THRESHOLD, PHOTONET_SCORES)
-    dataset = Dataset("photonet", root, PHOTONET_SCORES, cut, records, log.problems, spec, {},
+    dataset = Dataset("photonet", root, PHOTONET_SCORES, cut, records, problems, spec, {},
                       report, notes)
     return _finish(dataset, check_images, label_path)
 
@@ -887,6 +1006,10 @@ _SPLIT_SYNONYMS = {"train": "train", "training": "train", "val": "val", "valid":
 _NUMBERED_COUNT = re.compile(r"^(c|count|counts|votes|n)([_\- ]?)(\d+)$", re.IGNORECASE)
 _SCORE_NAMED_COUNT = re.compile(r"^(?:score[_\- ]?)?(\d+(?:\.\d+)?)$", re.IGNORECASE)
 _TAG_SEPARATORS = re.compile(r"[|;]")
+_TYPO_LETTERS = "OoIl"
+_TYPO_DIGITS = str.maketrans(_TYPO_LETTERS, "0011")
+_TYPO_NUMBER = re.compile(r"^(?P<prefix>.*?)(?P<number>[0-9][0-9OoIl.]*)$")
+_DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|'"}
 COUNT_COLUMN_FORMS = (
     "numbered buckets c1..cN, count_1..count_N, count1..countN, votes_1..votes_N, n1..nN "
     "(scores default to 1..N)",
@@ -905,6 +1028,7 @@ class _CsvLayout:
     split: int | None
     tags: int | None
     category: int | None
+    delimiter: str = ","
 
     @property
     def key(self) -> int:
@@ -914,16 +1038,24 @@ class _CsvLayout:
     def names(self, indices: Iterable[int]) -> list[str]:
         return [self.header[i] for i in indices]
 
+    def ignored(self) -> list[str]:
+        """Header columns gpf reads as nothing (not counts, image, split, tags or category)."""
+        used = set(self.counts) | {i for i in (self.path, self.image_id, self.split, self.tags,
+                                               self.category) if i is not None}
+        return [h for i, h in enumerate(self.header) if i not in used]
+
 
 def _find_column(header: Sequence[str], explicit: str | None, candidates: Sequence[str],
-                 what: str, log: _ProblemLog) -> int | None:
+                 what: str, log: _ProblemLog, param: str | None = None) -> int | None:
     """Index of the column named ``explicit`` (must exist) or of the first candidate
     (case-insensitive); None when neither is there."""
     lowered = [h.lower() for h in header]
     if explicit is not None:
         if explicit.strip().lower() not in lowered:
-            raise log.file_error(f"{what} column {explicit!r} not in the header; columns: "
-                                 f"{', '.join(header)}", line=1)
+            close = difflib.get_close_matches(explicit.strip(), header, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise log.file_error(f"{what} column {explicit!r} not in the header{hint}; columns: "
+                                 f"{', '.join(header)}", line=1, param=param)
         return lowered.index(explicit.strip().lower())
     for name in candidates:
         if name in lowered:
@@ -931,10 +1063,56 @@ def _find_column(header: Sequence[str], explicit: str | None, candidates: Sequen
     return None
 
 
-def _infer_count_columns(header: Sequence[str], log: _ProblemLog
+def _misspelt_count(name: str) -> str | None:
+    """The count column ``name`` was probably meant to be ('c1O' -> 'c10', 'votes_1l' ->
+    'votes_11'): a letter O, o, I or l among the digits of a count-column name; else None."""
+    if _NUMBERED_COUNT.match(name) or _SCORE_NAMED_COUNT.match(name):
+        return None
+    match = _TYPO_NUMBER.match(name)
+    if not match or not any(ch in match.group("number") for ch in _TYPO_LETTERS):
+        return None
+    fixed = match.group("prefix") + match.group("number").translate(_TYPO_DIGITS)
+    return fixed if _NUMBERED_COUNT.match(fixed) or _SCORE_NAMED_COUNT.match(fixed) else None
+
+
+def _looks_like_count(name: str) -> bool:
+    return bool(_NUMBERED_COUNT.match(name) or _SCORE_NAMED_COUNT.match(name)
+                or _misspelt_count(name))
+
+
+def _span(names: Sequence[str]) -> str:
+    """'c1..c9' for a run of three or more names, else the names joined."""
+    return f"{names[0]}..{names[-1]}" if len(names) >= 3 else ", ".join(names)
+
+
+def _header_as_read(header: Sequence[str], delimiter: str) -> str:
+    return (f"the header was read as {len(header)} column(s) separated by "
+            f"{_DELIMITER_NAMES.get(delimiter, repr(delimiter))}: "
+            f"{', '.join(repr(h) for h in header)}")
+
+
+def _refuse_misspelt(header: Sequence[str], counts: Sequence[int], log: _ProblemLog) -> None:
+    """Refuse a column that looks like a count column with a typo next to the real ones:
+    reading on would silently drop a bucket of the scale."""
+    for index, name in enumerate(header):
+        fixed = _misspelt_count(name) if index not in counts else None
+        if fixed is None:
+            continue
+        found = _span([header[i] for i in counts]) if counts else "none"
+        raise log.file_error(
+            f"column {name!r} looks like a misspelt vote count column ({fixed!r}?); the count "
+            f"columns read are {found}, so the scale would silently lose a bucket. Rename it to "
+            f"{fixed!r} if it holds votes (count columns must form one scale without gaps, "
+            "c1..cN), or pass count_columns to name the count columns yourself",
+            line=1, param="count_columns")
+
+
+def _infer_count_columns(header: Sequence[str], log: _ProblemLog, delimiter: str = ","
                          ) -> tuple[tuple[int, ...], tuple[float, ...] | None]:
     """Count columns in bucket order, found by name (``COUNT_COLUMN_FORMS``), and the
-    scores their names imply (score-named columns) or None (numbered buckets)."""
+    scores their names imply (score-named columns) or None (numbered buckets). A header
+    whose count columns do not form one scale (a gap, a misspelt name, two namings,
+    uneven score steps) is refused naming the column."""
     numbered = {i: m for i, h in enumerate(header) if (m := _NUMBERED_COUNT.match(h))}
     named = {i: float(m.group(1)) for i, h in enumerate(header)
              if (m := _SCORE_NAMED_COUNT.match(h))}
@@ -948,17 +1126,37 @@ def _infer_count_columns(header: Sequence[str], log: _ProblemLog
                                  "score twice; pass count_columns=[...] and scores=[...]",
                                  line=1, param="count_columns")
         order = sorted(named, key=named.get)
+        _refuse_misspelt(header, order, log)
+        _check_even_scale([header[i] for i in order], [named[i] for i in order], log)
         return tuple(order), tuple(named[i] for i in order)
     if numbered:
+        _refuse_misspelt(header, list(numbered), log)
         return _numbered_columns(numbered, header, log), None
-    raise log.file_error(f"no vote count columns in the header ({', '.join(header)}); name "
-                         f"them as {' or as '.join(COUNT_COLUMN_FORMS)}, or pass "
-                         "count_columns=[...]", line=1, param="count_columns")
+    _refuse_misspelt(header, [], log)
+    raise log.file_error(f"no vote count columns: {_header_as_read(header, delimiter)}. Name the "
+                         f"count columns as {' or as '.join(COUNT_COLUMN_FORMS)}, or pass "
+                         f"count_columns=[...]; fields may be separated by commas, semicolons, "
+                         "tabs or '|'", line=1, param="count_columns")
+
+
+def _check_even_scale(names: Sequence[str], scores: Sequence[float], log: _ProblemLog) -> None:
+    """Score-named columns must step evenly (1, 2, 3 or 0.5, 1, 1.5): a gap is a missing column."""
+    steps = [b - a for a, b in zip(scores, scores[1:])]
+    usual = max(steps, key=lambda step: sum(abs(other - step) <= 1e-9 * max(1.0, step) for other in steps),
+                default=0.0)
+    uneven = [k for k, step in enumerate(steps) if abs(step - usual) > 1e-9 * max(1.0, usual)]
+    if uneven:
+        at = uneven[0]
+        raise log.file_error(f"score-named count columns {', '.join(names)} do not step evenly "
+                             f"(from {names[at]} to {names[at + 1]}): is a column missing? Name "
+                             "every score of the scale, or name the count columns yourself with "
+                             "count_columns (the scores are then 1..N)",
+                             line=1, param="count_columns")
 
 
 def _numbered_columns(matches: dict[int, re.Match], header: Sequence[str], log: _ProblemLog
                       ) -> tuple[int, ...]:
-    """Columns c1..cN in bucket order; a gap, a duplicate or a c0 is an error."""
+    """Columns c1..cN in bucket order; a gap, a duplicate, a c0 or two namings is an error."""
     by_number: dict[int, int] = {}
     for index, match in matches.items():
         number = int(match.group(3))
@@ -966,37 +1164,75 @@ def _numbered_columns(matches: dict[int, re.Match], header: Sequence[str], log: 
             raise log.file_error(f"count columns {header[by_number[number]]!r} and "
                                  f"{header[index]!r} both name bucket {number}", line=1)
         by_number[number] = index
-    prefix = "".join(next(iter(matches.values())).group(1, 2))
+    forms = {m.group(1).lower() + m.group(2) for m in matches.values()}
     found = ", ".join(header[i] for i in sorted(by_number.values()))
+    if len(forms) > 1:
+        raise log.file_error(f"count columns {found} are named in {len(forms)} ways "
+                             f"({', '.join(sorted(f + 'N' for f in forms))}): one scale is named one "
+                             "way, e.g. c1..cN; rename them alike or pass count_columns",
+                             line=1, param="count_columns")
+    prefix = "".join(next(iter(matches.values())).group(1, 2))
     if min(by_number) != 1:
         raise log.file_error(f"count columns must be numbered from 1 ({prefix}1..{prefix}N), "
                              f"found {found}; rename them or pass count_columns and scores",
                              line=1, param="count_columns")
     missing = [f"{prefix}{n}" for n in range(1, max(by_number)) if n not in by_number]
     if missing:
+        after = header[by_number[min(n for n in by_number if n > int(missing[0][len(prefix):]))]]
         raise log.file_error(f"count column(s) {', '.join(missing)} missing: buckets must run "
-                             f"1..N without gaps (found {found})", line=1)
+                             f"{prefix}1..{prefix}N without gaps, found {found}. Rename {after!r} "
+                             f"if it is bucket {missing[0][len(prefix):]}, add the missing "
+                             "column(s), or pass count_columns", line=1, param="count_columns")
     return tuple(by_number[n] for n in sorted(by_number))
 
 
 def _explicit_count_columns(header: Sequence[str], names: Sequence[str], log: _ProblemLog
                             ) -> tuple[int, ...]:
+    names = [str(n).strip() for n in names]
+    if not all(names):
+        raise OptionError(f"count_columns {list(names)!r} has an empty name; give the count "
+                          "columns' names separated by commas, e.g. c1,c2,c3", param="count_columns")
     lowered = [h.lower() for h in header]
-    absent = [n for n in names if n.strip().lower() not in lowered]
+    seen: dict[str, str] = {}
+    for name in names:
+        if name.lower() in seen:
+            raise OptionError(f"count_columns names {name!r} twice; each column is one bucket",
+                              param="count_columns")
+        seen[name.lower()] = name
+    absent = [n for n in names if n.lower() not in lowered]
     if absent:
+        misspelt = {(_misspelt_count(h) or "").lower(): h for h in header}
+        close = ([misspelt[absent[0].lower()]] if absent[0].lower() in misspelt
+                 else difflib.get_close_matches(absent[0], header, n=1))
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise log.file_error(f"count column(s) {', '.join(map(repr, absent))} not in the "
-                             f"header; columns: {', '.join(header)}", line=1, param="count_columns")
-    return tuple(lowered.index(n.strip().lower()) for n in names)
+                             f"header{hint}; {_header_as_read(header, ',')}", line=1,
+                             param="count_columns")
+    return tuple(lowered.index(n.lower()) for n in names)
+
+
+def _refuse_unlisted_counts(layout: "_CsvLayout", given: Sequence[str], log: _ProblemLog) -> None:
+    """With count_columns given, a header column that looks like a count but is not listed
+    is refused: the header and count_columns disagree about the scale."""
+    used = set(layout.counts) | {i for i in (layout.path, layout.image_id, layout.split,
+                                             layout.tags, layout.category) if i is not None}
+    for index, name in enumerate(layout.header):
+        if index not in used and _looks_like_count(name):
+            raise log.file_error(
+                f"column {name!r} looks like a vote count column but is not in count_columns "
+                f"({', '.join(given)}): the header and count_columns disagree about the scale. "
+                f"Add {name!r} to count_columns, or rename it if it holds something else",
+                line=1, param="count_columns")
 
 
 def _csv_layout(header: Sequence[str], log: _ProblemLog, *, path_column: str | None,
                 id_column: str | None, count_columns: Sequence[str] | None,
                 n_buckets: int | None, split_column: str | None, tags_column: str | None,
-                category_column: str | None) -> _CsvLayout:
+                category_column: str | None, delimiter: str = ",") -> _CsvLayout:
     if count_columns is not None:
         counts, named_scores = _explicit_count_columns(header, count_columns, log), None
     else:
-        counts, named_scores = _infer_count_columns(header, log)
+        counts, named_scores = _infer_count_columns(header, log, delimiter)
     if len(counts) < 2:
         raise log.file_error(f"only one count column ({header[counts[0]] if counts else '-'}); "
                              "a score distribution needs at least 2 buckets", line=1)
@@ -1005,17 +1241,51 @@ def _csv_layout(header: Sequence[str], log: _ProblemLog, *, path_column: str | N
                              f"found: {', '.join(header[i] for i in counts)}", line=1)
     layout = _CsvLayout(
         tuple(header), counts, named_scores,
-        path=_find_column(header, path_column, _PATH_COLUMNS, "image path", log),
-        image_id=_find_column(header, id_column, _ID_COLUMNS, "image id", log),
-        split=_find_column(header, split_column, _SPLIT_COLUMNS, "split", log),
-        tags=_find_column(header, tags_column, _TAGS_COLUMNS, "tags", log),
-        category=_find_column(header, category_column, _CATEGORY_COLUMNS, "category", log))
+        path=_find_column(header, path_column, _PATH_COLUMNS, "image path", log, "path_column"),
+        image_id=_find_column(header, id_column, _ID_COLUMNS, "image id", log, "id_column"),
+        split=_find_column(header, split_column, _SPLIT_COLUMNS, "split", log, "split_column"),
+        tags=_find_column(header, tags_column, _TAGS_COLUMNS, "tags", log, "tags_column"),
+        category=_find_column(header, category_column, _CATEGORY_COLUMNS, "category", log,
+                              "category_column"),
+        delimiter=delimiter)
     if layout.key is None:
         raise log.file_error(f"no image column: name one of {', '.join(_PATH_COLUMNS)} (a path) "
                              f"or {', '.join(_ID_COLUMNS)} (an id put into image_pattern), or "
-                             f"pass path_column= / id_column=; columns: {', '.join(header)}",
+                             f"pass path_column= / id_column=; {_header_as_read(header, delimiter)}",
                              line=1, param="path_column")
+    if count_columns is not None:
+        _refuse_unlisted_counts(layout, count_columns, log)
     return layout
+
+
+def _sniff_delimiter(line: str) -> str:
+    """The field separator of a CSV from its header line: one of :data:`CSV_DELIMITERS`
+    (csv.Sniffer, else the most frequent of them), ',' when the line holds none."""
+    try:
+        found = csv.Sniffer().sniff(line, delimiters=CSV_DELIMITERS).delimiter
+    except csv.Error:
+        found = None
+    if found and found in line:
+        return found
+    counts = {d: line.count(d) for d in CSV_DELIMITERS}
+    best = max(CSV_DELIMITERS, key=lambda d: counts[d])   # ties: the first in CSV_DELIMITERS
+    return best if counts[best] else ","
+
+
+def _columns_note(csv_file: Path, layout: "_CsvLayout", scores: Sequence[float], cut: float) -> str:
+    """Which columns the folder source reads as what: the score buckets, the image column,
+    the ignored columns (printed by stage 1 and preprocess, so a typo cannot pass unseen)."""
+    pairs = [f"{layout.header[i]} -> {s:g}" for i, s in zip(layout.counts, scores)]
+    if len(pairs) > 12:
+        pairs = pairs[:4] + ["..."] + pairs[-2:]
+    separated = ("" if layout.delimiter == "," else
+                 f" (fields separated by {_DELIMITER_NAMES.get(layout.delimiter)})")
+    image = (f"image paths from column {layout.header[layout.path]!r}" if layout.image_id is None
+             else f"image ids from column {layout.header[layout.image_id]!r}")
+    ignored = layout.ignored()
+    return (f"{csv_file.name}{separated}: votes per score bucket from columns {', '.join(pairs)} "
+            f"({len(layout.counts)} buckets, high/low threshold {cut:g}); {image}; ignored "
+            f"columns: {', '.join(ignored) if ignored else 'none'}")
 
 
 def _whole_number(text: str) -> int | None:
@@ -1062,12 +1332,14 @@ def _parse_csv_row(cells: list[str], line: int, layout: _CsvLayout, log: _Proble
                    ) -> _CsvRow | None:
     header = layout.header
     image_id = cells[layout.key].strip() if layout.key < len(cells) else None
+    path_cell = (cells[layout.path].strip() or None
+                 if layout.path is not None and layout.path < len(cells) else None)
     if len(cells) != len(header):
         log.bad_row(line, f"row has {len(cells)} fields but the header has {len(header)}; "
-                          f"{_FIX_ROW}", image_id or None)
+                          f"{_FIX_ROW}", image_id or None, path=path_cell)
         return None
     if not image_id:
-        log.bad_row(line, f"the {header[layout.key]!r} cell is empty; {_FIX_ROW}")
+        log.bad_row(line, f"the {header[layout.key]!r} cell is empty; {_FIX_ROW}", path=path_cell)
         return None
     unsafe = _unsafe_id_reason(image_id) if layout.path is None else None
     if unsafe:
@@ -1075,7 +1347,7 @@ def _parse_csv_row(cells: list[str], line: int, layout: _CsvLayout, log: _Proble
         return None
     votes = _parse_csv_counts([cells[i] for i in layout.counts], layout.names(layout.counts))
     if isinstance(votes, str):
-        log.bad_row(line, votes, image_id)
+        log.bad_row(line, votes, image_id, path=path_cell)
         return None
     split = None
     if layout.split is not None:
@@ -1083,7 +1355,7 @@ def _parse_csv_row(cells: list[str], line: int, layout: _CsvLayout, log: _Proble
         if split is None:
             log.bad_row(line, f"split {cells[layout.split]!r} is not train, val or test "
                               f"(accepted spellings: {', '.join(sorted(_SPLIT_SYNONYMS))}); "
-                              f"{_FIX_ROW}", image_id)
+                              f"{_FIX_ROW}", image_id, path=path_cell)
             return None
     tags: tuple[str, ...] = ()
     if layout.tags is not None:
@@ -1091,7 +1363,6 @@ def _parse_csv_row(cells: list[str], line: int, layout: _CsvLayout, log: _Proble
     category = None
     if layout.category is not None:
         category = cells[layout.category].strip() or None
-    path_cell = cells[layout.path].strip() if layout.path is not None else None
     return _CsvRow(image_id, path_cell, votes, split, tags, category, line)
 
 
@@ -1099,12 +1370,14 @@ def _read_csv_rows(csv_path: Path, log: _ProblemLog, options: dict
                    ) -> tuple[_CsvLayout, list[_CsvRow], int]:
     """Column layout, usable rows (first of duplicate ids) and the number of data rows."""
     with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        reader = csv.reader(handle)
+        delimiter = _sniff_delimiter(handle.readline())
+        handle.seek(0)
+        reader = csv.reader(handle, delimiter=delimiter)
         header = [h.strip() for h in next(reader, [])]
         if not any(header):
             raise log.file_error("the CSV is empty: expected a header row naming an image "
                                  "column and the vote count columns")
-        layout = _csv_layout(header, log, **options)
+        layout = _csv_layout(header, log, delimiter=delimiter, **options)
         rows: list[_CsvRow] = []
         first_line: dict[str, int] = {}
         n_rows = 0
@@ -1118,7 +1391,7 @@ def _read_csv_rows(csv_path: Path, log: _ProblemLog, options: dict
             seen = first_line.setdefault(row.image_id, row.line)
             if seen != row.line:
                 log.bad_row(row.line, _duplicate_reason(row.image_id, seen, row.line),
-                            row.image_id, _STATUS_DUPLICATE)
+                            row.image_id, _STATUS_DUPLICATE, path=row.path_cell)
                 continue
             rows.append(row)
     if n_rows == 0:
@@ -1210,8 +1483,13 @@ def load_folder(csv_path: str | os.PathLike, *, image_root: str | os.PathLike | 
 
     ``csv_path`` is the CSV, or a folder holding exactly one. Its image column is a
     path (relative to ``image_root``, default the CSV's folder) or an id put into
-    ``image_pattern``. The N count columns are found by name (``COUNT_COLUMN_FORMS``)
-    or given as ``count_columns``; any rating scale works. Scores are ``scores``, else
+    ``image_pattern``. Fields are separated by commas, semicolons, tabs or '|' (the
+    header line decides). The N count columns are found by name (``COUNT_COLUMN_FORMS``)
+    or given as ``count_columns``; any rating scale works, but the count columns must
+    form one scale: a gap, a misspelt count column ('c1O'), two namings or a count-like
+    column missing from ``count_columns`` is a ``LabelError`` naming it. The notes say
+    which columns were read as which bucket and which were ignored, and
+    ``Dataset.score_columns`` records the mapping. Scores are ``scores``, else
     the numbers in score-named columns, else 1..N; the threshold is ``threshold`` or
     the scale midpoint (s1 + sN) / 2. A split column (train/val/test) is used when
     present; otherwise ``test_size`` then ``val_size`` (counts or fractions) are drawn
@@ -1233,15 +1511,32 @@ def load_folder(csv_path: str | os.PathLike, *, image_root: str | os.PathLike | 
     records = [Record(row.image_id, _csv_image_path(row, base, from_id), row.votes,
                       split_of[row.image_id], row.tags, row.category, None, row.line)
                for row in rows]
+
+    def problem_path(problem: Problem) -> Path | None:
+        if problem.path is not None:
+            cell = Path(problem.path).expanduser()
+            return cell if cell.is_absolute() else base / cell
+        if from_id is not None and problem.image_id and not _unsafe_id_reason(problem.image_id):
+            return from_id(problem.image_id)
+        return None
     categories: dict[str, set[str]] = {}
     for record in records:
         if record.category is not None:
             categories.setdefault(record.category, set()).add(record.image_id)
+    score_columns = [{"column": layout.header[i], "bucket": bucket, "score": score}
+                     for bucket, (i, score) in enumerate(zip(layout.counts, bucket_scores), 1)]
     report = {"label_file": str(csv_file), "rows": n_rows, "usable_rows": len(rows),
-              "count_columns": layout.names(layout.counts)}
+              "count_columns": layout.names(layout.counts), "ignored_columns": layout.ignored(),
+              "delimiter": layout.delimiter,
+              "images": {"base": str(base), "image_root_given": image_root is not None,
+                         "column": None if layout.path is None else layout.header[layout.path],
+                         "pattern": image_pattern if layout.path is None else None}}
     spec = {"source": "folder", **spec, **_split_digests(records)}
-    dataset = Dataset("folder", base, bucket_scores, cut, records, log.problems, spec,
-                      {k: frozenset(v) for k, v in categories.items()}, report, [])
+    notes = [_columns_note(csv_file, layout, bucket_scores, cut)]
+    dataset = Dataset("folder", base, bucket_scores, cut, records,
+                      _fill_problem_paths(log.problems, problem_path), spec,
+                      {k: frozenset(v) for k, v in categories.items()}, report, notes,
+                      score_columns)
     return _finish(dataset, check_images, csv_file)
 
 

@@ -16,6 +16,8 @@ Format history (``format``):
   spec only inside ``config``.
 * 2 — those four are run fields of their own. Format-1 files are read (the four
   taken from ``config``); a newer format is refused naming both versions.
+  The optional run field ``score_columns`` (folder CSV: column -> score bucket)
+  came later within format 2: a manifest without it reads it as None.
 """
 from __future__ import annotations
 
@@ -99,6 +101,9 @@ class RunFields:
     ``stage1_digest`` is its digest when it is a stage-1 checkpoint (None for an
     ImageNet classifier); ``features_digest`` the digest of the network whose
     pooled descriptors are stored as ``pfeat.npy`` (None without them).
+    ``score_columns`` says which label-file column held the votes of which score
+    bucket (``[{"column": "c1", "bucket": 1, "score": 1.0}, ...]``) for a folder CSV;
+    None for AVA and Photo.net (fixed formats) and in manifests written before it.
     """
     dataset: str | None = None
     scores: tuple[float, ...] | None = None
@@ -113,6 +118,7 @@ class RunFields:
     split_spec: dict | None = None
     config: dict | None = None
     environment: dict | None = None
+    score_columns: list | None = None
 
     def __post_init__(self):
         if self.scores is not None:

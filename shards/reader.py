@@ -129,13 +129,14 @@ def plan_train_epoch(shards: Sequence[ShardSpec], *, batch_size: int, seed: int,
         raise OptionError(
             f"training needs at least world_size x num_workers = {world_size} x {workers} = "
             f"{needed} non-empty shards, the split has {len(shards)}; write more, smaller shards "
-            f"(preprocess with fewer samples per shard) or use fewer loader workers", param="num_workers")
+            f"(lower samples_per_shard when preprocessing) or lower num_workers", param="num_workers")
     total = sum(s.count for s in shards)
     batches = train_batches_per_rank(total, batch_size, world_size, drop_last)
     if batches == 0:
         raise OptionError(f"the split has {total} samples, fewer than world_size x batch_size = "
-                         f"{world_size * batch_size}: not one full batch per rank; lower the "
-                         "batch size or pass drop_last=False", param="drop_last")
+                          f"{world_size} x {batch_size} = {world_size * batch_size}: not one full batch per "
+                          f"rank; lower batch_size to at most {max(1, total // world_size)}",
+                          param="batch_size")
     order = list(shards)
     _rng(seed, epoch, "shards").shuffle(order)
     mine = order[rank::world_size]
@@ -429,7 +430,7 @@ class ShardDataset(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         if not self.shuffle and workers != max(1, self.num_workers):
             raise OptionError(f"ShardDataset was built for num_workers={self.num_workers} but "
-                              f"runs with {workers}; pass the DataLoader's num_workers", param="num_workers")
+                              f"runs with {workers}; give the DataLoader the same num_workers", param="num_workers")
         plan = self._plans(workers)[worker]
         if plan.batches == 0 or not plan.shards:
             return

@@ -323,6 +323,7 @@ def verify_shards(folder: str | os.PathLike, deep: bool = True,
         raise FileNotFoundError(f"{folder}: no such shard folder")
     report = Report(folder, deep=deep)
     disk = _scan(folder)
+    _refuse_other_folder(folder, disk)
     sha = _Checksums()
     for leftover in disk.leftovers:
         report.notes.append(f"leftover temp file {leftover} from an interrupted run "
@@ -335,11 +336,15 @@ def verify_shards(folder: str | os.PathLike, deep: bool = True,
         report.add(MANIFEST_NAME, str(exc))
         manifest = None
     listed = _check_manifest_entries(manifest, disk, report) if manifest else {}
+    written, statuses, all_stats = 0, Counter(), True
     for name in sorted(set(listed) | disk.tars | disk.stats, key=_shard_sort_key):
         report.shards += 1
         stats = _stats_or_problem(folder, name, report)
         if stats is None:
+            all_stats = False
             continue
+        written += stats["count"]
+        statuses.update(stats.get("status_counts") or {})
         if name in listed:
             _compare_with_manifest(name, listed[name], stats, report)
         intact = _check_files_against_stats(folder, name, stats, report, sha,
@@ -353,7 +358,26 @@ def verify_shards(folder: str | os.PathLike, deep: bool = True,
         report.samples += len(keys) if keys is not None else (stats["count"] if intact else 0)
     for name in sorted(disk.parquets - set(listed) - disk.tars - disk.stats):
         report.add(name, f"{META_DIR}/{name}{PARQUET_SUFFIX} belongs to no shard")
+    if all_stats and written == 0:
+        _nothing_written(folder, report, statuses)
     return report
+
+
+def _refuse_other_folder(folder: Path, disk: _Disk) -> None:
+    """A folder with none of a shard folder's files is not one: say so, not "preprocessing has not finished"."""
+    if (folder / MANIFEST_NAME).exists() or disk.tars or disk.stats or disk.parquets or disk.leftovers:
+        return
+    raise ManifestError(f"{folder} is not a shard folder: it holds no {MANIFEST_NAME}, no shard stats files "
+                        f"and no shard tars. Shard folders are made by `gpf preprocess KIND ROOT --out DIR`")
+
+
+def _nothing_written(folder: Path, report: Report, statuses: Counter) -> None:
+    """A shard set with no sample at all (every image failed) is not usable, whatever else holds."""
+    failed = sum(n for status, n in statuses.items() if status != STATUS_OK)
+    why = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
+    what = f"all {failed} image(s) failed: {why}" if failed else "there were no images"
+    report.add(META_DIR, f"no sample was written ({what}); the status and error columns of the Parquet "
+                         f"files in {folder / META_DIR} say why for each image")
 
 
 def _shard_sort_key(name: str):
@@ -369,6 +393,8 @@ def info(folder: str | os.PathLike) -> dict:
     fraction inside the box, over 'ok' rows with a box.
     """
     folder = Path(folder)
+    if folder.is_dir():
+        _refuse_other_folder(folder, _scan(folder))
     manifest = read_manifest(folder)
     boxes = {}
     for split in manifest.splits:
@@ -423,8 +449,25 @@ def format_info(summary: dict) -> list[str]:
                      f"{'-' if frac is None else f'{frac:.3f}'}")
     config = summary.get("config")
     if config:
-        lines.append("config: " + json.dumps(config, sort_keys=True, default=str))
+        lines.append("config:")
+        lines += _config_lines(config, "  ")
     return lines
+
+
+def _config_lines(config: dict, indent: str) -> list[str]:
+    """One ``key: value`` line per config key (nested dicts indented below their key); strings as they
+    are, other values as JSON."""
+    out = []
+    for key in sorted(config):
+        value = config[key]
+        if isinstance(value, dict) and value:
+            out.append(f"{indent}{key}:")
+            out += _config_lines(value, indent + "  ")
+        else:
+            text = value if isinstance(value, str) and value.strip() == value and value else \
+                json.dumps(value, default=str)
+            out.append(f"{indent}{key}: {text}")
+    return out
 
 
 # ---------------------------------------------------------------- quick integrity gate for readers

@@ -234,9 +234,14 @@ class ShardWriter:
     are stored as given); on close every sample must have exactly one 'ok' row
     with its key and vice versa. An exception inside the ``with`` block (or
     :meth:`abort`) removes the temp files and leaves the shard not done.
+
+    ``metadata`` (str -> str) becomes the Parquet file's key-value metadata, e.g.
+    ``{"gpf_score_columns": json}`` (which label column holds which score bucket).
     """
 
-    def __init__(self, out_dir: str | os.PathLike, split: str, index: int):
+    def __init__(self, out_dir: str | os.PathLike, split: str, index: int,
+                 metadata: Mapping[str, str] | None = None):
+        self.metadata = _check_metadata(metadata)
         self.out_dir = Path(out_dir)
         self.split, self.index = split, index
         self.name = shard_name(split, index)
@@ -302,6 +307,8 @@ class ShardWriter:
         try:
             self._check_rows_match_samples()
             table = rows_to_table(self._rows, self.name)
+            if self.metadata:
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self.metadata})
             self._finish_tar()
             pq.write_table(table, self._parquet_tmp, compression="zstd")
             _fsync_file(self._parquet_tmp)
@@ -382,10 +389,21 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[bytes, bytes] | None:
+    """Parquet key-value metadata as bytes, in sorted key order (byte-reproducible files)."""
+    if not metadata:
+        return None
+    bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"Parquet metadata keys and values must be str; not so for {bad}")
+    return {k.encode(): metadata[k].encode() for k in sorted(metadata)}
+
+
 def write_shard(out_dir: str | os.PathLike, split: str, index: int,
-                samples: Iterable[Mapping], rows: Iterable[Mapping]) -> dict:
+                samples: Iterable[Mapping], rows: Iterable[Mapping],
+                metadata: Mapping[str, str] | None = None) -> dict:
     """Write a whole shard in one call; returns its stats (see :class:`ShardWriter`)."""
-    with ShardWriter(out_dir, split, index) as writer:
+    with ShardWriter(out_dir, split, index, metadata=metadata) as writer:
         for sample in samples:
             writer.write(sample)
         for row in rows:

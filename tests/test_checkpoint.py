@@ -177,7 +177,7 @@ def test_unreadable_and_foreign_files(tmp_path):
     with pytest.raises(CheckpointError, match="truncated.pt is not a readable torch file"):
         load_checkpoint(tmp_path / "truncated.pt")
     torch.save(create_backbone("tiny").state_dict(), tmp_path / "plain.pt")
-    with pytest.raises(CheckpointError, match="not a gpf checkpoint.*--weights PATH"):
+    with pytest.raises(CheckpointError, match="not a gpf checkpoint.*weights=PATH"):
         load_checkpoint(tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -199,7 +199,7 @@ def test_real_compressible_png_over_a_small_limit(tmp_path):
 
 def test_image_error_text_and_pickle():
     error = ImageError("/data/a.jpg", "truncated", "the image data ends early")
-    assert str(error) == f"/data/a.jpg: the image data ends early ({images.STATUS_ADVICE['truncated']})"
+    assert str(error) == f"/data/a.jpg: the image data ends early; {images.STATUS_ADVICE['truncated']}"
     clone = pickle.loads(pickle.dumps(error))
     assert (clone.path, clone.status, clone.reason) == (error.path, error.status, error.reason)
     with pytest.raises(ValueError, match="allowed: missing, not_a_file"):

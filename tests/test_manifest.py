@@ -109,7 +109,7 @@ def test_format1_files_are_read_and_used(shards, tmp_path):
                         "--quiet"])
     assert predicted.exit_code == 0, predicted.output
     (line,) = [json.loads(text) for text in predicted.stdout.splitlines()]
-    assert line["id"] == "photo" and line["status"] == "ok"
+    assert line["id"] == "photo.jpg" and line["status"] == "ok"
     assert len(line["distribution"]) == 10 and sum(line["distribution"]) == pytest.approx(1.0, abs=1e-5)
     assert 1.0 <= line["mean"] <= 10.0
     assert 0 <= line["x0"] < line["x1"] <= 56 and 0 <= line["y0"] < line["y1"] <= 40

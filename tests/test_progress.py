@@ -143,6 +143,26 @@ def test_terminal_mode_shows_eta_while_running():
     bar.close()
 
 
+@pytest.mark.parametrize("tty", [True, False])
+def test_skipped_work_counts_but_is_not_in_the_rate(tty):
+    """A resumed run: 90,000 images done before, 20 now in >= 0.2 s is about 100 img/s, not 90,000 img/s."""
+    import time
+
+    out = FakeTerminal() if tty else FakeLog()
+    bar = Progress(100_000, "preprocess", stream=out, interval=0)
+    bar.skip(90_000)
+    time.sleep(0.2)
+    bar.update(20)
+    assert (bar.done, bar.skipped) == (90_020, 90_000) and bar.rate < 200
+    bar.close()
+    final = out.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert "90020/100000" in final
+    rate = re.search(r"(\d+(?:\.\d+)?)\s*(k?)img/s", final)
+    assert float(rate.group(1)) < 200 and not rate.group(2), final
+    if tty:
+        assert bar._bar.n == 90_020 and "90%" in final
+
+
 def test_terminal_mode_without_total():
     out = FakeTerminal()
     with Progress(None, "evaluate", unit="sample", stream=out, interval=0) as bar:

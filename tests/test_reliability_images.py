@@ -171,7 +171,11 @@ def predicted(bad, checkpoints):
         result = invoke(["predict", bad["folder"], missing, "--checkpoint", checkpoints["stage2"], "--json",
                          "--device", "cpu", "--max-pixels", MAX_PIXELS_OPTION, "--quiet", "--workers", 2])
     assert result.exit_code == 0, result.output
-    return result, {line["id"]: line for line in map(json.loads, result.stdout.splitlines())}
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    # ids are paths relative to the folder given, extension kept (docs/evaluation.md); checked here by stem
+    assert all(line["id"] == os.path.relpath(line["path"], bad["folder"]) for line in lines
+               if line["path"] != str(missing))
+    return result, {os.path.splitext(line["id"])[0]: line for line in lines}
 
 
 def test_predict_batch_reports_unusable_files_and_scores_the_rest(bad, predicted):

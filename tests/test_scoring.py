@@ -143,21 +143,25 @@ def test_cli_folder_with_a_corrupt_file_scores_the_others(data, mixed_folder, sh
     assert run.exit_code == 0, run.output
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     by_id = {line["id"]: line for line in lines}
-    assert set(by_id) == {*TEST_IDS[:4], "cut"}
-    assert by_id["cut"]["status"] in ("truncated", "decode_error") and "cut.jpg" in by_id["cut"]["error"]
-    assert by_id["cut"]["mean"] is None
-    for image_id in TEST_IDS[:4]:
+    # ids: the path below the folder given, with its extension (docs/evaluation.md, "Ids")
+    photos = {f"{i}.jpg": i for i in TEST_IDS[:3]} | {f"sub/{TEST_IDS[3]}.JPG": TEST_IDS[3]}
+    assert set(by_id) == {*photos, "cut.jpg"}
+    cut = by_id["cut.jpg"]
+    assert cut["status"] in ("truncated", "decode_error") and "cut.jpg" in cut["error"]
+    assert cut["mean"] is None
+    for photo, image_id in photos.items():
         row = shard_rows.loc[image_id]
-        assert by_id[image_id]["status"] == "ok"
-        assert [by_id[image_id][k] for k in ("x0", "y0", "x1", "y1")] == [row.x0, row.y0, row.x1, row.y1]
-        assert len(by_id[image_id]["distribution"]) == 10
+        assert by_id[photo]["status"] == "ok"
+        assert [by_id[photo][k] for k in ("x0", "y0", "x1", "y1")] == [row.x0, row.y0, row.x1, row.y1]
+        assert len(by_id[photo]["distribution"]) == 10
     assert "cut.jpg" in run.stderr and "scored 4 of 5" in run.stderr
 
     table = pd.read_parquet(out).set_index("id")
-    assert len(table) == 5 and table.loc["cut", "status"] == by_id["cut"]["status"]
-    assert np.isnan(table.loc["cut", "mean"])
-    assert table.loc[TEST_IDS[0], "mean"] == pytest.approx(by_id[TEST_IDS[0]]["mean"])
-    assert list(table.loc[TEST_IDS[0], "distribution"]) == pytest.approx(by_id[TEST_IDS[0]]["distribution"])
+    assert len(table) == 5 and table.loc["cut.jpg", "status"] == cut["status"]
+    assert np.isnan(table.loc["cut.jpg", "mean"])
+    first = f"{TEST_IDS[0]}.jpg"
+    assert table.loc[first, "mean"] == pytest.approx(by_id[first]["mean"])
+    assert list(table.loc[first, "distribution"]) == pytest.approx(by_id[first]["distribution"])
 
 
 def test_cli_table_output_and_exit_code_when_nothing_scores(data, tmp_path):

@@ -211,7 +211,7 @@ def test_cli_errors_without_traceback(tmp_path):
     assert result.exit_code == 1 and "no such shard folder" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(shards_cli, ["info", str(tmp_path)])
-    assert result.exit_code == 1 and "manifest.json: missing" in result.output
+    assert result.exit_code == 1 and "is not a shard folder" in result.output
     assert "Traceback" not in result.output
 
 

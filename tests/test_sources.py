@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gpf.pipeline.sources import (
-    AVA_SCORES, PHOTONET_SCORES, Dataset, LabelError, Problem, Record, load_ava, load_folder,
-    load_photonet, open_dataset)
+    AVA_SCORES, PHOTONET_SCORES, Dataset, LabelError, Problem, Record, check_images_resolve, load_ava,
+    load_folder, load_photonet, open_dataset)
 
 # ----------------------------------------------------------------------- fixtures
 
@@ -539,6 +539,87 @@ def test_csv_empty_or_header_only_is_an_error(tmp_path):
         load_folder(write_csv(tmp_path / "a.csv", ""))
     with pytest.raises(LabelError, match="no rows"):
         load_folder(write_csv(tmp_path / "b" / "b.csv", "path,c1,c2\n"))
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_csv_delimiter_is_detected_from_the_header(tmp_path, delimiter):
+    rows = ["path,c1,c2,c3,tags", "a.jpg,1,2,3,sky", "b.jpg,0,1,0,"]
+    csv_path = write_csv(tmp_path / "l.csv", "".join(r.replace(",", delimiter) + "\n" for r in rows))
+    ds = load_folder(csv_path, test_size=0, val_size=0)
+    assert [r.votes for r in ds.records] == [(1, 2, 3), (0, 1, 0)]
+    assert ds.report["delimiter"] == delimiter
+    assert ("separated by" in ds.notes[0]) == (delimiter != ",")
+
+
+@pytest.mark.parametrize("header, column, meant", [
+    ("path,c1,c2,c3,c4,c5,c6,c7,c8,c9,c1O", "c1O", "c10"),
+    ("path,votes_1,votes_2,votes_l3", "votes_l3", None),           # a letter before the digits: a name
+    ("path,count_1,count_2,count_3,count_1O", "count_1O", "count_10"),
+    ("path,1,2,3,4,5,6,7,8,9,1O", "1O", "10"),
+])
+def test_csv_misspelt_count_columns_are_refused(tmp_path, header, column, meant):
+    n = header.count(",")
+    csv_path = write_csv(tmp_path / "l.csv", header + "\nx.jpg" + ",1" * n + "\n")
+    if meant is None:
+        assert column in load_folder(csv_path, test_size=0, val_size=0).report["ignored_columns"]
+        return
+    with pytest.raises(LabelError) as err:
+        load_folder(csv_path)
+    assert f"{column!r}" in str(err.value) and f"{meant!r}" in str(err.value)
+    assert err.value.param == "count_columns"
+
+
+def test_csv_notes_name_the_score_columns_and_the_ignored_ones(tmp_path):
+    csv_path = write_csv(tmp_path / "l.csv", "path,c1,c2,c3,comment,split\na.jpg,1,2,3,hi,train\n")
+    ds = load_folder(csv_path)
+    assert ds.score_columns == [{"column": "c1", "bucket": 1, "score": 1.0},
+                                {"column": "c2", "bucket": 2, "score": 2.0},
+                                {"column": "c3", "bucket": 3, "score": 3.0}]
+    assert ds.notes[0] == ("l.csv: votes per score bucket from columns c1 -> 1, c2 -> 2, c3 -> 3 (3 buckets, "
+                           "high/low threshold 2); image paths from column 'path'; ignored columns: comment")
+    assert ds.report["ignored_columns"] == ["comment"]
+    assert load_ava(write_ava(tmp_path / "ava", many_ava_lines(2)), val_size=0).score_columns is None
+
+
+@pytest.mark.parametrize("n_val, warned", [(0, "empty"), (29, "only 29 image(s)"), (30, None)])
+def test_a_validation_split_under_30_images_is_a_note(tmp_path, n_val, warned):
+    rows = "".join(f"{k}.jpg,1,{k % 3}\n" for k in range(40))
+    ds = load_folder(write_csv(tmp_path / "l.csv", "path,c1,c2\n" + rows), test_size=0, val_size=n_val)
+    notes = [n for n in ds.notes if "validation split" in n]
+    if warned is None:
+        assert notes == []
+    else:
+        (note,) = notes
+        assert warned in note and "--val-size" in note
+
+
+def test_problems_say_their_location_once_and_the_image_path(tmp_path):
+    csv_path = write_csv(tmp_path / "l.csv", "path,c1,c2\na.jpg,1,2\nsub/b.jpg,1,x\n,1,1\n")
+    ds = load_folder(csv_path, test_size=0, val_size=0, image_root=tmp_path / "imgs")
+    bad, empty = ds.problems
+    assert bad.located() == f"{csv_path}:3: count column 'c2' is 'x', not a whole number; fix or delete this row"
+    assert bad.reason.startswith("count column 'c2'") and bad.path == str(tmp_path / "imgs" / "sub" / "b.jpg")
+    assert empty.path is None
+    ids = load_folder(write_csv(tmp_path / "i.csv", "id,c1,c2\n7,1,2\n8,0,0\n"), test_size=0, val_size=0)
+    assert ids.problems[0].path == str(tmp_path / "8.jpg")
+    ava = load_ava(write_ava(tmp_path / "ava", [ava_line(1, 5, [0] * 10)] + many_ava_lines(1)), val_size=0)
+    assert ava.problems[0].path == str(tmp_path / "ava" / "images" / "5.jpg")
+
+
+def test_check_images_resolve_names_an_example_and_the_rule(tmp_path):
+    csv_path = write_csv(tmp_path / "csv" / "l.csv", "path,c1,c2\nphotos/a.jpg,1,2\n")
+    ds = load_folder(csv_path, test_size=0, val_size=0)
+    with pytest.raises(LabelError) as err:
+        check_images_resolve(ds)
+    message = str(err.value)
+    assert str(tmp_path / "csv" / "photos" / "a.jpg") in message and "the CSV's folder" in message
+    assert "image_root" in message and err.value.param == "image_root"
+    (tmp_path / "csv" / "photos").mkdir()
+    (tmp_path / "csv" / "photos" / "a.jpg").write_bytes(b"x")
+    check_images_resolve(ds)                                   # one file is enough
+    ava = load_ava(write_ava(tmp_path / "ava", many_ava_lines(2)), val_size=0)
+    with pytest.raises(LabelError, match=r"images/\{id\}\.jpg"):
+        check_images_resolve(ava)
 
 
 # --------------------------------------------------------------------------- entry

@@ -126,13 +126,40 @@ def test_the_exceptions_name_the_option_the_cli_has(param, option):
 def test_every_option_the_vocabulary_names_exists_in_the_cli():
     options = set().union(*cli_params(click.Option).values())
     assert len(options) > 30
-    named = {param: re.findall(r"--[a-z][a-z0-9-]*", cli_option(param))
-             for param in [*vocabulary._CLI_OPTION_EXCEPTIONS, "view_size", "max_failure_rate", "random_crops",
-                           "jpeg_quality", "max_pixels", "samples_per_shard", "eb_layer", "threshold", "val_size"]}
+    named = {param: re.findall(r"--[a-z][a-z0-9-]*", cli_option(param)) for param in vocabulary._CLI_OPTIONS}
     missing = {param: opt for param, opts in named.items() for opt in opts if opt not in options}
     assert not missing, f"cli_option names options no gpf command has: {missing}"
     assert all(named[p] for p in named if p not in ("root", "dataset")), named
     assert named["attention_model"] == ["--stage1", "--backbone", "--weights"]
+
+
+@pytest.mark.parametrize("param", ["min_size", "image_pattern", "subsampling", "train_size", "n_buckets", "scores",
+                                   "reduction", "r", "rank", "world_size", "members", "shuffle_buffer"])
+def test_a_parameter_no_option_sets_has_no_option_not_an_invented_one(param):
+    assert cli_option(param) is None
+
+
+@pytest.mark.parametrize("message, param, words", [
+    ("no image column; pass path_column= / id_column=; columns: a, b", "path_column",
+     "no image column; pass --path-column / --id-column; columns: a, b"),
+    ("ambiguous count columns; pass count_columns=[...]", "count_columns", "ambiguous count columns; pass --count-columns"),
+    ("backbone 'tiny' has no ImageNet weights; use weights='none' or weights=PATH", None,
+     "backbone 'tiny' has no ImageNet weights; use --weights none or --weights PATH"),
+    ("val_size=500 is not possible with 47 rows", "val_size", "--val-size 500 is not possible with 47 rows"),
+    ("x.jpg: 60x50 is over the limit; raise max_pixels if you trust the file", "max_pixels",
+     "x.jpg: 60x50 is over the limit; raise --max-pixels if you trust the file"),
+    ("threshold=11 is outside the score range 1..10; set threshold", "threshold",
+     "--threshold 11 is outside the score range 1..10; set --threshold"),
+    ("the split has 5 samples; lower batch_size to at most 5", "batch_size",
+     "the split has 5 samples; lower --batch-size to at most 5"),
+    # kept: names without an option, Python flags, one-word names outside the advice, paths and file names
+    ("train_size + min_size; image_pattern 'x' is bad", None, "train_size + min_size; image_pattern 'x' is bad"),
+    ("pass overwrite=True to replace it", None, "pass overwrite=True to replace it"),
+    ("device 'tpu' is not a device; use one of auto | cpu", "device", "device 'tpu' is not a device; use one of auto | cpu"),
+    ("data/val_size/a.jpg and run/batch_size.csv: --seed=3", None, "data/val_size/a.jpg and run/batch_size.csv: --seed=3"),
+])
+def test_cli_text_names_each_parameter_by_its_option(message, param, words):
+    assert vocabulary.cli_text(message, param) == words
 
 
 def test_root_is_the_argument_of_the_commands_that_read_a_dataset():

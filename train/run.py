@@ -54,6 +54,53 @@ def saved_config(resume: str | Path) -> dict:
     return _portable(dict(load_checkpoint(path).config or {}))
 
 
+def resumed_stage(resume: str | Path) -> str | None:
+    """``'stage1'`` or ``'stage2'``: which trainer made the run ``resume`` names (its ``config.yaml``, else
+    its checkpoint); None when neither says (what is wrong with it is reported where it is read)."""
+    import yaml
+
+    from ..errors import GPFError
+
+    path = resume_checkpoint_path(resume)
+    config_file = path.parent / "config.yaml"
+    if config_file.is_file():
+        try:
+            data = yaml.safe_load(config_file.read_text()) or {}
+        except (yaml.YAMLError, OSError):
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        config = data.get("config") if isinstance(data.get("config"), dict) else {}
+        if data.get("stage") in ("stage1", "stage2"):
+            return data["stage"]
+        if "shards" in config or "variant" in config:
+            return "stage2"
+        if "dataset" in config:
+            return "stage1"
+    from ..model.checkpoint import load_checkpoint
+
+    try:
+        kind = load_checkpoint(path).kind
+    except GPFError:
+        return None
+    return kind if kind in ("stage1", "stage2") else None
+
+
+def check_resume_stage(resume: str | Path, stage: str) -> None:
+    """Refuse, first of all, to resume a run of the other stage (``--resume`` of a stage-1 run in stage 2)."""
+    found = resumed_stage(resume)
+    if found is None or found == stage:
+        return
+    path = resume_checkpoint_path(resume)
+    run = path.parent
+    if found == "stage1":
+        raise ConfigError(f"--resume {resume}: {run} is a stage-1 run ({path} is a stage-1 checkpoint), but stage 2 "
+                          f"resumes a stage-2 checkpoint. Continue it with `gpf train stage1 KIND ROOT --resume "
+                          f"{run}`; to train stage 2 on it, make shards with `gpf preprocess KIND ROOT --stage1 "
+                          f"{run} --out SHARDS`, then `gpf train stage2 --shards SHARDS --out RUN`")
+    raise ConfigError(f"--resume {resume}: {run} is a stage-2 run ({path} is a stage-2 checkpoint), but stage 1 "
+                      f"resumes a stage-1 checkpoint. Continue it with `gpf train stage2 --resume {run}`")
+
+
 def _portable(config: dict) -> dict:
     """A saved config without the keys that name where the run lived: a moved run resumes in place."""
     return {k: v for k, v in config.items() if k not in ("out", "resume")}

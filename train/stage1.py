@@ -12,7 +12,10 @@ allows (JPEG draft mode). Before training, every image's header is read once
 (in threads) to know its view shape; batches are then formed per shape (no
 padding, no distortion) in an order that depends only on (seed, epoch).
 Missing or unreadable images are counted, listed in ``skipped_images.csv`` and
-left out; they never stop the run.
+left out; they never stop the run, unless not one image file of the training and
+validation splits exists (then the error names an example path as resolved and
+the rule that resolved it). Unusable label rows are listed in
+``label_problems.csv``, the first few printed as ``file:line: problem``.
 
 The checkpoint is the one ``gpf preprocess --stage1`` takes: format
 ``gpf-stage1`` with view size, threshold, score scale and the dataset's
@@ -42,6 +45,8 @@ from ..fsutil import atomic_write_text
 from .state import derived_seed, seed_init
 
 SKIPPED = "skipped_images.csv"
+LABEL_PROBLEMS = "label_problems.csv"
+LABEL_PROBLEMS_SHOWN = 5       # label problems printed as 'file:line: problem'; the rest are in LABEL_PROBLEMS
 _ORIENTATION_TAG = 0x0112
 
 
@@ -377,6 +382,7 @@ class Stage1Task(Task):
         checkpoint.dataset = {"name": ds.name, "root": str(ds.root), "scores": [float(s) for s in ds.scores],
                               "threshold": float(ds.threshold), "split_spec": ds.split_spec,
                               "options": dict(self.cfg.dataset_options),
+                              "score_columns": getattr(ds, "score_columns", None),
                               "train_images": len(self.train_items), "val_images": len(self.val_items),
                               "skipped_images": len(self.skipped)}
         return checkpoint
@@ -417,6 +423,9 @@ def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
 
     get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
     dataset = open_stage1_dataset(cfg)
+    from ..pipeline.sources import check_images_resolve
+
+    check_images_resolve(dataset, dataset.split("train") + dataset.split("val"))   # before the run folder
     with run_context(cfg, "stage1", check_resume=lambda state, _run_dir: _check_same_split(state, dataset)) as run:
         ctx, log = run.ctx, run.log
         seed_init(cfg.seed)
@@ -433,15 +442,16 @@ def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
         val_items, val_skipped = probe_images(dataset.split("val"), dataset, cfg.view_size, spec.stride,
                                               spec.min_input, cfg.max_pixels, ctx)
         skipped += val_skipped
-        _report_inputs(log, dataset, train_items, val_items, skipped)
+        _report_inputs(log, dataset, train_items, val_items, skipped, run.run_dir)
+        if ctx.is_main:
+            write_skipped(run.run_dir / SKIPPED, skipped)           # before any error that names it
+            write_label_problems(run.run_dir / LABEL_PROBLEMS, dataset.problems)
         if not train_items:
             raise Stage1Error(f"no usable training image in {cfg.root} (see {run.run_dir / SKIPPED})")
         if not val_items:
             raise Stage1Error(f"no usable validation image in {cfg.root}: early stopping needs a validation "
                               "split (raise --val-size)")
         task = Stage1Task(cfg, ctx, dataset, model, train_items, val_items, skipped, run.run_dir, log)
-        if ctx.is_main:
-            write_skipped(run.run_dir / SKIPPED, skipped)
         result = Trainer(task, cfg, ctx, run.run_dir, hooks=hooks, log=log,
                          resume_state=run.resume_state).fit()
         result.notes.append(f"skipped images: {len(task.skipped)} (listed in {run.run_dir / SKIPPED})")
@@ -458,15 +468,40 @@ def _check_same_split(state: Checkpoint, dataset) -> None:
                           "use the same dataset and split options")
 
 
-def _report_inputs(log, dataset, train_items, val_items, skipped) -> None:
+def _report_inputs(log, dataset, train_items, val_items, skipped, run_dir: Path) -> None:
+    """What stage 1 reads, on stderr and in train.log: sizes, skipped images, the dataset's
+    notes (which CSV column is which bucket, a small validation split ...) and the first
+    unusable label rows as ``file:line: problem``."""
     from collections import Counter
+
+    from ..pipeline.sources import problem_lines
 
     log(f"dataset {dataset.name} at {dataset.root}: {len(train_items)} train and {len(val_items)} val "
         f"images usable, threshold {dataset.threshold:g} "
         f"(high: {sum(i.label for i in train_items)} of the training images)")
+    for note in getattr(dataset, "notes", []) or []:
+        log(f"note: {note}")
     if skipped:
         by_status = ", ".join(f"{k} {v}" for k, v in sorted(Counter(s.status for s in skipped).items()))
-        log(f"skipped {len(skipped)} image(s) that cannot be read ({by_status}); see {SKIPPED}")
-    problems = len(getattr(dataset, "problems", []) or [])
+        log(f"skipped {len(skipped)} image(s) that cannot be read ({by_status}); see {run_dir / SKIPPED}")
+    problems = list(getattr(dataset, "problems", []) or [])
     if problems:
-        log(f"{problems} label row(s) unusable (bad or duplicate rows); see `gpf preprocess` metadata")
+        by_status = ", ".join(f"{k} {v}" for k, v in sorted(Counter(p.status for p in problems).items()))
+        shown = problem_lines(problems, LABEL_PROBLEMS_SHOWN)
+        head = f"{len(problems)} label row(s) unusable ({by_status}), left out"
+        log(head + (f"; the first {len(shown)}:" if len(shown) < len(problems) else ":"))
+        for line in shown:
+            log(f"  {line}")
+        rest = f"  ... and {len(problems) - len(shown)} more: all" if len(shown) < len(problems) else "  all"
+        log(f"{rest} are listed in {run_dir / LABEL_PROBLEMS}")
+
+
+def write_label_problems(path: Path, problems) -> None:
+    """The unusable label rows (file, line, id, status, problem, image path) as a CSV."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "line", "id", "status", "problem", "path"])
+    for p in problems:
+        writer.writerow([p.source, "" if p.line is None else p.line, p.image_id or "", p.status,
+                         p.reason, p.path or ""])
+    atomic_write_text(path, buffer.getvalue())

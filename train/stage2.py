@@ -360,6 +360,30 @@ def _refuse_damaged_shards(shard_dir, manifest: Manifest) -> None:
                           "their stats files and rerun the same `gpf preprocess` command)")
 
 
+def batch_size_that_fits(samples: int, world_size: int = 1) -> int:
+    """A global batch size for a split of ``samples``: a power of two (rounded to a multiple of
+    ``world_size``) giving at least two steps per epoch where the split allows."""
+    target = samples // 2 if samples >= 2 * world_size else samples
+    size = 1
+    while size * 2 <= target:
+        size *= 2
+    return max(world_size, size // world_size * world_size)
+
+
+def _refuse_batch_larger_than_split(cfg: Stage2Config, samples: int, world_size: int) -> None:
+    """Training drops the last partial batch, so a split smaller than one batch gives no step at all:
+    refuse it naming a ``--batch-size`` that works (not lowered silently: the batch is a hyperparameter)."""
+    if samples >= cfg.batch_size:
+        return
+    fits = batch_size_that_fits(samples, world_size)
+    most = samples // world_size * world_size
+    processes = f", a multiple of the {world_size} processes" if world_size > 1 else ""
+    raise Stage2Error(f"the shards in {cfg.shards} hold {samples} training sample(s), fewer than one batch of "
+                      f"--batch-size {cfg.batch_size} (training drops a partial batch, so no step could be "
+                      f"taken): pass --batch-size {fits} ({samples // fits} step(s) per epoch), or any value up "
+                      f"to {most}{processes}")
+
+
 def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     """Train a stage-2 variant on shards; see the module doc."""
     from ..model.gpf import GPFNet
@@ -368,6 +392,10 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     from .loop import Trainer
     from .run import run_context
 
+    if cfg.resume:
+        from .run import check_resume_stage
+
+        check_resume_stage(cfg.resume, "stage2")   # a stage-1 run says so, before anything else
     validate(cfg)
     if not cfg.shards:
         raise Stage2Error("no shards: pass --shards DIR (made by `gpf preprocess`)")
@@ -407,6 +435,8 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     with run_context(cfg, "stage2", check_resume=check_resume) as run:
         ctx, log, state = run.ctx, run.log, run.resume_state
         attention = resolve_attention(cfg, facts, state)
+        # after the checkpoints are known to fit (a wrong --stage1 is the bigger mistake), before any work
+        _refuse_batch_larger_than_split(cfg, facts.samples["train"], ctx.world_size)
         seed_init(cfg.seed)
         model = GPFNet(cfg.backbone, cfg.variant, facts.num_classes,
                        weights="none" if state is not None else cfg.weights,
