@@ -10,7 +10,7 @@ import click
 
 from .common import echo_err, friendly_errors
 from ..pipeline import scoring
-from ..vocabulary import DEVICE, DEVICE_CHOICES
+from ..vocabulary import DEVICE, DEVICE_CHOICES, cli_text
 
 _HEADER = f"{'mean':>6} {'std':>6} {'class':<5} {'box x0,y0,x1,y1':<20} image"
 
@@ -93,7 +93,7 @@ def predict(images, checkpoint, as_json, parquet_out, batch_size, workers, devic
                     elif table:
                         click.echo(_table_row(result))
                     if not result.ok:
-                        echo_err(f"skipped: {result.error}")
+                        echo_err(f"skipped: {cli_text(result.error)}")
     except BaseException:
         if writer is not None:
             writer.abort()

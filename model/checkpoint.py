@@ -111,6 +111,25 @@ def default_meta(**extra: Any) -> dict:
 
 # ----------------------------------------------------------------------------- the typed payload
 
+def _check_types(where: str, what: str, data: Mapping, types: Mapping, required: bool = False) -> None:
+    """:class:`CheckpointError` naming the key of ``data`` whose value is not of its type ("number": int or
+    float, never bool); absent or None values pass unless ``required``."""
+    for key, kind in types.items():
+        value = data.get(key)
+        if value is None:
+            if required:
+                raise CheckpointError(f"{where}: {what} lacks {key!r}; the file is damaged")
+            continue
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = any((k == "number" and isinstance(value, (int, float)) and not isinstance(value, bool))
+                 or (k is int and isinstance(value, int) and not isinstance(value, bool))
+                 or (k not in ("number", int) and isinstance(value, k)) for k in kinds)
+        if not ok:
+            raise CheckpointError(f"{where}: {what} {key!r} is {value!r}, not a "
+                                  f"{' or '.join(k if isinstance(k, str) else k.__name__ for k in kinds)}; "
+                                  "the file is damaged")
+
+
 @dataclass
 class AttentionBlock:
     """The attention model embedded in a stage-2 checkpoint: the network and settings that made its crops."""
@@ -130,6 +149,9 @@ class AttentionBlock:
         if missing:
             raise CheckpointError(f"{where}: the embedded attention model lacks {', '.join(missing)}; "
                                   "the file is damaged")
+        _check_types(where, "the embedded attention model", data, {
+            "stage1_state_dict": Mapping, "stage1_config": Mapping, "stage1_digest": str, "tau": "number",
+            "eb_layer": str, "contrastive": bool, "view_size": int}, required=True)
         return cls(stage1_state_dict=dict(data["stage1_state_dict"]), stage1_config=dict(data["stage1_config"]),
                    stage1_digest=data["stage1_digest"], tau=float(data["tau"]), eb_layer=data["eb_layer"],
                    contrastive=bool(data["contrastive"]), view_size=int(data["view_size"]))
@@ -165,6 +187,7 @@ class Checkpoint:
     train: dict | None = None
     extra: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    origin: str = field(default="checkpoint", compare=False, repr=False)   # the file, for messages
 
     @property
     def kind(self) -> str:
@@ -173,17 +196,24 @@ class Checkpoint:
 
     @property
     def num_classes(self) -> int:
+        """The model's outputs: score buckets N (stage 2), or 2 for a stage-1 high/low classifier."""
+        if "num_classes" not in self.model_config:
+            raise CheckpointError(f"{self.origin}: model_config lacks 'num_classes'; the file is damaged")
         return int(self.model_config["num_classes"])
 
     @property
     def scores(self) -> tuple[float, ...]:
-        """The score of each bucket the model was trained with (1..N when none was recorded)."""
+        """The score of each bucket of the dataset the model was trained on (1..N when none was recorded).
+
+        A stage-1 model predicts high/low, so its scores need not match its two outputs.
+        """
         dataset = self.dataset or {}
-        n = self.num_classes
-        scores = self.model_config.get("scores") or dataset.get("scores") or list(range(1, n + 1))
-        if len(scores) != n:
-            raise CheckpointError(f"the checkpoint has {n} score buckets but {len(scores)} bucket scores "
-                                  f"({list(scores)}); the file is damaged")
+        scores = self.model_config.get("scores") or dataset.get("scores")
+        if scores is None:
+            return tuple(float(s) for s in range(1, self.num_classes + 1))
+        if self.kind == "stage2" and len(scores) != self.num_classes:
+            raise CheckpointError(f"{self.origin} has {self.num_classes} score buckets but {len(scores)} "
+                                  f"bucket scores ({list(scores)}); the file is damaged")
         return tuple(float(s) for s in scores)
 
     @property
@@ -204,11 +234,21 @@ class Checkpoint:
         return (self.dataset or {}).get("split_spec") or self.model_config.get("split_spec")
 
     @property
+    def shards_run(self) -> tuple[dict, int] | None:
+        """The record of the run fields of the shards a stage-2 model was trained on, and the manifest format
+        it is written in (format-1 records come from gpf 0.1.0 checkpoints), or None."""
+        record = (self.shards or {}).get("run")
+        if not isinstance(record, Mapping):
+            return None
+        return dict(record), int(self.shards.get("run_format", 1 if self.format_version == 1 else 2))
+
+    @property
     def shards_seed(self) -> int:
         """The preprocess seed of the shards a stage-2 model was trained on (random crop positions)."""
-        run = (self.shards or {}).get("run") or {}
-        seed = (run.get("config") or {}).get("seed", 0)
-        return int(seed) if isinstance(seed, int) else 0
+        run = self.shards_run
+        config = run[0].get("config") if run else None
+        seed = config.get("seed", 0) if isinstance(config, Mapping) else 0
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
 
     @property
     def digest(self) -> str:
@@ -235,7 +275,7 @@ class Checkpoint:
                                   f"checkpoints are made by `gpf train stage1` and `gpf train stage2`. To start a "
                                   f"backbone from a plain state dict, give it as weights=PATH.", param="weights")
         version = payload.get("format_version")
-        if version not in READABLE_VERSIONS:
+        if type(version) is not int or version not in READABLE_VERSIONS:
             from .._version import __version__
 
             made_by = (payload.get("meta") or {}).get("gpf_version", "?") if isinstance(payload.get("meta"), Mapping) \
@@ -248,6 +288,14 @@ class Checkpoint:
         for key in ("model_config", "state_dict"):
             if not isinstance(payload.get(key), Mapping):
                 raise CheckpointError(f"{where} ({fmt}) lacks its {key!r} dict; the file is damaged")
+        _check_types(where, "model_config", payload["model_config"], {"num_classes": int},
+                     required=fmt == FORMATS["stage2"])
+        _check_types(where, "model_config", payload["model_config"],
+                     {"view_size": int, "threshold": "number", "scores": (list, tuple), "variant": str})
+        for key in ("meta", "dataset", "shards", "config", "train"):
+            if payload.get(key) is not None and not isinstance(payload.get(key), Mapping):
+                raise CheckpointError(f"{where} ({fmt}): {key!r} is a {type(payload[key]).__name__}, not a dict; "
+                                      "the file is damaged")
         attention = None
         if fmt == FORMATS["stage2"]:
             attention = AttentionBlock.from_dict(payload.get("attention"), where)
@@ -260,9 +308,11 @@ class Checkpoint:
                     for name in ("shards", "config", "train")}
         extra = {k: v for k, v in payload.items() if k not in _KNOWN_KEYS and k != "split_spec"}
         meta = dict(payload["meta"]) if isinstance(payload.get("meta"), Mapping) else {}
+        if optional["shards"] is not None and version == 1:
+            optional["shards"].setdefault("run_format", 1)    # the record keeps the manifest format it copies
         return cls(format=fmt, model_config=dict(payload["model_config"]), state_dict=dict(payload["state_dict"]),
                    meta=meta, attention=attention, dataset=dataset, extra=extra, format_version=version,
-                   **optional)
+                   origin=str(where), **optional)
 
 
 # ----------------------------------------------------------------------------- files
@@ -409,8 +459,11 @@ def instantiate(config: Mapping, state_dict: Mapping[str, torch.Tensor], source:
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
         raise CheckpointError(f"{source}: the state dict does not fit the model of its config "
-                              f"({config.get('model')}, backbone {config.get('backbone')!r}): {exc}") from exc
+                              f"({config.get('model')}, backbone {config.get('backbone')!r}): "
+                              f"{detail[:300]}{' ...' if len(detail) > 300 else ''}; the file is damaged or "
+                              "was written by another model") from exc
     return model.eval()
 
 
@@ -425,7 +478,8 @@ def _as_checkpoint(ckpt) -> Checkpoint:
 def model_from_checkpoint(ckpt) -> nn.Module:
     """The model a checkpoint (object or path) holds: ``PeripheralNet``/``Classifier`` or ``GPFNet``, eval mode."""
     checkpoint = _as_checkpoint(ckpt)
-    return instantiate(checkpoint.model_config, checkpoint.state_dict, source=f"{checkpoint.format} checkpoint")
+    return instantiate(checkpoint.model_config, checkpoint.state_dict,
+                       source=f"{checkpoint.origin} ({checkpoint.format})")
 
 
 def attention_model_from_checkpoint(ckpt) -> nn.Module:
@@ -437,4 +491,5 @@ def attention_model_from_checkpoint(ckpt) -> nn.Module:
     if checkpoint.attention is None:
         return model_from_checkpoint(checkpoint)
     block = checkpoint.attention
-    return instantiate(block.stage1_config, block.verified_state_dict(), source="embedded stage-1 model")
+    return instantiate(block.stage1_config, block.verified_state_dict(),
+                       source=f"the stage-1 model embedded in {checkpoint.origin}")

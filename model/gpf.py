@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import GPFError, OptionError
-from ..vocabulary import VARIANT_NAMES
+from ..vocabulary import DEFAULT_VARIANT, VARIANT_NAMES, get_variant
 from ..vocabulary import VARIANTS as VARIANT_TABLE
 from .backbones import (Backbone, BackboneSpec, build_imagenet_head, create_backbone,
                                  get_spec, list_backbones)
@@ -241,12 +241,11 @@ class GPFNet(nn.Module):
     layers use 0.5).
     """
 
-    def __init__(self, backbone: str | Backbone, variant: str = "gpf", num_classes: int = 10, *,
+    def __init__(self, backbone: str | Backbone, variant: str = DEFAULT_VARIANT, num_classes: int = 10, *,
                  weights: str = "none", branch_width: int = BRANCH_WIDTH, fusion_width: int = FUSION_WIDTH,
                  gif_hidden: int | None = None, dropout: float = 0.5, download: bool = True):
         super().__init__()
-        if variant not in VARIANTS:
-            raise OptionError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}", param="variant")
+        table = get_variant(variant)
         _check_positive(num_classes=num_classes, branch_width=branch_width, fusion_width=fusion_width)
         if not 0.0 <= dropout < 1.0:
             raise OptionError(f"dropout must be in [0, 1), got {dropout}", param="dropout")
@@ -264,13 +263,12 @@ class GPFNet(nn.Module):
         self.peripheral = backbone.features
         self.peripheral_fc = _fc_block(channels, branch_width, dropout)  # F^1_c (Eq. 8)
         self.foveal = self.foveal_fc = self.gif = None
-        if variant != "single":
+        if table.columns == 2:
             self.foveal = copy.deepcopy(backbone.features)
             self.foveal_fc = _fc_block(channels, branch_width, dropout)  # F^2_c (Eq. 8)
-        if variant == "gpf":
+        if table.gated:
             self.gif = GatedInformationFusion(channels, self.gif_hidden)
-        columns = 1 if variant == "single" else 2
-        self.fusion = _fc_block(columns * branch_width, fusion_width, dropout)
+        self.fusion = _fc_block(table.columns * branch_width, fusion_width, dropout)
         self.classifier = nn.Linear(fusion_width, num_classes)
 
     # -- inputs ---------------------------------------------------------------
@@ -280,7 +278,7 @@ class GPFNet(nn.Module):
 
     @property
     def needs_fovea(self) -> bool:
-        return self.variant != "single"
+        return VARIANT_TABLE[self.variant].columns == 2
 
     @property
     def fovea_source(self) -> str | None:
@@ -441,7 +439,7 @@ def build_model(config: Mapping) -> nn.Module:
     if kind == "peripheral":
         return PeripheralNet(name, num_classes=_config_value(config, "num_classes", int, 2),
                              hidden=config.get("hidden"), dropout=_config_value(config, "dropout", float, 0.5))
-    model = GPFNet(name, config.get("variant", "gpf"), _config_value(config, "num_classes", int),
+    model = GPFNet(name, config.get("variant", DEFAULT_VARIANT), _config_value(config, "num_classes", int),
                    branch_width=_config_value(config, "branch_width", int, BRANCH_WIDTH),
                    fusion_width=_config_value(config, "fusion_width", int, FUSION_WIDTH),
                    gif_hidden=config.get("gif_hidden"), dropout=_config_value(config, "dropout", float, 0.5))

@@ -39,6 +39,22 @@ def missing_scale(run: RunFields) -> list[str]:
     return [name for name in ("scores", "threshold", "view_size") if getattr(run, name) is None]
 
 
+def require_scale(run: RunFields, data: str) -> None:
+    """Refuse shards whose manifest lacks the score scale or the view size (e.g. rebuilt without its run fields)."""
+    missing = missing_scale(run)
+    if missing:
+        raise FitError(f"{data}: the manifest lacks {', '.join(missing)}, so nothing can be trained or evaluated "
+                       "on these shards; re-run `gpf preprocess` into a new --out folder")
+
+
+def require_random_crops(variant: str, random_crops: int, data: str) -> None:
+    """Refuse a variant that reads stored random crops (``random``) on shards without them."""
+    if get_variant(variant).needs_random_crops and random_crops < 1:
+        raise FitError(f"the {variant!r} variant needs the random crops stored in shards, but none are stored in "
+                       f"{data}; make them with `gpf preprocess ... --random-crops K` (e.g. K = 5) into a new "
+                       "--out folder")
+
+
 def attention_differences(checkpoint: Checkpoint, run: RunFields) -> list[str]:
     """How the checkpoint's embedded attention model differs from the one that made the crops of ``run``."""
     block = checkpoint.attention
@@ -52,8 +68,8 @@ def attention_differences(checkpoint: Checkpoint, run: RunFields) -> list[str]:
         diffs.append(f"tau {block.tau} vs {run.tau}")
     if run.eb_layer and block.eb_layer != run.eb_layer:
         diffs.append(f"EB layer {block.eb_layer!r} vs {run.eb_layer!r}")
-    if run.contrastive is not None and block.contrastive != bool(run.contrastive):
-        diffs.append(f"contrastive {block.contrastive} vs {bool(run.contrastive)}")
+    if run.contrastive is not None and block.contrastive != run.contrastive:
+        diffs.append(f"contrastive {block.contrastive} vs {run.contrastive}")
     return diffs
 
 
@@ -66,18 +82,16 @@ def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, 
     data stores (None: not checked). ``allow_attention_mismatch`` turns a
     different attention model into a warning; ``mismatch_option`` is the option
     that does so where the caller has one (None: the refusal names none).
+    Attention settings the data does not record cannot be checked: a warning says which.
     """
-    missing = missing_scale(run)
-    if missing:
-        raise FitError(f"{data} lacks {', '.join(missing)}; rewrite its manifest with `gpf shards verify DIR "
-                       "--write-manifest` or re-run `gpf preprocess`")
+    require_scale(run, data)
     fit = Fit()
     if checkpoint.num_classes != len(run.scores):
         raise FitError(f"{model} predicts N = {checkpoint.num_classes} score buckets, but {data} has "
                        f"N = {len(run.scores)} (scores {list(run.scores)}); use shards of the dataset the "
                        "checkpoint was trained on, or train a new model on these shards")
     view = checkpoint.view_size
-    if view is not None and view != int(run.view_size):
+    if view is not None and view != run.view_size:
         raise FitError(f"{model} was trained on views of {view} px, but {data} was made with --view-size "
                        f"{run.view_size}; preprocess with --view-size {view}, or train a new model on these shards")
     if any(not math.isclose(a, b) for a, b in zip(checkpoint.scores, run.scores)):
@@ -88,6 +102,10 @@ def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, 
                             f"of {data}; the data's is used")
     variant = get_variant(checkpoint.model_config.get("variant", DEFAULT_VARIANT))
     if variant.needs_attention:
+        unrecorded = run.attention_unrecorded
+        if unrecorded:
+            fit.warnings.append(f"{data} does not record the attention model's {', '.join(unrecorded)}: "
+                                "whether it made these crops cannot be checked")
         diffs = attention_differences(checkpoint, run)
         if diffs:
             text = (f"the attention model embedded in {model} did not make the crops of {data} "
@@ -97,24 +115,29 @@ def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, 
                 raise FitError(f"{text}: its numbers would not be what `gpf predict` gives with this checkpoint. "
                                f"Use shards made with its stage-1 model{escape}")
             fit.warnings.append(text)
-    if variant.needs_random_crops and random_crops is not None and random_crops < 1:
-        raise FitError(f"the 'random' variant needs the random crops stored in shards, but {data} has none; "
-                       "preprocess with --random-crops K")
+    if random_crops is not None:
+        require_random_crops(variant.name, random_crops, data)
     return fit
 
 
 def trained_on(checkpoint: Checkpoint) -> RunFields | None:
-    """The run fields of the shards a stage-2 checkpoint was trained on, as it recorded them (None if absent)."""
-    record = (checkpoint.shards or {}).get("run")
-    if not isinstance(record, dict):
+    """The run fields of the shards a stage-2 checkpoint was trained on, as it recorded them (None if absent),
+    read in the manifest format the record was written in."""
+    record = checkpoint.shards_run
+    if record is None:
         return None
-    version = 1 if checkpoint.format_version == 1 else 2
-    return RunFields.from_dict(record, "the checkpoint's record of its shards", version)
+    run, version = record
+    return RunFields.from_dict(run, f"{checkpoint.origin}: its record of the shards it was trained on", version)
 
 
-def check_self_consistent(checkpoint: Checkpoint, source: str) -> Fit:
-    """``gpf predict``: the checkpoint against the record of the shards it was trained on (when kept)."""
+def check_self_consistent(checkpoint: Checkpoint, source: str) -> None:
+    """``gpf predict``: refuse a checkpoint whose embedded attention model is not the one that made the crops
+    it was trained on (per its own record of those shards): its scores would come from other crops."""
     run = trained_on(checkpoint)
-    if run is None or missing_scale(run):
-        return Fit()
-    return check_fit(checkpoint, run, model=source, data=f"the shards {source} was trained on")
+    if run is None or not get_variant(checkpoint.model_config.get("variant", DEFAULT_VARIANT)).needs_attention:
+        return
+    diffs = attention_differences(checkpoint, run)
+    if diffs:
+        raise FitError(f"{source}: the attention model it embeds did not make the crops it was trained on "
+                       f"({'; '.join(diffs)}); the file is damaged or was edited: use the checkpoint "
+                       "`gpf train stage2` wrote")

@@ -14,7 +14,7 @@ Format history (``format``):
 
 * 1 — gpf 0.1.0: contrastive flag, attention model, features digest and split
   spec only inside ``config``.
-* 2 — those four are run fields of their own. Format-1 files are read (the four
+* 2 — gpf 0.2.0: those four are run fields of their own. Format-1 files are read (the four
   taken from ``config``); a newer format is refused naming both versions.
   The optional run field ``score_columns`` (folder CSV: column -> score bucket)
   came later within format 2: a manifest without it reads it as None.
@@ -81,6 +81,12 @@ class ShardEntry:
                                 f"{', '.join(missing)}; rewrite the manifest with "
                                 "`gpf shards verify DIR --write-manifest`")
         known = {f.name for f in fields(cls)}
+        try:
+            for name, kinds in _ENTRY_FIELD_TYPES.items():
+                _check_type(f"the entry of shard {data.get('name', '?')}: {name!r}", data.get(name), kinds)
+        except TypeError as exc:
+            raise ManifestError(f"{where}: {exc}; rewrite the manifest with `gpf shards verify DIR "
+                                "--write-manifest`") from None
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_dict(self) -> dict:
@@ -90,6 +96,37 @@ class ShardEntry:
 _REQUIRED_ENTRY_KEYS = tuple(f.name for f in fields(ShardEntry)
                              if f.default is MISSING and f.default_factory is MISSING)
 _MOVED_INTO_RUN_IN_FORMAT_2 = ("contrastive", "attention_model", "features_digest", "split_spec")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_type(what: str, value, kinds: tuple) -> None:
+    """``TypeError`` naming ``what`` unless ``value`` is None or of ``kinds`` ("number": int or float, not bool)."""
+    if value is None:
+        return
+    for kind in kinds:
+        if kind == "number" and _is_number(value):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind is bool and isinstance(value, bool):
+            return
+        if kind not in ("number", int, bool) and isinstance(value, kind):
+            return
+    names = ", ".join(k if isinstance(k, str) else k.__name__ for k in kinds)
+    raise TypeError(f"{what} must be {names} or null, got {value!r}")
+
+
+_RUN_FIELD_TYPES = {"dataset": (str,), "scores": (list, tuple), "threshold": ("number",), "view_size": (int,),
+                    "tau": ("number",), "eb_layer": (str,), "contrastive": (bool,), "stage1_digest": (str,),
+                    "attention_model": (dict,), "features_digest": (str,), "split_spec": (dict,),
+                    "config": (dict,), "environment": (dict,), "score_columns": (list,)}
+_ENTRY_FIELD_TYPES = {"name": (str,), "split": (str,), "index": (int,), "tar": (str,), "parquet": (str,),
+                      "count": (int,), "bytes": (int,), "sha256": (str,), "parquet_sha256": (str,),
+                      "status_counts": (dict,), "rows": (int,), "parquet_bytes": (int,),
+                      "periph_shapes": (list, tuple), "random_crops": (int,), "features": (bool,)}
 
 
 @dataclass(frozen=True)
@@ -121,10 +158,16 @@ class RunFields:
     score_columns: list | None = None
 
     def __post_init__(self):
+        for name, kinds in _RUN_FIELD_TYPES.items():
+            _check_type(f"run field {name!r}", getattr(self, name), kinds)
         if self.scores is not None:
+            if not all(_is_number(s) for s in self.scores):
+                raise TypeError(f"run field 'scores' must be a list of numbers, got {self.scores!r}")
             object.__setattr__(self, "scores", tuple(float(s) for s in self.scores))
         if self.threshold is not None:
             object.__setattr__(self, "threshold", float(self.threshold))
+        if self.tau is not None:
+            object.__setattr__(self, "tau", float(self.tau))
 
     @classmethod
     def from_dict(cls, data: Any, where: str, version: int = MANIFEST_FORMAT) -> "RunFields":
@@ -138,7 +181,14 @@ class RunFields:
         try:
             return cls(**run)
         except (TypeError, ValueError) as exc:
-            raise ManifestError(f"{where}: a run field has the wrong type ({exc})") from None
+            raise ManifestError(f"{where}: {exc}; the file is damaged: re-run `gpf preprocess` into a new "
+                                "--out folder") from None
+
+    @property
+    def attention_unrecorded(self) -> list[str]:
+        """The attention settings this record lacks (a manifest rebuilt without its run fields)."""
+        missing = [name for name in ("tau", "eb_layer", "contrastive") if getattr(self, name) is None]
+        return (["attention digest"] if not self.attention_digest else []) + missing
 
     @property
     def attention_digest(self) -> str | None:
@@ -211,17 +261,17 @@ class Manifest:
         if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
             raise ManifestError(f"{where}: not a gpf shard manifest (no 'shards' list)")
         version = data.get("format")
-        if version not in READABLE_FORMATS:
+        if type(version) is not int or version not in READABLE_FORMATS:
             from .._version import __version__
 
             newer = isinstance(version, int) and version > MANIFEST_FORMAT
-            advice = ("upgrade gpf to read it" if newer else
-                      "re-run preprocessing with this gpf, or rewrite it with `gpf shards verify DIR "
-                      "--write-manifest`")
+            advice = "upgrade gpf to read it" if newer else "re-run `gpf preprocess` into a new --out folder"
             raise ManifestError(f"{where}: manifest format {version!r} (written by gpf "
                                 f"{data.get('gpf_version', '?')}); this gpf {__version__} reads formats "
                                 f"{', '.join(map(str, READABLE_FORMATS))}: {advice}")
         shards = tuple(ShardEntry.from_dict(e, where) for e in data["shards"])
+        if not isinstance(data.get("complete", True), bool):
+            raise ManifestError(f"{where}: 'complete' must be true or false, got {data.get('complete')!r}")
         return cls(run=RunFields.from_dict(data, where, version), shards=shards, complete=data.get("complete", True) is not False,
                    gpf_version=data.get("gpf_version"), format=version)
 
@@ -266,6 +316,10 @@ def read_manifest(out_dir: str | os.PathLike) -> Manifest:
     except FileNotFoundError:
         if not Path(out_dir).is_dir():
             raise ManifestError(f"{out_dir}: no such shard folder") from None
+        if not find_stats_files(out_dir) and not any(Path(out_dir).glob("*.tar")):
+            raise ManifestError(f"{out_dir} is not a shard folder: it holds no {MANIFEST_NAME}, no shard stats "
+                                "files and no shard tars. Shard folders are made by `gpf preprocess KIND ROOT "
+                                "--out DIR`") from None
         raise ManifestError(f"{path}: missing — preprocessing has not finished here. Rerun "
                             "`gpf preprocess` to finish, or, if every shard is done, "
                             f"`gpf shards verify {out_dir} --write-manifest`") from None

@@ -23,7 +23,7 @@ from .layout import (ShardReadError, ATTN, FEATURES, JSON, MANIFEST_NAME, META_D
                                TAR_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX, is_contract_member,
                                is_safe_key, parse_shard_name, safe_key,
                                split_member_name)
-from .manifest import (Manifest, ManifestError, RunFields, ShardEntry, read_manifest,
+from .manifest import (MANIFEST_FORMAT, Manifest, ManifestError, RunFields, ShardEntry, read_manifest,
                                  write_manifest)
 from .writer import StatsError, file_sha256, read_stats
 from ..fsutil import atomic_write_bytes
@@ -299,13 +299,34 @@ def _rebuild_manifest(folder: Path, disk: _Disk, report: Report, sha: _Checksums
     try:
         previous = read_manifest(folder)
         run, complete = previous.run, previous.complete
-    except ManifestError:
+    except ManifestError as exc:
+        if _written_by_newer_gpf(folder):
+            report.notes.append(f"{MANIFEST_NAME} not rewritten: {exc}")
+            return
         run, complete = RunFields(), True
         report.notes.append("no readable old manifest: config, environment and run fields "
                             "are unknown (null) in the rebuilt one")
     write_manifest(folder, run, complete=complete)
     report.manifest_written = True
     report.notes.append(f"wrote {MANIFEST_NAME} from {len(disk.stats)} stats file(s)")
+
+
+def _written_by_newer_gpf(folder: Path) -> bool:
+    """Whether ``manifest.json`` declares a format newer than this gpf writes (never rewrite it: that loses data)."""
+    try:
+        version = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return type(version) is int and version > MANIFEST_FORMAT
+
+
+def _check_run_fields(manifest: Manifest, report: Report) -> None:
+    """Shards whose manifest lacks the score scale or view size cannot be trained or evaluated on."""
+    missing = [name for name in ("scores", "threshold", "view_size") if getattr(manifest.run, name) is None]
+    if missing:
+        report.add(MANIFEST_NAME, f"lacks {', '.join(missing)} (a manifest rebuilt without its run fields?): "
+                                  "nothing can be trained or evaluated on these shards; re-run `gpf preprocess` "
+                                  "into a new --out folder")
 
 
 # ---------------------------------------------------------------- entry point
@@ -336,6 +357,8 @@ def verify_shards(folder: str | os.PathLike, deep: bool = True,
         report.add(MANIFEST_NAME, str(exc))
         manifest = None
     listed = _check_manifest_entries(manifest, disk, report) if manifest else {}
+    if manifest is not None:
+        _check_run_fields(manifest, report)
     written, statuses, all_stats = 0, Counter(), True
     for name in sorted(set(listed) | disk.tars | disk.stats, key=_shard_sort_key):
         report.shards += 1

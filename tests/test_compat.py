@@ -121,7 +121,7 @@ def test_other_bucket_scores_or_threshold_with_the_same_n_are_warnings(made, var
 
 
 def test_the_random_variant_needs_stored_random_crops(made):
-    with pytest.raises(FitError, match=r"'random' variant needs the random crops .* preprocess with --random-crops K"):
+    with pytest.raises(FitError, match=r"'random' variant needs the random crops .* none are stored in the shards in S; make them with .*--random-crops K"):
         fit_of(made, "random", random_crops=0)
     assert fit_of(made, "random", random_crops=None).warnings == []         # not known: not checked
     for variant in ("gpf", "pf", "single"):
@@ -130,7 +130,8 @@ def test_the_random_variant_needs_stored_random_crops(made):
 
 @pytest.mark.parametrize("field", ["scores", "threshold", "view_size"])
 def test_shards_without_their_scale_are_refused(made, field):
-    with pytest.raises(FitError, match=rf"the shards in S lacks {field}; .*--write-manifest"):
+    with pytest.raises(FitError, match=rf"the shards in S: the manifest lacks {field}, so nothing can be trained "
+                                       r"or evaluated .* re-run `gpf preprocess`"):
         fit_of(made, "gpf", replace(made["run"], **{field: None}))
 
 
@@ -143,10 +144,10 @@ def test_a_checkpoint_without_an_embedded_attention_model_differs(made):
 
 def test_the_record_of_the_shards_a_checkpoint_was_trained_on(made):
     ckpt = dataclasses.replace(made["ckpt"]["gpf"])
-    assert trained_on(ckpt) is None and check_self_consistent(ckpt, "m.pt").warnings == []
+    assert trained_on(ckpt) is None and check_self_consistent(ckpt, "m.pt") is None
     ckpt.shards = {"run": made["run"].to_dict(), "random_crops": 2}
     assert trained_on(ckpt) == made["run"]
-    assert check_self_consistent(ckpt, "m.pt").warnings == []
+    assert check_self_consistent(ckpt, "m.pt") is None
 
 
 def test_a_checkpoint_whose_crops_came_from_another_attention_setting_is_refused(made):
@@ -156,14 +157,22 @@ def test_a_checkpoint_whose_crops_came_from_another_attention_setting_is_refused
         with pytest.raises(FitError) as info:
             check_self_consistent(ckpt, "m.pt")
         message = str(info.value)
-        assert "did not make the crops of the shards m.pt was trained on" in message and "tau 0.7 vs 0.5" in message
+        assert "m.pt: the attention model it embeds did not make the crops it was trained on" in message
+        assert "tau 0.7 vs 0.5" in message and "damaged or was edited" in message
+        assert "--allow-attention-mismatch" not in message          # no such option where this is checked
     single = dataclasses.replace(made["ckpt"]["single"], shards={"run": replace(made["run"], tau=0.5).to_dict()})
-    assert check_self_consistent(single, "m.pt").warnings == []
+    assert check_self_consistent(single, "m.pt") is None             # its crops are never used
 
 
-def test_a_record_without_the_scale_is_not_checked(made):
+def test_a_record_without_the_scale_still_has_its_attention_checked(made):
     ckpt = dataclasses.replace(made["ckpt"]["gpf"], shards={"run": replace(made["run"], scores=None, tau=0.5).to_dict()})
-    assert check_self_consistent(ckpt, "m.pt").warnings == []
+    with pytest.raises(FitError, match="tau 0.7 vs 0.5"):
+        check_self_consistent(ckpt, "m.pt")
+
+
+def test_shards_that_do_not_record_the_attention_settings_get_a_warning(made):
+    fit = fit_of(made, "gpf", replace(made["run"], eb_layer=None, contrastive=None))
+    assert any("does not record the attention model's eb_layer, contrastive" in w for w in fit.warnings)
 
 
 # ----------------------------------------------------------------------------- a checkpoint train_stage2 wrote

@@ -229,7 +229,7 @@ def test_a_shard_set_without_a_single_sample_is_not_ok(tmp_path):
     for split, index in (("train", 0), ("train", 1), ("val", 0)):
         rows = [{"id": f"{split}{index}-{i}", "status": "missing", "error": "a.jpg: no such file"} for i in range(3)]
         write_shard(out, split, index, [], rows)
-    write_manifest(out, RunFields(dataset="folder"))
+    write_manifest(out, RunFields(dataset="folder", scores=(1.0, 2.0, 3.0), threshold=2.0, view_size=32))
     result = invoke(["shards", "verify", out])
     assert result.exit_code == 1, result.output
     assert "no sample was written (all 9 image(s) failed: missing 9)" in result.output

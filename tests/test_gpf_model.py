@@ -221,7 +221,7 @@ def test_forward_bucketed_keeps_input_order_and_gradients():
 # ----------------------------------------------------------------------------- bad input
 
 def test_unknown_variant_lists_allowed_values():
-    with pytest.raises(ValueError, match="choose one of single, random, pf, gpf"):
+    with pytest.raises(ValueError, match="unknown variant .*one of: single, random, pf, gpf"):
         GPFNet(fresh_backbone("tiny"), "gated")
     with pytest.raises(ValueError, match="only when the backbone is given by name"):
         GPFNet(fresh_backbone("tiny"), "gpf", weights="imagenet")

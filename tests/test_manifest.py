@@ -35,7 +35,7 @@ def shards(tmp_path) -> Path:
 
 
 
-def assert_same_checkpoint(a: Checkpoint, b: Checkpoint, *, skip=("format_version",)) -> None:
+def assert_same_checkpoint(a: Checkpoint, b: Checkpoint, *, skip=("format_version", "origin")) -> None:
     """Field by field (tensors compared with torch.equal, which dataclass == cannot do)."""
     for field in dataclasses.fields(Checkpoint):
         if field.name in skip:
@@ -168,3 +168,104 @@ def test_newer_formats_are_refused_naming_both_versions_and_round_trips(shards, 
     assert on_disk["split_spec"] == old.run.split_spec and on_disk["features_digest"] == old.run.features_digest
     stage2 = load_checkpoint(DATA / "stage2.pt", expect="stage2")
     assert check_fit(stage2, new.run, model="stage2.pt", data="the rewritten shards").warnings == []
+
+
+# ----------------------------------------------------------------------------- damaged or edited files
+
+def _edit_manifest(folder: Path, change) -> None:
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _edited_checkpoint(tmp_path: Path, change, name: str = "edited.pt") -> Path:
+    payload = torch.load(DATA / "stage2.pt", weights_only=True)
+    change(payload)
+    torch.save(payload, tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_format1_stage2_run_resumes_on_the_shards_it_was_trained_on(shards, tmp_path):
+    run = tmp_path / "old-run"
+    run.mkdir()
+    shutil.copy(DATA / "stage2.pt", run / "last.pt")
+    result = invoke(["train", "stage2", "--resume", run, "--shards", shards, "--stage1", DATA / "stage1.pt",
+                     "--epochs", 2, "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "last.pt").train["epoch"] == 2
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("view_size", "x", "'view_size' must be int"),
+    ("tau", "x", "'tau' must be number"),
+    ("contrastive", "false", "'contrastive' must be bool"),
+    ("format", True, "manifest format True"),
+    ("format", 1.0, "manifest format 1.0"),
+    ("complete", "false", "'complete' must be true or false"),
+])
+def test_a_damaged_manifest_value_is_one_line_naming_it(shards, field, value, words):
+    _edit_manifest(shards, lambda data: data.__setitem__(field, value))
+    with pytest.raises(ManifestError, match=words):
+        read_manifest(shards)
+    result = invoke(["evaluate", "--checkpoint", DATA / "stage2.pt", "--shards", shards, "--device", "cpu"])
+    assert result.exit_code == 1 and words in result.output and len(result.output.splitlines()) == 1
+
+
+def test_a_damaged_shard_entry_is_named(shards):
+    _edit_manifest(shards, lambda data: data["shards"][0].__setitem__("count", "x"))
+    with pytest.raises(ManifestError, match=r"'count' must be int"):
+        read_manifest(shards)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda p: p["attention"].__setitem__("tau", "x"), "'tau' is 'x', not a number"),
+    (lambda p: p["attention"].__setitem__("stage1_state_dict", [1]), "'stage1_state_dict'"),
+    (lambda p: p["model_config"].pop("num_classes"), "lacks 'num_classes'"),
+    (lambda p: p["model_config"].__setitem__("view_size", "x"), "'view_size' is 'x'"),
+    (lambda p: p.__setitem__("shards", "x"), "'shards' is a str"),
+    (lambda p: p.__setitem__("format_version", True), "format_version True"),
+])
+def test_a_damaged_checkpoint_value_is_a_checkpoint_error(tmp_path, change, words):
+    with pytest.raises(CheckpointError, match=words):
+        load_checkpoint(_edited_checkpoint(tmp_path, change))
+
+
+def test_predict_refuses_a_checkpoint_whose_embedded_attention_was_edited(tmp_path):
+    edited = _edited_checkpoint(tmp_path, lambda p: p["attention"].__setitem__("tau", 0.5))
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.full((40, 56, 3), 120, np.uint8)).save(photo)
+    result = invoke(["predict", "--checkpoint", edited, photo, "--device", "cpu", "--quiet"])
+    assert result.exit_code == 1
+    assert "tau 0.5 vs 0.7" in result.output and "damaged or was edited" in result.output
+    assert "--allow-attention-mismatch" not in result.output     # an option of `gpf evaluate` only
+
+
+def test_verify_does_not_call_shards_without_a_score_scale_ok(shards):
+    _edit_manifest(shards, lambda data: data.__setitem__("scores", None))
+    result = invoke(["shards", "verify", shards, "--quick"])
+    assert result.exit_code == 1 and "lacks scores" in result.output
+
+
+def test_write_manifest_never_rewrites_a_newer_format(shards):
+    _edit_manifest(shards, lambda data: data.__setitem__("format", MANIFEST_FORMAT + 1))
+    before = (shards / "manifest.json").read_bytes()
+    result = invoke(["shards", "verify", shards, "--quick", "--write-manifest"])
+    assert result.exit_code == 1 and "upgrade gpf" in result.output
+    assert (shards / "manifest.json").read_bytes() == before
+
+
+def test_a_stage1_checkpoint_reports_the_scale_it_was_trained_with():
+    stage1 = load_checkpoint(DATA / "stage1.pt", expect="stage1")
+    assert stage1.num_classes == 2 and stage1.scores == SCORES and stage1.threshold == 5.0
+
+
+def test_a_rewritten_format1_checkpoint_keeps_reading_its_shards_record(tmp_path):
+    from gpf.pipeline.compat import trained_on
+
+    old = load_checkpoint(DATA / "stage2.pt")
+    torch.save(old.to_dict(), tmp_path / "rewritten.pt")
+    new = load_checkpoint(tmp_path / "rewritten.pt")
+    assert new.format_version == FORMAT_VERSION
+    assert trained_on(new) == trained_on(old)
+    assert trained_on(new).contrastive is False and trained_on(new).attention_model["kind"] == "stage1"

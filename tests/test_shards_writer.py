@@ -276,6 +276,9 @@ def test_manifest_lists_shards_from_stats(tmp_path):
 
 
 def test_read_manifest_errors_say_what_to_do(tmp_path):
+    with pytest.raises(ManifestError, match="is not a shard folder: it holds no manifest.json"):
+        read_manifest(tmp_path)
+    (tmp_path / "train-000000.tar").write_bytes(b"")      # a shard folder whose run has not finished
     with pytest.raises(ManifestError, match="missing.*--write-manifest"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from gpf.pipeline.compat import FitError
 from gpf.model.checkpoint import load_checkpoint, state_dict_digest
 from gpf.train.config import ConfigError
 from gpf.train.loop import NonFiniteLossError, TrainHooks
@@ -79,7 +80,7 @@ def test_two_backbones_train_from_the_same_shards(data, tmp_path):
 
 
 def test_random_variant_needs_stored_random_crops(data, tmp_path):
-    with pytest.raises(Stage2Error, match=r"--random-crops K"):
+    with pytest.raises(FitError, match=r"--random-crops K"):
         train_stage2(stage2_config(data, tmp_path / "a", shards=str(data["plain"]), variant="random"))
     assert not (tmp_path / "a").exists()
     result = train_stage2(stage2_config(data, tmp_path / "b", variant="random", epochs=1))

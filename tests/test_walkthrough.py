@@ -22,7 +22,6 @@ from pathlib import Path
 import click
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from gpf.cli.main import cli
@@ -296,7 +295,6 @@ def test_reading_the_page():
     assert missing_lines(["a ...  c", "x  y"], "a b    c\nq\rx y z") == ["x  y"]
 
 
-@pytest.mark.slow
 def test_every_command_of_the_walkthrough_runs_as_written(tmp_path, monkeypatch):
     steps = page_steps()
     fixture = write_fixture(tmp_path, steps)

@@ -30,8 +30,8 @@ import torch
 
 from ..errors import GPFError
 from ..model.checkpoint import AttentionBlock, Checkpoint
-from ..pipeline.compat import check_fit, missing_scale
-from ..shards.manifest import Manifest, RunFields, compare_config, run_fields
+from ..pipeline.compat import check_fit, require_random_crops, require_scale
+from ..shards.manifest import MANIFEST_FORMAT, Manifest, RunFields, compare_config
 from ..vocabulary import get_variant
 from .config import Stage2Config
 from .distributed import DistContext, per_rank_batch_size
@@ -85,21 +85,37 @@ class ShardFacts:
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, folder: str | os.PathLike) -> "ShardFacts":
-        missing = missing_scale(manifest.run)
-        if missing:
-            raise Stage2Error(f"{Path(folder) / 'manifest.json'} lacks {', '.join(missing)}; it was not written "
-                              f"by `gpf preprocess`. Rewrite it with `gpf shards verify {folder} --write-manifest` "
-                              "or re-run preprocessing")
+        require_scale(manifest.run, f"the shards in {folder}")
         return cls(folder=str(folder), manifest=manifest)
+
+
+_DERIVED_RUN_KEYS = ("random_crops", "features")
+
+
+def _comparable_run(run: RunFields, derived: Mapping) -> dict:
+    """Run fields as a resume compares them: the environment apart (compared only when shards changed)."""
+    fields = {k: v for k, v in run.to_dict().items() if k != "environment"}
+    return {**fields, **{k: derived.get(k) for k in _DERIVED_RUN_KEYS}}
 
 
 def shards_identity(manifest: Manifest) -> dict:
     """The parts of a manifest a stage-2 run depends on (stored in its checkpoints)."""
     return {
-        "run": {**run_fields(manifest), "random_crops": manifest.random_crops, "features": manifest.features},
+        "run": _comparable_run(manifest.run, {"random_crops": manifest.random_crops,
+                                              "features": manifest.features}),
         "environment": manifest.run.environment,
         "shards": {e.name: e.sha256 for e in manifest.shards},
     }
+
+
+def saved_identity(state: Checkpoint) -> dict:
+    """:func:`shards_identity` as a checkpoint recorded it, read in the manifest format it was written in."""
+    record = state.shards_run
+    if record is None:
+        return dict(state.shards or {})
+    run, version = record
+    fields = RunFields.from_dict(run, f"{state.origin}: its record of the shards", version)
+    return {**state.shards, "run": _comparable_run(fields, run)}
 
 
 def manifest_differences(saved: Mapping, current: Mapping) -> list[str]:
@@ -320,7 +336,7 @@ class Stage2Task(Task):
         checkpoint.dataset = {"name": facts.dataset, "scores": list(facts.scores), "threshold": facts.threshold,
                               "num_classes": facts.num_classes, "split_spec": facts.run.split_spec}
         checkpoint.shards = {"folder": str(Path(facts.folder).resolve()), **self.identity,
-                             "features_used": self.use_features}
+                             "run_format": MANIFEST_FORMAT, "features_used": self.use_features}
         return checkpoint
 
 
@@ -411,10 +427,7 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     _refuse_damaged_shards(cfg.shards, manifest)
     facts = ShardFacts.from_manifest(manifest, cfg.shards)
     identity = shards_identity(manifest)
-    if get_variant(cfg.variant).needs_random_crops and manifest.random_crops < 1:
-        raise Stage2Error(f"the 'random' variant needs stored random crops, but the shards in {cfg.shards} have "
-                          "none; make them with `gpf preprocess ... --random-crops K` (e.g. K = 5) into a new "
-                          "--out folder")
+    require_random_crops(cfg.variant, manifest.random_crops, f"the shards in {cfg.shards}")
     for split in ("train", "val"):
         if not facts.samples.get(split):
             raise Stage2Error(f"the shards in {cfg.shards} hold no {split!r} samples; preprocess with --split all")
@@ -426,7 +439,7 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     def check_resume(state: Checkpoint, run_dir: Path) -> None:
         check_fit(state, facts.run, model=f"the run in {run_dir}", data=f"the shards in {cfg.shards}",
                   mismatch_option=None)
-        diffs = manifest_differences(state.shards or {}, identity)
+        diffs = manifest_differences(saved_identity(state), identity)
         if diffs:
             raise Stage2Error(f"cannot resume {run_dir}: the shards in {cfg.shards} differ from the ones "
                               f"it was trained on ({'; '.join(diffs[:8])}). Resume with the original shards "

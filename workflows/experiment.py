@@ -439,7 +439,8 @@ def _attention_picture(checkpoint: Path, image: str, path: Path, device: str) ->
     from ..pipeline.scoring import explain_photo
 
     explanation = explain_photo(checkpoint, image, device)
-    return save_attention_figure(explanation.view, path, explanation.title(Path(image).stem), explanation.tau)
+    return save_attention_figure(explanation.view, path, explanation.title(Path(image).stem), explanation.tau,
+                                 variant=explanation.variant, crop_boxes=explanation.crop_boxes)
 
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -648,6 +649,12 @@ def _draw_attention(out: Path, cfg: ExperimentConfig, results: Mapping[str, Vari
         notes.append("no attention picture: no image file of the evaluation split was found")
         return None
     image_id, image = picked
-    path = _attention_picture(results[chosen].checkpoint, image, out / ATTENTION_FILE, cfg.device)
+    from ..pipeline.plots import PlotError
+
+    try:
+        path = _attention_picture(results[chosen].checkpoint, image, out / ATTENTION_FILE, cfg.device)
+    except PlotError as exc:
+        notes.append(f"no attention picture: {exc}")
+        return None
     echo(f"  attention of image {image_id} under the {chosen} model: {path}")
     return path
