@@ -19,7 +19,7 @@ def dataset_options(fn):
                      help="Validation split carved from train: a count (>= 1) or a fraction (< 1). "
                           "Default: the dataset's (see docs/datasets.md)."),
         click.option("--split-seed", type=int, default=None,
-                     help="Seed of the deterministic train/val split (default 0)."),
+                     help="Seed of the deterministic train/val split [default: 0]."),
         click.option("--image-root", type=click.Path(file_okay=False), default=None,
                      help="folder datasets: where relative image paths in the CSV point (default: the CSV's folder)."),
         click.option("--threshold", type=float, default=None,

@@ -16,14 +16,16 @@ from ..vocabulary import DEVICE, DEVICE_CHOICES, SPLITS
               help="Stage-2 checkpoint file, or a run folder (best.pt, else last.pt).")
 @click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),
               help="Shard folder made by `gpf preprocess` (with manifest.json).")
-@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
+              help="The split of the shards to score (the paper reports test).")
 @click.option("--by-category", is_flag=True,
               help="Also per AVA category (Table IV), or per semantic tag when the shards record no category.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write the metrics as JSON (accuracy srcc lcc mae rmse emd, n, split, checkpoint, groups).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
               help="Write PNG figures here: best/worst distributions, mean-score scatter, EMD histogram.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Images per forward pass (memory, not results).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Loader processes (default: up to 4; 0 reads in the main process).")
 @click.option("--device", default=DEVICE, show_default=True, help=DEVICE_CHOICES)

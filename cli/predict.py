@@ -45,7 +45,8 @@ def _beside_the_bar():
 @click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout instead of the table.")
 @click.option("--parquet", "parquet_out", type=click.Path(dir_okay=False),
               help="Write one row per image here (id, path, mean, std, distribution, high, box, status, error).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=scoring.DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=scoring.DEFAULT_BATCH_SIZE, show_default=True,
+              help="Photos per forward pass (memory, not results).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Decoding threads (0 = one per CPU core).")
 @click.option("--device", default=DEVICE, show_default=True, help=DEVICE_CHOICES)

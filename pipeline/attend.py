@@ -39,11 +39,13 @@ class AttentionModel:
     device: Any
     split_spec: dict | None = None
     description: dict | None = None
+    trained_scale: dict | None = None   # stage-1: the scores, threshold and score columns it learned high/low on
 
     @classmethod
     def from_model(cls, model, *, device, tau: float = TAU, eb_layer: str | None = None,
                    contrastive: bool = False, digest: str | None = None,
-                   split_spec: dict | None = None, description: dict | None = None) -> "AttentionModel":
+                   split_spec: dict | None = None, description: dict | None = None,
+                   trained_scale: dict | None = None) -> "AttentionModel":
         from ..model.attention import resolve_eb_layer
         from ..model.checkpoint import state_dict_digest
 
@@ -57,7 +59,7 @@ class AttentionModel:
         return cls(model=model, eb_layer=layer, tau=float(tau), contrastive=bool(contrastive),
                    digest=digest or state_dict_digest(model.state_dict()), stride=spec.stride,
                    min_side=spec.min_input, normalize=normalize, device=device,
-                   split_spec=split_spec, description=description)
+                   split_spec=split_spec, description=description, trained_scale=trained_scale)
 
     @classmethod
     def from_stage2_checkpoint(cls, ckpt: Checkpoint, device) -> "AttentionModel":

@@ -178,8 +178,8 @@ def figure_format(path) -> str:
     """The format :data:`FIGURE_FORMATS` gives the extension of ``path``; FigureFormatError for any other."""
     suffix = Path(path).suffix.lower()
     if suffix not in FIGURE_FORMATS:
-        what = f"extension {suffix!r}" if suffix else "no extension"
-        raise FigureFormatError(f"cannot write the figure {str(path)!r}: {what} names no figure format; "
+        what = f"the extension {suffix!r} names no figure format" if suffix else "the name has no extension"
+        raise FigureFormatError(f"cannot write the figure {str(path)!r}: {what}; "
                                 f"give out a name ending in one of {', '.join(FIGURE_FORMATS)}", param="out")
     return FIGURE_FORMATS[suffix]
 

@@ -202,6 +202,8 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
         digest = ckpt.digest
         split_spec = ckpt.split_spec
         description = {"kind": "stage1", "path": str(path), "digest": digest, "backbone": model.spec.name}
+        trained_scale = {"scores": list(ckpt.scores), "threshold": ckpt.threshold,
+                         "score_columns": (ckpt.dataset or {}).get("score_columns")}
     elif cfg.backbone:
         from ..model.gpf import imagenet_classifier
 
@@ -211,7 +213,7 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
             torch.manual_seed(cfg.seed)  # --weights none: the same random network in every process
             model = imagenet_classifier(cfg.backbone, weights=cfg.weights)
         digest = ckpt_mod.state_dict_digest(model.state_dict())
-        split_spec = None
+        split_spec = trained_scale = None
         description = {"kind": "imagenet", "backbone": model.spec.name, "weights": cfg.weights,
                        "digest": digest}
     else:
@@ -220,7 +222,8 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
             "--backbone NAME --weights imagenet|PATH")
     return AttentionModel.from_model(model, device=device, tau=cfg.tau, eb_layer=cfg.eb_layer,
                                      contrastive=cfg.contrastive, digest=digest,
-                                     split_spec=split_spec, description=description)
+                                     split_spec=split_spec, description=description,
+                                     trained_scale=trained_scale)
 
 
 def load_inputs(cfg: PreprocessConfig, att: AttentionModel | None):
@@ -235,8 +238,35 @@ def load_inputs(cfg: PreprocessConfig, att: AttentionModel | None):
             "the dataset's split differs from the one the stage-1 checkpoint was trained with "
             f"({diff}); a validation or test image may have trained the attention model. "
             "Use the same dataset options (e.g. --val-size/--split-seed) as `gpf train stage1`, or retrain stage 1.")
+    if att is not None and att.trained_scale is not None:
+        _refuse_other_scale(att.trained_scale, dataset)
     check_images_resolve(dataset, dataset.split(cfg.split))
     return dataset
+
+
+def _columns_text(columns) -> str:
+    return ",".join(str(c.get("column")) for c in columns) if columns else "none recorded"
+
+
+def _refuse_other_scale(trained: dict, dataset) -> None:
+    """The stage-1 model learned high/low on one score scale: preprocessing with another (other count columns,
+    another threshold) would choose crops by an attention that means something else."""
+    diffs = []
+    if trained.get("scores") and len(trained["scores"]) != len(dataset.scores):
+        diffs.append(f"score buckets: {len(trained['scores'])} -> {len(dataset.scores)}")
+    elif trained.get("scores") and any(abs(a - float(b)) > 1e-9 for a, b in zip(trained["scores"], dataset.scores)):
+        diffs.append(f"bucket scores: {trained['scores']} -> {[float(s) for s in dataset.scores]}")
+    if trained.get("threshold") is not None and dataset.threshold is not None \
+            and abs(float(trained["threshold"]) - float(dataset.threshold)) > 1e-9:
+        diffs.append(f"threshold: {float(trained['threshold']):g} -> {float(dataset.threshold):g}")
+    mine = getattr(dataset, "score_columns", None)
+    if trained.get("score_columns") and mine and trained["score_columns"] != mine:
+        diffs.append(f"score columns: {_columns_text(trained['score_columns'])} -> {_columns_text(mine)}")
+    if diffs:
+        raise PreprocessError(
+            f"the dataset's score scale differs from the one the stage-1 checkpoint was trained with "
+            f"({'; '.join(diffs)}): its attention learned another high/low. Use the same dataset options "
+            "(e.g. --count-columns, --threshold) as `gpf train stage1`, or retrain stage 1.")
 
 
 def _dict_diff(old: dict, new: dict) -> str:

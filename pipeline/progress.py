@@ -54,6 +54,7 @@ class Progress:
         self._last = 0.0
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else bool(tty)
         self._last_line: str | None = None
+        self._last_counts: tuple[int, int] | None = None   # (done, failed) of the last line printed
         self._bar = self._make_bar() if enabled and self._tty else None
 
     def _make_bar(self):
@@ -125,6 +126,7 @@ class Progress:
         if not self.enabled or (line == self._last_line and not self._tty):
             return
         self._last_line = line
+        self._last_counts = (self.done, self.failed)
         if self._tty:
             self.stream.write("\r" + line + "\x1b[K")
         else:
@@ -138,7 +140,8 @@ class Progress:
             self._bar.set_postfix(self._postfix(), refresh=False)
             self._bar.close()  # draws the final state and keeps it on screen
             return
-        self._emit()
+        if self._tty or self._last_counts != (self.done, self.failed):
+            self._emit()   # a log already holding the final counts gets no second line (only the rate moved)
         if self._tty:
             self.stream.write("\n")
             self.stream.flush()

@@ -450,7 +450,7 @@ def _small_val_note(n_val: int) -> str | None:
     """A warning when the validation split is too small to mean anything (None otherwise)."""
     if n_val >= MIN_VAL_IMAGES:
         return None
-    how = ("raise it with --val-size (in Python: val_size=): a count such as --val-size 30, or a fraction "
+    how = ("raise it with --val-size: a count such as --val-size 30, or a fraction "
            "of the non-test rows such as --val-size 0.2")
     if n_val == 0:
         return (f"the validation split is empty: stage 1 and stage 2 need validation images to "

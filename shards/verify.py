@@ -271,8 +271,9 @@ def _check_manifest_entries(manifest: Manifest, disk: _Disk, report: Report) -> 
     for name in sorted(set(listed) - disk.tars):
         report.add(name, f"listed in {MANIFEST_NAME} but the tar is missing")
     if not manifest.complete:
-        report.add(MANIFEST_NAME, "marks the run incomplete: preprocessing has not finished; "
-                                  "rerun `gpf preprocess` to finish")
+        report.add(MANIFEST_NAME, "marks the run incomplete: preprocessing has not finished; rerun the same "
+                                  "`gpf preprocess` command to finish (a run that wrote no sample at all: fix "
+                                  "the inputs, then rerun it with --overwrite)")
     return listed
 
 

@@ -320,3 +320,20 @@ def test_parquet_metadata_is_written_in_one_byte_order(tmp_path):
     x, y = (tmp_path / d / "meta" / "train-000000.parquet" for d in "xy")
     assert x.read_bytes() == y.read_bytes()
     assert pq.read_schema(x).metadata[SCORE_COLUMNS_KEY.encode()] == b"[]"
+
+
+# ----------------------------------------------------------------------------- stage 1 and preprocess agree on the scale
+
+def test_preprocess_refuses_another_score_scale_than_the_stage1_model_learned(photos, tmp_path):
+    csv_path = write_labels(photos / "scale.csv", ["path", *COUNTS], good_rows(extra=()))
+    run = tmp_path / "run"
+    reversed_columns = ",".join(reversed(COUNTS))
+    assert invoke(stage1_args(csv_path, run, "--count-columns", reversed_columns)).exit_code == 0
+    base = ["preprocess", "folder", csv_path, "--stage1", run, "--view-size", 32, "--workers", 1,
+            "--batch-size", 8, "--device", "cpu", "--quiet"]
+    message = refused([*base, "--out", tmp_path / "a"], "score scale differs", "score columns: c10,c9",
+                      "--count-columns")
+    assert "-> c1,c2" in message and not (tmp_path / "a" / "manifest.json").exists()
+    refused([*base, "--out", tmp_path / "b", "--count-columns", reversed_columns, "--threshold", 7],
+            "threshold: 5.5 -> 7")
+    assert invoke([*base, "--out", tmp_path / "c", "--count-columns", reversed_columns]).exit_code == 0

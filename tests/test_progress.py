@@ -223,3 +223,16 @@ def test_a_terminal_that_reports_no_size_still_gets_a_bar(monkeypatch):
     bar.close()
     final = out.getvalue().rsplit("\r", 1)[-1]
     assert "6/6" in final and "failures=2" in final and len(final.rstrip("\n")) <= 90
+
+
+def test_close_prints_no_second_line_when_only_the_rate_moved():
+    import io
+
+    from gpf.pipeline.progress import Progress
+
+    stream = io.StringIO()
+    bar = Progress(4, "predict", enabled=True, stream=stream, tty=False, interval=0.0)
+    bar.update(4)
+    bar.close()
+    lines = [line for line in stream.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 1 and "4/4" in lines[0]
