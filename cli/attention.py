@@ -27,11 +27,15 @@ def attention(image, checkpoint, out, device, tau, eb_layer, contrastive, view_s
     instead: the whole photo only, or its random crops.
     """
     from ..pipeline.plots import figure_format, save_attention_figure
-    from ..pipeline.scoring import explain_photo, image_id_of
+    from ..pipeline.images import ImageError
+    from ..pipeline.scoring import explain_photo, image_id_of, scoring_error_text
 
     figure_format(out)                      # an unknown extension is refused before any work
-    explanation = explain_photo(checkpoint, image, device, tau=tau, eb_layer=eb_layer,
-                                contrastive=contrastive, view_size=view_size)
+    try:
+        explanation = explain_photo(checkpoint, image, device, tau=tau, eb_layer=eb_layer,
+                                    contrastive=contrastive, view_size=view_size)
+    except ImageError as exc:   # a photo named here: "check the path", not the dataset advice
+        raise click.ClickException(scoring_error_text(exc)) from None
     path = save_attention_figure(explanation.view, out, explanation.title(image_id_of(image)), explanation.tau,
                                  variant=explanation.variant, crop_boxes=explanation.crop_boxes)
     if explanation.variant == "single":

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..shards.manifest import Manifest
 
 DEFAULT_BATCH_SIZE = 64
+FEW_IMAGES = 30    # below this, correlation metrics say little (the same bound as the small-validation note)
 #: Column titles of the paper's Table I, in :data:`METRIC_KEYS` order.
 COLUMN_TITLES = {"accuracy": "accuracy %", "srcc": "SRCC", "lcc": "LCC", "mae": "MAE", "rmse": "RMSE",
                  "emd": "EMD"}
@@ -317,6 +318,9 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
     if total == 0:
         raise EvaluationError(f"the shards in {shard_dir} hold no {split!r} images; splits with images: "
                               f"{', '.join(manifest.splits_with_samples()) or 'none'}")
+    if total < FEW_IMAGES:
+        fit.warnings.append(f"only {total} {split!r} image(s): accuracy, SRCC and LCC on fewer than {FEW_IMAGES} "
+                            "images are noise; compare models on a larger split")
 
     device = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(device).eval()

@@ -198,11 +198,18 @@ def named_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True
     The id is the path relative to the input it was found under: for a folder,
     the path below that folder with its extension and ``/`` separators
     (``a/photo.jpg``); for a file named directly, its file name
-    (``photo.jpg``). Ids that still collide (the same name under two inputs,
-    a file given twice) are told apart by :func:`unique_ids` in input order.
-    The random crops stay seeded by :func:`image_id_of` (the file stem).
+    (``photo.jpg``). A file reached through two inputs (``photos`` and
+    ``photos/a``, or named twice) is scored once, under the id of the first
+    input that reached it; different files whose ids still collide (the same
+    name given from two folders) are told apart by :func:`unique_ids` in input
+    order. The random crops stay seeded by :func:`image_id_of` (the file stem).
     """
-    found = list(_walk_inputs(paths, recursive))
+    found, seen = [], set()
+    for file, image_id in _walk_inputs(paths, recursive):
+        key = os.path.realpath(file)
+        if key not in seen:
+            seen.add(key)
+            found.append((file, image_id))
     ids = unique_ids([image_id for _, image_id in found])
     return [NamedImage(image_id, file) for (file, _), image_id in zip(found, ids)]
 

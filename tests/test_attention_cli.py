@@ -57,6 +57,8 @@ def test_missing_or_corrupt_image_is_one_line_and_non_zero(data, tmp_path):
         assert run.exit_code == 1 and "Traceback" not in run.output
         assert len(run.output.strip().splitlines()) == 1 and name in run.output
         assert not (tmp_path / "x.png").exists()
+        if name == "missing.jpg":     # a photo named on the command line: no dataset advice
+            assert "check the path" in run.output and "label" not in run.output
 
 
 def test_stage2_attention_settings_cannot_be_overridden(data, tmp_path):

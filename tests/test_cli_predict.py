@@ -68,18 +68,18 @@ def test_predict_ids_are_paths_relative_to_the_input_and_unique(data, same_names
                   same_names / "b", "--json", "--parquet", out, "--device", "cpu", "--quiet"])
     assert run.exit_code == 0, run.output
     rows = _json_lines(run)
-    assert [r["id"] for r in rows] == [
-        "a/photo.jpg", "a/photo.png", "b/photo.jpg",      # the folder: relative to it, extension kept
-        "photo.jpg",                                      # a file argument: its file name
-        "photo.jpg#2",                                    # b/ given too: photo.jpg again, told apart
-    ]
-    assert [r["path"] for r in rows] == [str(same_names / p) for p in
-                                         ("a/photo.jpg", "a/photo.png", "b/photo.jpg", "a/photo.jpg",
-                                          "b/photo.jpg")]
+    # the folder: ids relative to it, extension kept; a/photo.jpg and b/ given again: each file scored once
+    assert [r["id"] for r in rows] == ["a/photo.jpg", "a/photo.png", "b/photo.jpg"]
+    assert [r["path"] for r in rows] == [str(same_names / p) for p in ("a/photo.jpg", "a/photo.png", "b/photo.jpg")]
     means = {r["id"]: r["mean"] for r in rows}
     assert len({round(means[i], 9) for i in ("a/photo.jpg", "a/photo.png", "b/photo.jpg")}) == 3
-    assert means["photo.jpg"] == pytest.approx(means["a/photo.jpg"])        # the same file, the same score
-    assert means["photo.jpg#2"] == pytest.approx(means["b/photo.jpg"])
+    files = invoke(["predict", "--checkpoint", data["gpf"], same_names / "a" / "photo.jpg",
+                    same_names / "b" / "photo.jpg", "--json", "--device", "cpu", "--quiet"])
+    # two different files named directly with the same name: file names, told apart in input order
+    assert [r["id"] for r in _json_lines(files)] == ["photo.jpg", "photo.jpg#2"]
+    by_id = {r["id"]: r["mean"] for r in _json_lines(files)}
+    assert by_id["photo.jpg"] == pytest.approx(means["a/photo.jpg"])        # the same file, the same score
+    assert by_id["photo.jpg#2"] == pytest.approx(means["b/photo.jpg"])
     table = pd.read_parquet(out)
     assert table["id"].tolist() == [r["id"] for r in rows] and table["id"].is_unique
 

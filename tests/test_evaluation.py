@@ -224,3 +224,10 @@ def test_json_is_strict_when_a_group_of_one_image_has_no_correlation():
     assert report["by_category"]["groups"]["animal"]["mae"] == pytest.approx(4.5)   # |5.5 - 10|
     assert report["accuracy"] == 1.0                  # means 5.5 and 10 are both high
     assert any("n/a" in line for line in result.table_lines())
+
+
+def test_a_split_of_fewer_than_thirty_images_is_evaluated_with_a_warning(eval_data, gpf_result):
+    from gpf.pipeline.evaluation import FEW_IMAGES
+
+    assert len(gpf_result.ids) < FEW_IMAGES
+    assert any(f"only {len(gpf_result.ids)} 'test' image(s)" in w and "noise" in w for w in gpf_result.warnings)
