@@ -10,8 +10,17 @@ import click
 DATASET_KINDS = ("ava", "photonet", "folder")
 
 
-def dataset_options(fn):
-    """Options that say how a dataset's splits are made; stage 1 and preprocess must agree on them."""
+#: Options of the folder (CSV) source only; commands that know their dataset kind leave them out of the others.
+FOLDER_ONLY_OPTIONS = ("--image-root", "--path-column", "--id-column", "--count-columns", "--test-size")
+
+
+def dataset_options(fn=None, *, folder: bool = True):
+    """Options that say how a dataset's splits are made; stage 1 and preprocess must agree on them.
+
+    ``folder=False`` (a command for AVA or Photo.net) leaves out :data:`FOLDER_ONLY_OPTIONS`.
+    """
+    if fn is None:
+        return lambda f: dataset_options(f, folder=folder)
     from ..pipeline.sources import DEFAULT_TEST_SIZE
 
     options = [
@@ -35,9 +44,17 @@ def dataset_options(fn):
                      help="folder datasets without a split column: the test split, a count (>= 1) or a "
                           f"fraction (< 1) [default: {DEFAULT_TEST_SIZE:g}]."),
     ]
+    if not folder:
+        options = [o for o in options if _option_name(o) not in FOLDER_ONLY_OPTIONS]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _option_name(decorator) -> str:
+    """The long name of the option a ``click.option(...)`` decorator adds."""
+    probe = decorator(lambda **kw: None)
+    return probe.__click_params__[-1].opts[0]
 
 
 def collect_dataset_options(kind: str, val_size, split_seed, image_root, threshold, *, path_column=None,

@@ -15,7 +15,12 @@ def _default(name: str):
     return config_default(PreprocessConfig, name)
 
 
-def _preprocess_options(fn):
+def _preprocess_options_for(kind: str):
+    """The preprocess options for a dataset KIND (the folder-only ones for ``folder`` alone)."""
+    return lambda fn: _preprocess_options(fn, folder=kind == "folder")
+
+
+def _preprocess_options(fn, folder: bool = True):
     options = [
         click.option("--out", "out", required=True, type=click.Path(file_okay=False),
                      help="Folder for the shards, meta/ Parquet and manifest.json."),
@@ -61,16 +66,18 @@ def _preprocess_options(fn):
     ]
     for option in reversed(options):
         fn = option(fn)
-    return dataset_options(fn)
+    return dataset_options(fn, folder=folder)
 
 
 def _run(kind: str, root: str, **kw) -> None:
     from ..pipeline.preprocess import TooManyFailuresError, run_preprocess
 
     dataset_opts = collect_dataset_options(kind, kw.pop("val_size"), kw.pop("split_seed"),
-                                           kw.pop("image_root"), kw.pop("threshold"),
-                                           path_column=kw.pop("path_column"), id_column=kw.pop("id_column"),
-                                           count_columns=kw.pop("count_columns"), test_size=kw.pop("test_size"))
+                                           kw.pop("image_root", None), kw.pop("threshold"),
+                                           path_column=kw.pop("path_column", None),
+                                           id_column=kw.pop("id_column", None),
+                                           count_columns=kw.pop("count_columns", None),
+                                           test_size=kw.pop("test_size", None))
     quiet = kw.pop("quiet")
     cfg = PreprocessConfig(dataset=kind, root=str(root), dataset_options=dataset_opts,
                            progress=not quiet, **kw)
@@ -109,7 +116,7 @@ _NAMES = {"ava": "an AVA dataset", "photonet": "a Photo.net dataset", "folder": 
 def _make_command(kind: str, root_help: str):
     @preprocess.command(name=kind, help=f"Preprocess {_NAMES[kind]}. ROOT: {root_help}")
     @click.argument("root", type=click.Path(exists=True))
-    @_preprocess_options
+    @_preprocess_options_for(kind)
     @on_interrupt(_interrupted)
     @friendly_errors
     def command(root, **kw):
