@@ -36,6 +36,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from ..errors import GPFError
+from ..plaintypes import is_kind, kinds_text
 from ..fsutil import atomic_write
 
 FORMAT_VERSION = 2
@@ -121,12 +122,8 @@ def _check_types(where: str, what: str, data: Mapping, types: Mapping, required:
                 raise CheckpointError(f"{where}: {what} lacks {key!r}; the file is damaged")
             continue
         kinds = kind if isinstance(kind, tuple) else (kind,)
-        ok = any((k == "number" and isinstance(value, (int, float)) and not isinstance(value, bool))
-                 or (k is int and isinstance(value, int) and not isinstance(value, bool))
-                 or (k not in ("number", int) and isinstance(value, k)) for k in kinds)
-        if not ok:
-            raise CheckpointError(f"{where}: {what} {key!r} is {value!r}, not a "
-                                  f"{' or '.join(k if isinstance(k, str) else k.__name__ for k in kinds)}; "
+        if not is_kind(value, kinds):
+            raise CheckpointError(f"{where}: {what} {key!r} is {value!r}, not a {kinds_text(kinds)}; "
                                   "the file is damaged")
 
 

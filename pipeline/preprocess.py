@@ -34,13 +34,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import vocabulary
-from ..vocabulary import cli_option
 from ..errors import GPFError
 from ..fsutil import atomic_write_bytes
 from ..model.checkpoint import resolve_checkpoint_path
 from ..model.device import resolve_device
 from .attend import AttentionModel, attend_views
-from ..vocabulary import DEFAULT_MAX_PIXELS  # one pixel limit for every command
 from .progress import Progress
 
 # Config keys that decide the bytes of the shards: a rerun with a different
@@ -95,7 +93,7 @@ class PreprocessConfig:
     random_crops: int = 0
     store_features: bool = False
     seed: int = vocabulary.SEED
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = vocabulary.DEFAULT_MAX_PIXELS
     max_failure_rate: float = vocabulary.MAX_FAILURE_RATE
     overwrite: bool = False
     num_nodes: int | None = None      # None = from torchrun's WORLD_SIZE/RANK, else 1
@@ -576,11 +574,11 @@ def check_failure_rate(summary: Summary, max_failure_rate: float) -> None:
     if summary.total and summary.counts.get("ok", 0) == 0:
         raise TooManyFailuresError(f"no image could be written (the manifest is left incomplete); see the "
                                    f"status and error columns in {summary.out}/meta, fix the inputs and "
-                                   f"rerun with {cli_option('overwrite')}", summary)
+                                   f"rerun with {vocabulary.cli_option('overwrite')}", summary)
     rate = summary.failures / max(1, summary.total)
     if rate > max_failure_rate:
         raise TooManyFailuresError(
-            f"{rate:.1%} of the images failed (more than {cli_option('max_failure_rate')} "
+            f"{rate:.1%} of the images failed (more than {vocabulary.cli_option('max_failure_rate')} "
             f"{max_failure_rate:.1%}); see the status and error columns in {summary.out}/meta. The shards "
             "written are kept", summary)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GPFError
+from ..plaintypes import is_kind, kinds_text
 from .layout import (MANIFEST_NAME, STATS_SUFFIX, TEMP_PREFIX, parse_shard_name,
                                parquet_relpath, tar_filename)
 from .writer import atomic_write_bytes, dump_json, read_stats
@@ -98,25 +99,10 @@ _REQUIRED_ENTRY_KEYS = tuple(f.name for f in fields(ShardEntry)
 _MOVED_INTO_RUN_IN_FORMAT_2 = ("contrastive", "attention_model", "features_digest", "split_spec")
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_type(what: str, value, kinds: tuple) -> None:
-    """``TypeError`` naming ``what`` unless ``value`` is None or of ``kinds`` ("number": int or float, not bool)."""
-    if value is None:
-        return
-    for kind in kinds:
-        if kind == "number" and _is_number(value):
-            return
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return
-        if kind is bool and isinstance(value, bool):
-            return
-        if kind not in ("number", int, bool) and isinstance(value, kind):
-            return
-    names = ", ".join(k if isinstance(k, str) else k.__name__ for k in kinds)
-    raise TypeError(f"{what} must be {names} or null, got {value!r}")
+    """``TypeError`` naming ``what`` unless ``value`` is None or of ``kinds`` (:func:`gpf.plaintypes.is_kind`)."""
+    if value is not None and not is_kind(value, kinds):
+        raise TypeError(f"{what} must be {kinds_text(kinds, ', ')} or null, got {value!r}")
 
 
 _RUN_FIELD_TYPES = {"dataset": (str,), "scores": (list, tuple), "threshold": ("number",), "view_size": (int,),
@@ -161,7 +147,7 @@ class RunFields:
         for name, kinds in _RUN_FIELD_TYPES.items():
             _check_type(f"run field {name!r}", getattr(self, name), kinds)
         if self.scores is not None:
-            if not all(_is_number(s) for s in self.scores):
+            if not all(is_kind(s, ("number",)) for s in self.scores):
                 raise TypeError(f"run field 'scores' must be a list of numbers, got {self.scores!r}")
             object.__setattr__(self, "scores", tuple(float(s) for s in self.scores))
         if self.threshold is not None:
