@@ -7,7 +7,8 @@ side, the default layer EB reads its map at, the ImageNet normalisation, and
 the GIF bottleneck width W1 of the paper's Table II.
 
 Built in: ``vgg16``, ``alexnet``, ``resnet18`` (the paper's "ResNet-16"),
-``inception_v3``, and the test-size ``tiny``, ``small``, ``tiny_inception``.
+``inception_v3``, ``resnet50`` (not in the paper), and the test-size ``tiny``,
+``small``, ``tiny_inception``.
 Add your own with :func:`register_backbone`. ``python -m gpf.model.backbones``
 prints the table that ``gpf models`` prints.
 """
@@ -255,8 +256,8 @@ def _register_builtins() -> None:
     register_backbone(
         "resnet18", arch_resnet.resnet18_features, channels=arch_resnet.RESNET18_CHANNELS, stride=32,
         min_input=32, default_eb_layer="features.layer2", gif_hidden=64,
-        imagenet_head=arch_resnet.resnet18_imagenet_head, torchvision_weights="ResNet18_Weights.IMAGENET1K_V1",
-        torchvision_keys=arch_resnet.resnet18_torchvision_keys(),
+        imagenet_head=arch_resnet.resnet_imagenet_head(arch_resnet.RESNET18_CHANNELS),
+        torchvision_weights="ResNet18_Weights.IMAGENET1K_V1", torchvision_keys=arch_resnet.resnet_torchvision_keys(),
         description='ResNet-18 conv1..layer4 (the paper\'s "ResNet-16")')
     register_backbone(
         "inception_v3", arch_inception.inception_v3_features, channels=arch_inception.INCEPTION_V3_CHANNELS,
@@ -266,6 +267,12 @@ def _register_builtins() -> None:
         torchvision_weights="Inception_V3_Weights.IMAGENET1K_V1",
         torchvision_keys=arch_inception.inception_v3_torchvision_keys(),
         description="Inception-v3 Conv2d_1a_3x3..Mixed_7c")
+    register_backbone(   # not in the paper; W1 = 512 for C = 2048, as Table II gives InceptionNet
+        "resnet50", arch_resnet.resnet50_features, channels=arch_resnet.RESNET50_CHANNELS, stride=32,
+        min_input=32, default_eb_layer="features.layer2", gif_hidden=512,
+        imagenet_head=arch_resnet.resnet_imagenet_head(arch_resnet.RESNET50_CHANNELS),
+        torchvision_weights="ResNet50_Weights.IMAGENET1K_V1", torchvision_keys=arch_resnet.resnet_torchvision_keys(),
+        description="ResNet-50 conv1..layer4 (Bottleneck blocks)")
     register_backbone(
         "tiny", arch_small.tiny_features, channels=arch_small.TINY_CHANNELS, stride=8, min_input=8,
         default_eb_layer="features.pool2", gif_hidden=16, description="3 x conv/bn/relu/pool, for tests")

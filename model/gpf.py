@@ -33,6 +33,7 @@ from torch import nn
 from ..errors import GPFError, OptionError
 from ..vocabulary import DEFAULT_VARIANT, VARIANT_NAMES, get_variant
 from ..vocabulary import VARIANTS as VARIANT_TABLE
+from .attention import check_eb_supported
 from .backbones import (Backbone, BackboneSpec, build_imagenet_head, create_backbone,
                                  get_spec, list_backbones)
 
@@ -146,7 +147,9 @@ class PeripheralNet(Classifier):
     """Stage-1 peripheral subnet: backbone -> GAP -> Flatten -> [Linear(C, hidden) -> ReLU -> Dropout ->] Linear(., N).
 
     The paper trains it "with softmax loss to classify the images into high or
-    low category" (section IV-B), so ``num_classes`` defaults to 2. Global
+    low category" (section IV-B), so ``num_classes`` defaults to 2. A backbone
+    Excitation Backprop cannot walk is refused here (``EBUnsupportedError`` naming
+    the first module it cannot pass and why), not when preprocessing meets it. Global
     average pooling lets it take views of any aspect ratio. ``hidden=None``
     (default) keeps the head one linear layer on the pooled descriptor.
     """
@@ -169,9 +172,42 @@ class PeripheralNet(Classifier):
         super().__init__(backbone.spec, backbone.features, nn.Sequential(OrderedDict(layers)))
         self.hidden = hidden
         self.dropout = dropout
+        check_eb_supported(self)   # EB reads the attention from this network: refuse one it cannot walk now
 
     def config(self) -> dict:
         return {**super().config(), "hidden": self.hidden, "dropout": self.dropout}
+
+
+def check_peripheral_backbone(name: str) -> None:
+    """Refuse, before anything is built for real, a registered backbone EB cannot walk.
+
+    The stage-1 network is built on the ``meta`` device (no weights, no download)
+    and checked as :class:`PeripheralNet` checks it; the ``EBUnsupportedError``
+    then also lists the registered backbones that do work.
+    """
+    from .attention import EBUnsupportedError
+
+    try:
+        with torch.device("meta"):
+            PeripheralNet(name)
+    except EBUnsupportedError as err:
+        raise EBUnsupportedError(f"{err} Backbones Excitation Backprop walks: "
+                                 f"{', '.join(eb_walkable_backbones())}.") from None
+
+
+def eb_walkable_backbones() -> list[str]:
+    """The registered backbones a stage-1 model (:class:`PeripheralNet`) can be built on."""
+    from .attention import EBUnsupportedError
+
+    names = []
+    for name in list_backbones():
+        try:
+            with torch.device("meta"):
+                PeripheralNet(name)
+        except EBUnsupportedError:
+            continue
+        names.append(name)
+    return names
 
 
 def imagenet_classifier(name: str, weights: str = "imagenet", *, download: bool = True) -> Classifier:

@@ -54,7 +54,7 @@ def _backbone_variant_cases():
     each other, differing only in the data) are marked slow to keep this file fast."""
     for name in list_backbones():
         for variant in VARIANTS:
-            slow = name in PAPER and variant in ("random", "pf")
+            slow = name in PAPER + ("resnet50",) and variant in ("random", "pf")
             yield pytest.param(name, variant, marks=[pytest.mark.slow] if slow else [])
 
 

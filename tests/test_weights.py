@@ -69,6 +69,7 @@ def test_torchvision_vgg16_features_match_numerically(tmp_path):
 @pytest.mark.parametrize("name, builder", [
     ("vgg16", torchvision.models.vgg16), ("alexnet", torchvision.models.alexnet),
     ("resnet18", torchvision.models.resnet18),
+    ("resnet50", torchvision.models.resnet50),
     ("inception_v3", lambda: torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)),
 ])
 def test_torchvision_key_maps_cover_every_key_with_right_shapes(name, builder):

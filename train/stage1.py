@@ -408,6 +408,19 @@ def build_stage1_model(cfg: Stage1Config, resuming: bool):
     return PeripheralNet(cfg.backbone, num_classes=2, weights="none" if resuming else cfg.weights)
 
 
+def check_stage1_backbone(name: str) -> None:
+    """Stage 1 trains the network Excitation Backprop reads the attention from: refuse, before the
+    run folder is made, a backbone EB cannot walk (the message names the module and why)."""
+    from ..model.attention import EBUnsupportedError
+    from ..model.gpf import check_peripheral_backbone
+
+    try:
+        check_peripheral_backbone(name)
+    except EBUnsupportedError as err:
+        raise Stage1Error(f"--backbone {name} cannot be a stage-1 network, which preprocessing reads "
+                          f"Excitation Backprop attention maps from: {err}") from None
+
+
 def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
     """Fine-tune the peripheral subnet on raw images (high/low softmax); see the module doc."""
     from .config import validate
@@ -422,6 +435,7 @@ def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
     from ..model.backbones import get_spec
 
     get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
+    check_stage1_backbone(cfg.backbone)
     dataset = open_stage1_dataset(cfg)
     from ..pipeline.sources import check_images_resolve
 
