@@ -19,7 +19,9 @@
   Every variant has the same head: per column Linear(C, 2048) + ReLU (F_c of
   Eq. 8), concatenation, Linear(., 4096) + ReLU (the "FC" row of Table II),
   Linear(4096, N) logits; softmax is applied by the loss or
-  :meth:`GPFNet.predict_distribution`.
+  :meth:`GPFNet.predict_distribution`. The two subnets may be different
+  backbones (registered or ``timm:NAME``), each with its own C, normalisation
+  and GIF bottleneck width.
 """
 from __future__ import annotations
 
