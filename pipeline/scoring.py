@@ -344,9 +344,9 @@ class Scorer:
         self.workers = workers or os.cpu_count() or 1
         self.source = source
         # Peripheral geometry of `gpf preprocess`: the attention model's stride and minimum side
-        # (raised to what the stage-2 backbone needs, should that be larger).
+        # (raised to what the stage-2 peripheral subnet needs, should that be larger).
         self.stride = attention.stride
-        self.min_side = max(attention.min_side, model.spec.min_input)
+        self.min_side = max(attention.min_side, model.peripheral_spec.min_input)
 
     @classmethod
     def from_checkpoint(cls, checkpoint, device="auto", *, random_crops: int | None = None,
@@ -389,6 +389,7 @@ class Scorer:
     def describe(self) -> dict:
         """Plain description for output metadata."""
         return {"checkpoint": self.source, "variant": self.variant, "backbone": self.model.spec.name,
+                "peripheral_backbone": self.model.peripheral_spec.name,
                 "scores": list(self.scores), "threshold": self.threshold, "view_size": self.view_size,
                 "tau": self.attention.tau,
                 "random_crops": self.random_crops if self.model.fovea_source == "random" else None}
@@ -518,7 +519,7 @@ class Scorer:
 
         model, device = self.model, self.device
         with torch.inference_mode():
-            periph = model.normalize([to_uint8_tensor(p).to(device) for p in periphs])
+            periph = model.normalize_peripheral([to_uint8_tensor(p).to(device) for p in periphs])
             feat = model.peripheral_descriptor(periph)
             if not model.needs_fovea:
                 probs = torch.softmax(model(periph_feat=feat).float(), dim=1)
@@ -526,7 +527,7 @@ class Scorer:
                 probs = 0
                 crops = len(seconds[0])
                 for k in range(crops):
-                    fovea = model.normalize(torch.stack([to_uint8_tensor(s[k]) for s in seconds]).to(device))
+                    fovea = model.normalize_foveal(torch.stack([to_uint8_tensor(s[k]) for s in seconds]).to(device))
                     probs = probs + torch.softmax(model(periph_feat=feat, fovea=fovea).float(), dim=1)
                 probs = probs / crops
         return probs.cpu().double().numpy()
