@@ -123,7 +123,7 @@ def test_unknown_timm_names_get_close_matches_and_bad_tags_the_tags():
         get_spec("timm:resnet18.nope")
     assert get_spec("timm:resnet18.a1_in1k").channels == 512
     with pytest.raises(UnknownBackboneError, match="or any timm model as timm:NAME"):
-        get_spec("resnet50")
+        get_spec("resnet34")
 
 
 def test_timm_models_are_refused_as_stage1_networks():
