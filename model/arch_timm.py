@@ -30,8 +30,14 @@ A timm model serves a stage-2 column (the foveal subnet, or either subnet):
   ``.pt``/``.pth`` or ``.safetensors``) is loaded by gpf's strict loader
   (:func:`gpf.model.weights.load_backbone_weights`).
 
-Excitation Backprop (stage 1) does not run on timm models: they are refused as
-stage-1 networks.
+* **Stage 1** (Excitation Backprop): timm's ResNet (``resnet*``, ``resnet*d``,
+  ``resnet*t``) and RegNetX (``regnetx_*``) are stage-1 networks too
+  (:mod:`gpf.model.eb_timm` puts them in the ``features`` + ``head`` form EB
+  walks, keys unchanged); their spec's ``default_eb_layer`` is the stride-8 stage
+  (``features.layer2`` / ``features.s2``). Every other family has
+  ``default_eb_layer=''`` and is refused as a stage-1 network, naming the first
+  module EB cannot pass and why. :func:`create_timm_classifier` builds the
+  ImageNet classifier (with timm's ``fc``) for attention without a stage-1 model.
 """
 from __future__ import annotations
 
@@ -110,8 +116,10 @@ class TimmFacts:
     classifiers: tuple[str, ...]   # the classifier's module names (their keys are dropped from weights files)
 
 
-def _create(arch: str, kwargs: Sequence = (), **extra) -> nn.Module:
-    return timm_module().create_model(arch, num_classes=0, **dict(kwargs), **extra)
+def _create(arch: str, kwargs: Sequence = (), *, classifier: bool = False, **extra) -> nn.Module:
+    """timm's ``arch``: without its classifier (``num_classes=0``), or with it (``classifier=True``)."""
+    heads = {} if classifier else {"num_classes": 0}
+    return timm_module().create_model(arch, **heads, **dict(kwargs), **extra)
 
 
 def _dynamic_kwargs(model: nn.Module) -> tuple:
@@ -194,13 +202,28 @@ def timm_facts(name: str) -> TimmFacts:
     stride = _stride(model, ref)
     min_input = 1 if fixed else max(stride, _smallest_side(model, multiple, ref) - multiple + 1)
     spec = BackboneSpec(
-        name=PREFIX + arch, channels=channels, stride=stride, min_input=min_input, default_eb_layer="",
+        name=PREFIX + arch, channels=channels, stride=stride, min_input=min_input,
+        default_eb_layer=stage1_eb_layer(model),
         gif_hidden=gif_width(channels), mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))), provider="timm",
         input_multiple=multiple, fixed_input=fixed,
         description=f"timm {arch} (timm {timm.__version__})" + (f", resized to {fixed[0]}x{fixed[1]}" if fixed else ""))
     return TimmFacts(spec=spec, arch=arch, kwargs=kwargs, hub_repo=cfg.get("hf_hub_id"), url=cfg.get("url"),
                      classifiers=_as_tuple(cfg.get("classifier")))
+
+
+def stage1_eb_layer(model: nn.Module) -> str:
+    """EB's default read-out layer when Excitation Backprop walks ``model`` (a timm ResNet or RegNetX), else ''."""
+    from .attention import EBUnsupportedError
+    from .eb_timm import eb_family, eb_walkable_timm, timm_default_eb_layer
+
+    if eb_family(model) is None:
+        return ""
+    try:
+        eb_walkable_timm(model)
+        return timm_default_eb_layer(model)
+    except EBUnsupportedError:
+        return ""
 
 
 def timm_spec(name: str) -> BackboneSpec:
@@ -254,6 +277,24 @@ def create_timm_backbone(name: str, weights="none", *, download: bool = True) ->
     return backbone
 
 
+def create_timm_classifier(name: str, weights="imagenet", *, download: bool = True) -> nn.Module:
+    """timm's ``NAME`` with its ImageNet classifier; ``weights`` 'none' | 'imagenet' (timm's pretrained
+    loading, offline errors as :func:`create_timm_backbone`'s) | PATH (a timm state dict with the classifier,
+    loaded strictly)."""
+    from .weights import WeightsError, load_state_into, resolve_weights_state
+
+    facts = timm_facts(name)
+    if isinstance(weights, str) and weights == "imagenet":
+        return _pretrained(facts, download, classifier=True)
+    model = _create(facts.arch, facts.kwargs, classifier=True)
+    if weights not in (None, "none"):
+        if isinstance(weights, str) and weights.lower() in ("imagenet", "none", ""):
+            raise WeightsError(f"weights {weights!r}: use 'none', 'imagenet' or a PATH (lower case)", param="weights")
+        state, source = resolve_weights_state(name, weights, download=download)
+        load_state_into(model, state, source=source)
+    return model
+
+
 def classifier_prefixes(name: str) -> tuple[str, ...]:
     """Key prefixes (in a :class:`Backbone`'s ``features.*`` names) of the classifier a weights file may hold."""
     return tuple(f"features.{c}." for c in timm_facts(name).classifiers)
@@ -302,14 +343,14 @@ def offline_weights_error(name: str, facts: TimmFacts, reason: str):
                         "weights=PATH (a state dict .pt/.pth or .safetensors).", param="weights")
 
 
-def _pretrained(facts: TimmFacts, download: bool) -> nn.Module:
+def _pretrained(facts: TimmFacts, download: bool, classifier: bool = False) -> nn.Module:
     name = facts.spec.name
     if not facts.hub_repo and not facts.url:
         raise offline_weights_error(name, facts, "none known")
     if not download and facts.hub_repo and not _cached_on_hub(facts.hub_repo):
         raise offline_weights_error(name, facts, "downloads are off")
     try:
-        return _create(facts.arch, facts.kwargs, pretrained=True)
+        return _create(facts.arch, facts.kwargs, classifier=classifier, pretrained=True)
     except (OSError, RuntimeError, ValueError) as exc:   # huggingface_hub's offline/missing errors are OSErrors
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
             reason = "HF_HUB_OFFLINE is set"
@@ -329,7 +370,8 @@ def list_timm(pattern: str = "*") -> list[str]:
 
 
 def describe_timm(pattern: str) -> list[dict]:
-    """One row per timm model matching ``pattern``: C (of the pooled descriptor), GIF [W1, C], parameters, mean/std.
+    """One row per timm model matching ``pattern``: C (of the pooled descriptor), GIF [W1, C], parameters, mean/std,
+    and the default EB layer of the ones that can be stage-1 networks (None for the others).
 
     Models are built on the ``meta`` device (no weights); C is read from timm's
     ``head_hidden_size``, the width ``forward_head(..., pre_logits=True)`` gives.
@@ -344,16 +386,18 @@ def describe_timm(pattern: str) -> list[dict]:
                      "backbone_params": sum(p.numel() for p in model.parameters()),
                      "mean": list(cfg.get("mean", ())), "std": list(cfg.get("std", ())),
                      "input_size": list(cfg.get("input_size", ()))[1:],
+                     "eb_layer": stage1_eb_layer(model) or None,
                      "imagenet": bool(cfg.get("hf_hub_id") or cfg.get("url"))})
     return rows
 
 
 def format_timm_table(rows: Sequence[dict]) -> str:
     """A fixed-width text table of :func:`describe_timm` rows."""
-    header = ["backbone", "C", "GIF [W1,C]", "params", "mean", "std", "input", "ImageNet"]
+    header = ["backbone", "C", "GIF [W1,C]", "params", "mean", "std", "input", "EB layer", "ImageNet"]
     body = [[r["backbone"], str(r["channels"]), f"[{r['gif'][0]},{r['gif'][1]}]", f"{r['backbone_params'] / 1e6:.2f}M",
              ",".join(f"{v:.3f}" for v in r["mean"]), ",".join(f"{v:.3f}" for v in r["std"]),
-             "x".join(map(str, r["input_size"])), "yes" if r["imagenet"] else "no"] for r in rows]
+             "x".join(map(str, r["input_size"])), r["eb_layer"] or "-", "yes" if r["imagenet"] else "no"]
+            for r in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*line).rstrip() for line in [header, *body])

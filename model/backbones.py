@@ -281,14 +281,6 @@ def get_spec(name: str) -> BackboneSpec:
     return _registration(name).spec
 
 
-def refuse_timm(name: object, use: str) -> None:
-    """Refuse a timm name as ``use`` (a stage-1 / EB network): EB runs on registered backbones only."""
-    if is_timm_name(name):
-        raise BackboneError(f"backbone {name!r} cannot be {use}: Excitation Backprop runs on the registered "
-                            f"backbones ({', '.join(_REGISTRY)}); timm backbones serve stage 2's columns "
-                            "(--backbone, --peripheral-backbone)")
-
-
 def torchvision_keys(name: str) -> dict[str, str | None]:
     """Prefix map from the torchvision state dict of ``name`` to gpf's ``features.*``/``head.*`` keys."""
     if is_timm_name(name):
@@ -298,7 +290,9 @@ def torchvision_keys(name: str) -> dict[str, str | None]:
 
 def build_imagenet_head(name: str, num_classes: int = IMAGENET_CLASSES) -> nn.Sequential:
     """A fresh ImageNet classifier head for ``name`` (see ``imagenet_classifier``)."""
-    refuse_timm(name, "an ImageNet attention classifier")
+    if is_timm_name(name):
+        raise BackboneError(f"backbone {name!r}: a timm model's ImageNet head is its own; build the classifier "
+                            f"with gpf.model.gpf.imagenet_classifier({name!r})")
     return _registration(name).build_imagenet_head(num_classes)
 
 

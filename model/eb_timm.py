@@ -35,7 +35,7 @@ from .attention import (EBUnsupportedError, Runner, batchnorm_rule, cannot_pass,
                         check_running_stats, conv_norm, conv_part, first_module_eb_cannot_pass, residual,
                         shortcut_part)
 
-__all__ = ["eb_walkable_timm", "timm_eb_classifier", "timm_default_eb_layer", "TimmEBClassifier",
+__all__ = ["eb_walkable_timm", "timm_eb_classifier", "timm_default_eb_layer", "TimmEBClassifier", "eb_family",
            "step_rules", "norm_rules"]
 
 SUPPORTED_FAMILIES = "timm's ResNet (resnet*, resnet*d, resnet*t; no attention) and RegNetX (regnetx_*)"
@@ -210,7 +210,8 @@ class TimmEBClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _family(model: nn.Module) -> str | None:
+def eb_family(model: nn.Module) -> str | None:
+    """'resnet' or 'regnet' for the timm classes EB has rules for, else None (cheap: the class only)."""
     timm = _timm()
     if type(model) is timm.models.resnet.ResNet:
         return "resnet"
@@ -283,7 +284,7 @@ def eb_walkable_timm(model: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
     naming the first module EB cannot pass and why; the whole walk is checked here,
     before anything is computed.
     """
-    family = _family(model)
+    family = eb_family(model)
     if family is None:
         raise _refuse_family(model)
     features, head = (_resnet_parts if family == "resnet" else _regnet_parts)(model)

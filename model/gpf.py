@@ -3,8 +3,8 @@
 * :class:`PeripheralNet`: the stage-1 peripheral subnet, a backbone plus a
   small classifier head (high / low quality, trained with softmax loss).
   Excitation Backprop runs on it.
-* :func:`imagenet_classifier`: the torchvision ImageNet classifier in the same
-  ``features`` + ``head`` shape, for attention without a stage-1 model.
+* :func:`imagenet_classifier`: the torchvision (or timm) ImageNet classifier in
+  the same ``features`` + ``head`` shape, for attention without a stage-1 model.
 * :class:`GPFNet`: the stage-2 model in four variants (Table I):
 
   ========  =======================================================  ==========
@@ -36,8 +36,8 @@ from ..errors import GPFError, OptionError
 from ..vocabulary import DEFAULT_VARIANT, VARIANT_NAMES, get_variant
 from ..vocabulary import VARIANTS as VARIANT_TABLE
 from .attention import check_eb_supported
-from .backbones import (Backbone, BackboneSpec, build_imagenet_head, create_backbone, get_spec,
-                        list_backbones, pooled_descriptor, record_differences, refuse_timm)
+from .backbones import (Backbone, BackboneSpec, build_imagenet_head, create_backbone, get_spec, is_timm_name,
+                        list_backbones, pooled_descriptor, record_differences)
 
 VARIANTS = VARIANT_NAMES
 VARIANT_DESCRIPTIONS = {name: v.description for name, v in VARIANT_TABLE.items()}
@@ -154,13 +154,18 @@ class PeripheralNet(Classifier):
     the first module it cannot pass and why), not when preprocessing meets it. Global
     average pooling lets it take views of any aspect ratio. ``hidden=None``
     (default) keeps the head one linear layer on the pooled descriptor.
+
+    A timm backbone (``timm:NAME``, a ResNet or RegNetX) is walked as
+    :func:`stage1_features` says; its weights (``'imagenet'``, PATH) load as for a
+    stage-2 column, after the family is checked on the ``meta`` device.
     """
 
     kind = "peripheral"
 
     def __init__(self, backbone: str | Backbone, num_classes: int = 2, hidden: int | None = None,
                  dropout: float = 0.5, *, weights: str = "none"):
-        refuse_timm(_name_of(backbone), "a stage-1 (peripheral) network")
+        if is_timm_name(backbone) and weights not in (None, "none"):
+            check_peripheral_backbone(backbone)   # refuse a family EB cannot walk before timm fetches weights
         backbone = _as_backbone(backbone, weights)
         _check_positive(num_classes=num_classes)
         if hidden is not None:
@@ -172,7 +177,7 @@ class PeripheralNet(Classifier):
                        ("drop1", nn.Dropout(dropout))]
             width = hidden
         layers.append(("fc", nn.Linear(width, num_classes)))
-        super().__init__(backbone.spec, backbone.features, nn.Sequential(OrderedDict(layers)))
+        super().__init__(backbone.spec, stage1_features(backbone), nn.Sequential(OrderedDict(layers)))
         self.hidden = hidden
         self.dropout = dropout
         check_eb_supported(self)   # EB reads the attention from this network: refuse one it cannot walk now
@@ -181,8 +186,21 @@ class PeripheralNet(Classifier):
         return {**super().config(), "hidden": self.hidden, "dropout": self.dropout}
 
 
+def stage1_features(backbone: Backbone) -> nn.Sequential:
+    """The trunk of a stage-1 network: a registered backbone's ``features``; for ``timm:NAME`` the timm
+    model's modules in the ``features`` form EB walks (:func:`~gpf.model.eb_timm.eb_walkable_timm`:
+    shared, keys timm's with a ``features.`` prefix, so a stage-2 column of the same name loads them as
+    they are; the classifier left out). Another timm family raises ``EBUnsupportedError`` naming the
+    first module EB cannot pass and why."""
+    if not backbone.spec.is_timm:
+        return backbone.features
+    from .eb_timm import eb_walkable_timm
+
+    return eb_walkable_timm(backbone.features)[0]
+
+
 def check_peripheral_backbone(name: str) -> None:
-    """Refuse, before anything is built for real, a registered backbone EB cannot walk.
+    """Refuse, before anything is built for real, a backbone EB cannot walk (registered or timm:NAME).
 
     The stage-1 network is built on the ``meta`` device (no weights, no download)
     and checked as :class:`PeripheralNet` checks it; the ``EBUnsupportedError``
@@ -195,11 +213,13 @@ def check_peripheral_backbone(name: str) -> None:
             PeripheralNet(name)
     except EBUnsupportedError as err:
         raise EBUnsupportedError(f"{err} Backbones Excitation Backprop walks: "
-                                 f"{', '.join(eb_walkable_backbones())}.") from None
+                                 f"{', '.join(eb_walkable_backbones())}; and timm's ResNet and RegNetX as "
+                                 "timm:NAME (`gpf models --timm resnet` shows their EB layer).") from None
 
 
 def eb_walkable_backbones() -> list[str]:
-    """The registered backbones a stage-1 model (:class:`PeripheralNet`) can be built on."""
+    """The registered backbones a stage-1 model (:class:`PeripheralNet`) can be built on (timm's ResNet
+    and RegNetX too, as ``timm:NAME``: see :func:`stage1_features`)."""
     from .attention import EBUnsupportedError
 
     names = []
@@ -219,8 +239,12 @@ def imagenet_classifier(name: str, weights: str = "imagenet", *, download: bool 
     VGG16: features -> AdaptiveAvgPool2d(7) -> fc6/fc7/fc8; AlexNet likewise with
     6x6; ResNet-18 and Inception-v3: GAP -> fc. ``weights`` is ``'imagenet'``
     (torchvision's weights, features and head), a PATH, or ``'none'``.
+    ``timm:NAME`` (a ResNet or RegNetX): timm's classifier with its ``fc``
+    (:func:`~gpf.model.arch_timm.create_timm_classifier`), walked as
+    :func:`stage1_features` says; the head is its global pool, flatten, fc.
     """
-    refuse_timm(name, "an ImageNet attention classifier")
+    if is_timm_name(name):
+        return _timm_imagenet_classifier(name, weights, download)
     spec = get_spec(name)
     model = Classifier(spec, create_backbone(name).features, build_imagenet_head(name))
     if weights not in (None, "none"):
@@ -228,6 +252,15 @@ def imagenet_classifier(name: str, weights: str = "imagenet", *, download: bool 
 
         load_classifier_weights(model, weights, download=download)
     return model
+
+
+def _timm_imagenet_classifier(name: str, weights: str, download: bool) -> Classifier:
+    from .arch_timm import create_timm_classifier
+    from .eb_timm import eb_walkable_timm
+
+    check_peripheral_backbone(name)    # refuse a family EB cannot walk before timm fetches weights
+    features, head = eb_walkable_timm(create_timm_classifier(name, weights, download=download))
+    return Classifier(get_spec(name), features, head)
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -615,7 +648,7 @@ def describe_backbones(num_classes: int = 10, names: Sequence[str] | None = None
         with torch.device("meta"):
             counts = {variant: count_parameters(GPFNet(name, variant, num_classes)) for variant in VARIANTS}
             backbone_params = count_parameters(create_backbone(name))
-            stage1_params = None if spec.is_timm else count_parameters(PeripheralNet(name))
+            stage1_params = count_parameters(PeripheralNet(name)) if spec.default_eb_layer else None
         rows.append({"backbone": name, "channels": spec.channels, "stride": spec.stride,
                      "min_input": spec.min_input, "eb_layer": spec.default_eb_layer or None,
                      "gif": [spec.gif_hidden, spec.channels], "backbone_params": backbone_params,

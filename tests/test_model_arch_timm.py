@@ -14,7 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from gpf.model.arch_timm import describe_timm, fit_input, gif_width, timm_facts
-from gpf.model.backbones import BackboneError, UnknownBackboneError, create_backbone, get_spec
+from gpf.model.attention import EBUnsupportedError
+from gpf.model.backbones import BackboneError, UnknownBackboneError, build_imagenet_head, create_backbone, get_spec
 from gpf.model.gpf import GPFNet, ModelError, PeripheralNet, check_images, imagenet_classifier
 
 torch.set_num_threads(1)
@@ -126,11 +127,17 @@ def test_unknown_timm_names_get_close_matches_and_bad_tags_the_tags():
         get_spec("resnet34")
 
 
-def test_timm_models_are_refused_as_stage1_networks():
-    with pytest.raises(BackboneError, match="Excitation Backprop runs on the registered backbones"):
-        PeripheralNet("timm:resnet10t")
-    with pytest.raises(BackboneError, match="timm backbones serve stage 2"):
-        imagenet_classifier("timm:resnet10t", weights="none")
+def test_only_timm_families_eb_walks_are_stage1_networks():
+    assert get_spec("timm:resnet10t").default_eb_layer == "features.layer2"
+    assert get_spec("timm:regnetx_002").default_eb_layer == "features.s2"
+    assert get_spec("timm:convnext_atto").default_eb_layer == ""
+    assert PeripheralNet("timm:resnet10t").spec.default_eb_layer == "features.layer2"
+    with pytest.raises(EBUnsupportedError, match=r"'stem.1' \(timm.layers.norm.LayerNorm2d\)"):
+        PeripheralNet("timm:convnext_atto")
+    with pytest.raises(EBUnsupportedError, match="timm ConvNeXt"):
+        imagenet_classifier("timm:convnext_atto", weights="none")
+    with pytest.raises(BackboneError, match=r"imagenet_classifier\('timm:resnet10t'\)"):
+        build_imagenet_head("timm:resnet10t")
 
 
 def test_models_command_lists_timm_models_with_c_and_gif_widths():
@@ -139,11 +146,13 @@ def test_models_command_lists_timm_models_with_c_and_gif_widths():
     result = CliRunner().invoke(models, ["--timm", "convnext_at*"])
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:] if line.startswith("timm:")}
-    assert rows["timm:convnext_atto"][1:3] == ["320", "[80,320]"]
+    assert rows["timm:convnext_atto"][1:3] == ["320", "[80,320]"] and rows["timm:convnext_atto"][-2] == "-"
     assert all(name.startswith("timm:convnext_at") for name in rows)
     full = CliRunner().invoke(models, ["--backbone", "timm:regnetx_002", "--backbone", "vgg16"])
     assert full.exit_code == 0, full.output
     regnet = full.output.splitlines()[1].split()
-    assert regnet[:6] == ["timm:regnetx_002", "368", "32", "32", "-", "[96,368]"]
+    assert regnet[:6] == ["timm:regnetx_002", "368", "32", "32", "features.s2", "[96,368]"]
+    resnets = CliRunner().invoke(models, ["--timm", "resnet10t"])
+    assert "features.layer2" in resnets.output.splitlines()[1], resnets.output
     none = CliRunner().invoke(models, ["--timm", "no_such_model_*"])
     assert none.exit_code != 0 and "no timm model matches" in none.output
