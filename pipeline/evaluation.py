@@ -22,9 +22,13 @@ and predict use too); a mismatch is refused with one line saying what to do:
 * bucket scores or threshold that differ from the checkpoint's with the same N:
   a warning; the shards' (the dataset's) values are used.
 
-The ``random`` variant is scored with every random crop the shards store for an
-image and the predicted distributions averaged, the same estimator that
-:class:`gpf.pipeline.scoring.Scorer` uses on new photos.
+The ``random-frozen`` variant is scored with every random crop the shards store
+for an image and the predicted distributions averaged, the same estimator that
+:class:`gpf.pipeline.scoring.Scorer` uses on new photos. The ``random`` variant
+(Random-VGG16 as the paper ran it) is scored on the same fixed, seeded patches
+of the original-resolution photo as ``gpf predict`` (``DEFAULT_RANDOM_CROPS``
+of them, seeded by the shards' preprocess seed; :mod:`gpf.shards.patches`), its
+first column on the warped photo (``warp.jpg``), as is ``single``'s.
 """
 from __future__ import annotations
 
@@ -163,14 +167,23 @@ def format_table(rows: Sequence[tuple[str, int, dict]], first: str) -> list[str]
 # ----------------------------------------------------------------------------- streaming
 
 def _loader_batches(shard_dir, split: str, batch_size: int, workers: int | None, members: tuple,
-                    pin_memory: bool) -> Iterator[dict]:
-    """Batches of ``make_loader`` in evaluation mode: every sample exactly once."""
+                    pin_memory: bool, patches: int = 0, seed: int = 0) -> Iterator[dict]:
+    """Batches of ``make_loader`` in evaluation mode: every sample exactly once.
+
+    ``periph`` is what the first column sees (the peripheral view, or ``warp``
+    when asked for); ``second`` the second column's views: the foveal view, or the
+    ``patches`` fixed test patches seeded by ``seed`` (:mod:`gpf.shards.patches`).
+    """
     from ..shards.reader import make_loader
 
     loader = make_loader(shard_dir, split, batch_size, shuffle=False, num_workers=workers,
-                         members=members, pin_memory=pin_memory)
+                         members=members, pin_memory=pin_memory, patches=patches, seed=seed)
     for batch in loader:
+        if "warp" in batch:
+            batch["periph"] = batch.pop("warp")
         batch["second"] = [batch["fovea"]] if "fovea" in batch else []
+        if patches:
+            batch["second"] = [batch["patch"][:, t] for t in range(patches)]
         yield batch
 
 
@@ -327,8 +340,12 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
     if model.fovea_source == "random":
         batches = _random_crop_batches(shard_dir, split, batch_size)
     else:
-        members = ("periph", "fovea") if model.needs_fovea else ("periph",)
-        batches = _loader_batches(shard_dir, split, batch_size, workers, members, device.type == "cuda")
+        from .scoring import DEFAULT_RANDOM_CROPS
+
+        members = (model.first_view, "fovea") if model.fovea_source == "attention" else (model.first_view,)
+        patches = DEFAULT_RANDOM_CROPS if model.fovea_source == "patch" else 0
+        batches = _loader_batches(shard_dir, split, batch_size, workers, members, device.type == "cuda",
+                                  patches=patches, seed=ckpt.shards_seed)
 
     ids: list[str] = []
     preds, trues = [], []

@@ -47,6 +47,7 @@ IDENTITY_KEYS = (
     "dataset", "root", "dataset_options", "stage1", "stage1_digest", "attention_digest", "backbone", "weights",
     "tau", "view_size", "eb_layer", "contrastive", "samples_per_shard", "split", "limit",
     "batch_size", "jpeg_quality", "random_crops", "store_features", "seed", "max_pixels",
+    "store_warped", "store_original",
 )
 
 
@@ -92,6 +93,8 @@ class PreprocessConfig:
     jpeg_quality: int = vocabulary.JPEG_QUALITY
     random_crops: int = 0
     store_features: bool = False
+    store_warped: bool = False        # warp.jpg: the whole photo warped to view_size^2 (Table I baselines)
+    store_original: bool = False      # orig.jpg: the photo at original resolution (Random-VGG16's patches)
     seed: int = vocabulary.SEED
     max_pixels: int = vocabulary.DEFAULT_MAX_PIXELS
     max_failure_rate: float = vocabulary.MAX_FAILURE_RATE
@@ -368,6 +371,7 @@ class _Worker:
                     sample[f"rand{k}.jpg"] = encode_jpeg(crop, cfg.jpeg_quality)
             if item.feature is not None:
                 sample["pfeat.npy"] = item.feature
+            sample.update(baseline_members(item.image, cfg))
             item.sample = sample
         except Exception as exc:
             item.status, item.error = "crop_error", f"{item.record.path}: {type(exc).__name__}: {exc}"
@@ -375,6 +379,18 @@ class _Worker:
             item.image = None  # free the full-resolution pixels as soon as possible
             item.periph = None
         return item
+
+
+def baseline_members(image, cfg: PreprocessConfig) -> dict[str, bytes]:
+    """``warp.jpg`` and ``orig.jpg`` of a full-resolution photo, as ``cfg`` asks (Table I baselines)."""
+    from .images import encode_jpeg, original_view, warped_view
+
+    members = {}
+    if cfg.store_warped:
+        members["warp.jpg"] = encode_jpeg(warped_view(image, cfg.view_size), cfg.jpeg_quality)
+    if cfg.store_original:
+        members["orig.jpg"] = encode_jpeg(original_view(image, cfg.view_size), cfg.jpeg_quality)
+    return members
 
 
 def attend(items: Sequence[_Item], att: AttentionModel, cfg: PreprocessConfig) -> int:
@@ -657,6 +673,7 @@ def _maybe_write_manifest(out: Path, jobs: Sequence[_ShardJob], cfg: PreprocessC
                     stage1_digest=cfg.stage1_digest, attention_model=att.description,
                     features_digest=att.digest if cfg.store_features else None, split_spec=dataset.split_spec,
                     config=dict(cfg.identity(), num_classes=len(dataset.scores)), environment=environment,
-                    score_columns=getattr(dataset, "score_columns", None))
+                    score_columns=getattr(dataset, "score_columns", None),
+                    warped=bool(cfg.store_warped), original=bool(cfg.store_original))
     write_manifest(out, run, complete=wrote)
     return wrote

@@ -282,6 +282,7 @@ class _Work:
     error: str | None = None
     image: Any = None
     periph: Any = None
+    first: Any = None                            # the first column's input when not ``periph`` (``warp``)
     second: list = field(default_factory=list)   # foveal view, or the K random crops
     size: tuple[int, int] | None = None
     box: tuple[int, int, int, int] | None = None
@@ -290,8 +291,17 @@ class _Work:
 
     def fail(self, status: str, error: str) -> None:
         self.status, self.error = status, error
-        self.image = self.periph = None
+        self.image = self.periph = self.first = None
         self.second = []
+
+
+def _uint8(view):
+    """``uint8 [3, H, W]`` of a view: a PIL image, or a tensor already (the baselines' JPEG round trips)."""
+    import torch
+
+    from .images import to_uint8_tensor
+
+    return view if isinstance(view, torch.Tensor) else to_uint8_tensor(view)
 
 
 def _new_work(item, index: int = 0) -> _Work:
@@ -323,8 +333,9 @@ class Scorer:
 
     def __init__(self, model, attention: AttentionModel, *, view_size: int, scores: Sequence[float],
                  threshold: float | None, device, random_crops: int = DEFAULT_RANDOM_CROPS, seed: int = 0,
-                 max_pixels: int | None = None, workers: int = 0, source: str | None = None):
-        from ..vocabulary import DEFAULT_MAX_PIXELS
+                 max_pixels: int | None = None, workers: int = 0, source: str | None = None,
+                 jpeg_quality: int | None = None):
+        from ..vocabulary import DEFAULT_MAX_PIXELS, JPEG_QUALITY
 
         if not isinstance(random_crops, int) or isinstance(random_crops, bool) or random_crops < 1:
             raise ScoringError(f"random_crops must be a positive int, got {random_crops!r}")
@@ -340,6 +351,7 @@ class Scorer:
         self.threshold = threshold
         self.random_crops = random_crops
         self.seed = seed
+        self.jpeg_quality = JPEG_QUALITY if jpeg_quality is None else int(jpeg_quality)  # warp/orig round trip
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
         self.workers = workers or os.cpu_count() or 1
         self.source = source
@@ -368,6 +380,7 @@ class Scorer:
         """A scorer for a loaded stage-2 :class:`Checkpoint` (see :meth:`from_checkpoint`)."""
         from ..model.checkpoint import model_from_checkpoint
         from ..model.device import resolve_device
+        from .baselines import shards_jpeg_quality
 
         device = resolve_device(device)
         model = model_from_checkpoint(ckpt)
@@ -375,7 +388,8 @@ class Scorer:
         return cls(model, attention, view_size=ckpt.view_size, scores=ckpt.scores,
                    threshold=ckpt.threshold if threshold is None else float(threshold), device=device,
                    random_crops=random_crops or DEFAULT_RANDOM_CROPS, seed=ckpt.shards_seed,
-                   max_pixels=max_pixels, workers=workers, source=source)
+                   max_pixels=max_pixels, workers=workers, source=source,
+                   jpeg_quality=shards_jpeg_quality(ckpt))
 
     # -- properties
     @property
@@ -391,7 +405,7 @@ class Scorer:
         return {"checkpoint": self.source, "variant": self.variant, "backbone": self.model.spec.name,
                 "scores": list(self.scores), "threshold": self.threshold, "view_size": self.view_size,
                 "tau": self.attention.tau,
-                "random_crops": self.random_crops if self.model.fovea_source == "random" else None}
+                "random_crops": self.random_crops if self.model.fovea_source in ("random", "patch") else None}
 
     # -- public scoring
     def score(self, image, image_id: str | None = None) -> ScoreResult:
@@ -459,6 +473,10 @@ class Scorer:
             work.size = work.image.size
             work.periph = peripheral_view(work.image, self.view_size, stride=self.stride,
                                           min_side=self.min_side)
+            if self.model.first_view == "warp":
+                from .baselines import warped_input
+
+                work.first = warped_input(work.image, self.view_size, self.jpeg_quality)
         except ImageError as exc:
             if keep_error:
                 raise
@@ -493,10 +511,10 @@ class Scorer:
         mapper = pool.map if pool is not None else map
         for work, views in zip(works, mapper(self._second_views, works)):
             work.second = views
-        dists = self._predict([w.periph for w in works], [w.second for w in works])
+        dists = self._predict([w.periph if w.first is None else w.first for w in works], [w.second for w in works])
         for work, dist in zip(works, dists):
             work.dist = dist
-            work.image = work.periph = None
+            work.image = work.periph = work.first = None
             work.second = []
 
     def _second_views(self, work: _Work) -> list:
@@ -508,17 +526,20 @@ class Scorer:
             return [foveal_view(work.image, work.box, self.view_size)]
         if source == "random":
             return random_crops(work.image, self.random_crops, self.view_size, self.seed, work.key)
+        if source == "patch":
+            from .baselines import test_patches
+
+            return test_patches(work.image, self.view_size, self.jpeg_quality, self.seed, work.key,
+                                self.random_crops)[0]
         return []
 
     def _predict(self, periphs: list, seconds: list[list]) -> np.ndarray:
         """Softmax distributions ``[B, N]`` (float64); the ``random`` variant's averaged over its crops."""
         import torch
 
-        from .images import to_uint8_tensor
-
         model, device = self.model, self.device
         with torch.inference_mode():
-            periph = model.normalize([to_uint8_tensor(p).to(device) for p in periphs])
+            periph = model.normalize([_uint8(p).to(device) for p in periphs])
             feat = model.peripheral_descriptor(periph)
             if not model.needs_fovea:
                 probs = torch.softmax(model(periph_feat=feat).float(), dim=1)
@@ -526,7 +547,7 @@ class Scorer:
                 probs = 0
                 crops = len(seconds[0])
                 for k in range(crops):
-                    fovea = model.normalize(torch.stack([to_uint8_tensor(s[k]) for s in seconds]).to(device))
+                    fovea = model.normalize(torch.stack([_uint8(s[k]) for s in seconds]).to(device))
                     probs = probs + torch.softmax(model(periph_feat=feat, fovea=fovea).float(), dim=1)
                 probs = probs / crops
         return probs.cpu().double().numpy()
@@ -563,6 +584,19 @@ class Explanation:
         r = self.result
         verdict = "" if r.high is None else f", {'high' if r.high else 'low'}"
         return f"{image_id}: predicted mean score {r.mean:.2f} (std {r.std:.2f}{verdict}); {self.model}"
+
+
+def _patch_boxes_on_photo(size: tuple[int, int], scorer: "Scorer", image_id: str) -> tuple:
+    """The ``random`` variant's test patches (:func:`gpf.pipeline.baselines.test_patches`) as boxes on a
+    photo of ``size`` (scaled back where ``orig.jpg`` enlarges a photo smaller than the view)."""
+    from ..shards.layout import safe_key
+    from ..shards.patches import test_patch_boxes
+    from .images import original_view_size
+
+    stored = original_view_size(size, scorer.view_size)
+    boxes = test_patch_boxes(stored, scorer.view_size, scorer.seed, safe_key(image_id), scorer.random_crops)
+    scale = (stored[0] / size[0], stored[1] / size[1], stored[0] / size[0], stored[1] / size[1])
+    return tuple(tuple(round(v / f) for v, f in zip(box, scale)) for box in boxes)
 
 
 def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None, eb_layer: str | None = None,
@@ -605,6 +639,8 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
 
             crop_boxes = tuple(random_crop_boxes(view.image.size, scorer.random_crops, scorer.view_size,
                                                  scorer.seed, image_id_of(image)))
+        elif scorer.model.fovea_source == "patch":      # its test patches, in the photo's pixels
+            crop_boxes = _patch_boxes_on_photo(view.image.size, scorer, image_id_of(image))
         return Explanation(view, scorer.attention.tau, result, "stage2",
                            f"{scorer.variant} {scorer.model.spec.name}", scorer.variant, crop_boxes)
     model = model_from_checkpoint(ckpt)

@@ -18,6 +18,8 @@ Format history (``format``):
   taken from ``config``); a newer format is refused naming both versions.
   The optional run field ``score_columns`` (folder CSV: column -> score bucket)
   came later within format 2: a manifest without it reads it as None.
+  So did ``warped`` and ``original`` (whether the samples store ``warp.jpg`` and
+  ``orig.jpg``, the Table I baselines' views): absent reads as None, "not stored".
 """
 from __future__ import annotations
 
@@ -108,7 +110,8 @@ def _check_type(what: str, value, kinds: tuple) -> None:
 _RUN_FIELD_TYPES = {"dataset": (str,), "scores": (list, tuple), "threshold": ("number",), "view_size": (int,),
                     "tau": ("number",), "eb_layer": (str,), "contrastive": (bool,), "stage1_digest": (str,),
                     "attention_model": (dict,), "features_digest": (str,), "split_spec": (dict,),
-                    "config": (dict,), "environment": (dict,), "score_columns": (list,)}
+                    "config": (dict,), "environment": (dict,), "score_columns": (list,), "warped": (bool,),
+                    "original": (bool,)}
 _ENTRY_FIELD_TYPES = {"name": (str,), "split": (str,), "index": (int,), "tar": (str,), "parquet": (str,),
                       "count": (int,), "bytes": (int,), "sha256": (str,), "parquet_sha256": (str,),
                       "status_counts": (dict,), "rows": (int,), "parquet_bytes": (int,),
@@ -127,6 +130,8 @@ class RunFields:
     ``score_columns`` says which label-file column held the votes of which score
     bucket (``[{"column": "c1", "bucket": 1, "score": 1.0}, ...]``) for a folder CSV;
     None for AVA and Photo.net (fixed formats) and in manifests written before it.
+    ``warped`` / ``original``: every sample stores ``warp.jpg`` / ``orig.jpg``
+    (``--store-warped`` / ``--store-original``); None (older manifests) means not stored.
     """
     dataset: str | None = None
     scores: tuple[float, ...] | None = None
@@ -142,6 +147,8 @@ class RunFields:
     config: dict | None = None
     environment: dict | None = None
     score_columns: list | None = None
+    warped: bool | None = None
+    original: bool | None = None
 
     def __post_init__(self):
         for name, kinds in _RUN_FIELD_TYPES.items():

@@ -44,12 +44,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from ..errors import OptionError
-from .layout import (ShardReadError, ATTN, FEATURES, FOVEA, JSON, PERIPH, jpeg_size, rand_index,
+from .layout import (ShardReadError, ATTN, FEATURES, FOVEA, JSON, ORIG, PERIPH, WARP, jpeg_size, rand_index,
                                split_member_name)
 from .manifest import read_manifest
 
-IMAGE_MEMBERS = {"periph": PERIPH, "fovea": FOVEA}
-ALLOWED_MEMBERS = ("periph", "fovea", "attn")
+IMAGE_MEMBERS = {"periph": PERIPH, "fovea": FOVEA, "warp": WARP}
+ALLOWED_MEMBERS = ("periph", "fovea", "attn", "warp")
+#: The preprocess option that stores each optional image member (named when shards lack it).
+MEMBER_OPTIONS = {WARP: "--store-warped", ORIG: "--store-original"}
 DEFAULT_SHUFFLE_BUFFER = 1000
 _READ_BUFFER = 1 << 20
 
@@ -356,7 +358,11 @@ class ShardDataset(IterableDataset):
     Each batch: ``key``, ``id`` (lists of str), ``votes`` float32 [B, N], and as
     asked ``periph`` uint8 [B, 3, H, W], ``fovea`` uint8 [B, 3, S, S], ``attn``
     float32 [B, h, w], ``rand`` uint8 [B, 3, S, S] (one stored random crop per
-    image, chosen by (seed, epoch, key)), ``pfeat`` float32 [B, C]. All images of
+    image, chosen by (seed, epoch, key)), ``pfeat`` float32 [B, C], ``warp`` uint8
+    [B, 3, S, S] (the warped whole photo), and with ``patches=T`` ``patch`` uint8
+    [B, T, 3, S, S] with ``patch_box`` int64 [B, T, 4] (view-size patches cut from
+    ``orig.jpg``; :mod:`gpf.shards.patches`: training, T = 1, a fresh patch per
+    epoch; evaluation, T fixed patches). All images of
     a batch share their shapes. Image tensors are in ``torch.channels_last`` memory
     format (the decoder's layout; ``.to(device)`` keeps it, convolutions accept
     it, and cuDNN is often faster with it); ``.contiguous()`` gives NCHW memory.
@@ -367,7 +373,7 @@ class ShardDataset(IterableDataset):
                  rank: int = 0, world_size: int = 1,
                  members: Sequence[str] = ("periph", "fovea"), random_crop_member: bool = False,
                  with_features: bool = False, drop_last: bool | None = None,
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, patches: int = 0):
         super().__init__()
         _check_int("batch_size", batch_size, 1)
         _check_int("num_workers", num_workers, 0)
@@ -402,7 +408,24 @@ class ShardDataset(IterableDataset):
                 raise ShardReadError(f"random_crop_member=True but shard(s) {', '.join(without[:5])} "
                                  "store no random crops; preprocess with random crops for the "
                                  "'random' variant")
+        self.patches, self.patch_side = patches, self._check_baseline_members(patches)
         self._plans(max(1, num_workers))  # fail now, not inside a worker
+
+    def _check_baseline_members(self, patches: int) -> int:
+        """Refuse members the shards do not store, naming the preprocess option; the patch side."""
+        _check_int("patches", patches, 0)
+        if self.shuffle and patches > 1:
+            raise OptionError(f"training shows one fresh patch per sample and epoch; patches must be 0 or 1, "
+                              f"got {patches}", param="patches")
+        run = read_manifest(self.shard_dir).run
+        needed = ([WARP] if "warp" in self.members else []) + ([ORIG] if patches else [])
+        stored = {WARP: run.warped, ORIG: run.original}
+        for member in needed:
+            if not stored[member]:
+                raise ShardReadError(f"the shards in {self.shard_dir} store no {member} (preprocessed without "
+                                     f"{MEMBER_OPTIONS[member]}); re-run `gpf preprocess ... "
+                                     f"{MEMBER_OPTIONS[member]}` into a new --out folder")
+        return int(run.view_size or 0)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration produces."""
@@ -455,6 +478,8 @@ class ShardDataset(IterableDataset):
             wanted.add(ATTN)
         if self.with_features:
             wanted.add(FEATURES)
+        if self.patches:
+            wanted.add(ORIG)
         crops = spec.random_crops if self.random_crop_member else 0
 
         def keep(key: str, member: str) -> bool:
@@ -498,6 +523,7 @@ class ShardDataset(IterableDataset):
         buckets: dict[tuple, list[dict]] = {}
         for sample in samples:
             self._select_random_crop(sample)
+            self._cut_patches(sample)
             shape = self._shape_key(sample)
             bucket = buckets.setdefault(shape, [])
             bucket.append(sample)
@@ -515,6 +541,22 @@ class ShardDataset(IterableDataset):
             raise _missing(sample, "rand{k}.jpg", " (preprocess with random crops for the "
                                                   "'random' variant)")
         sample["__rand__"] = sample.pop(crops[0])
+
+    def _cut_patches(self, sample: dict) -> None:
+        """Decode ``orig.jpg`` and keep only the view-size patches this pass shows (see the class doc)."""
+        if not self.patches:
+            return
+        from .patches import cut, test_patch_boxes, train_patch_box
+
+        if ORIG not in sample:
+            raise _missing(sample, ORIG, " (preprocess with --store-original)")
+        name = f"{sample['__shard__']}, key {sample['__key__']!r}, {ORIG}"
+        photo = decode_jpegs_uint8([sample.pop(ORIG)], [name])[0]
+        size, key, side = (int(photo.shape[2]), int(photo.shape[1])), sample["__key__"], self.patch_side
+        boxes = ([train_patch_box(size, side, self.seed, self.epoch, key)] if self.shuffle
+                 else test_patch_boxes(size, side, self.seed, key, self.patches))
+        sample["__patch__"] = torch.stack([cut(photo, box) for box in boxes])
+        sample["__patch_box__"] = boxes
 
     def _shape_key(self, sample: dict) -> tuple:
         where = f"{sample['__shard__']}, key {sample['__key__']!r}"
@@ -552,6 +594,9 @@ class ShardDataset(IterableDataset):
                 batch[name] = self._stack_jpegs(samples, IMAGE_MEMBERS[name])
         if self.random_crop_member:
             batch["rand"] = self._stack_jpegs(samples, "__rand__")
+        if self.patches:
+            batch["patch"] = torch.stack([s["__patch__"] for s in samples])
+            batch["patch_box"] = torch.tensor([s["__patch_box__"] for s in samples], dtype=torch.int64)
         if self.with_features:
             for s in samples:
                 if FEATURES not in s:
@@ -615,7 +660,7 @@ def make_loader(shard_dir: str | os.PathLike, split: str, batch_size: int, *,
                 members: Sequence[str] = ("periph", "fovea"), random_crop_member: bool = False,
                 with_features: bool = False, drop_last: bool | None = None,
                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, pin_memory: bool = False,
-                prefetch_factor: int = 2) -> ShardLoader:
+                prefetch_factor: int = 2, patches: int = 0) -> ShardLoader:
     """Loader of ``split`` for ``rank`` of ``world_size``; call ``set_epoch`` each epoch.
 
     ``num_workers=None`` picks :func:`default_num_workers`. See :class:`ShardDataset`
@@ -628,6 +673,6 @@ def make_loader(shard_dir: str | os.PathLike, split: str, batch_size: int, *,
                            num_workers=num_workers, rank=rank, world_size=world_size,
                            members=members, random_crop_member=random_crop_member,
                            with_features=with_features, drop_last=drop_last,
-                           shuffle_buffer=shuffle_buffer)
+                           shuffle_buffer=shuffle_buffer, patches=patches)
     return ShardLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                        prefetch_factor=prefetch_factor if num_workers else None)

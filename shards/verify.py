@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from .layout import (ShardReadError, ATTN, FEATURES, JSON, MANIFEST_NAME, META_DIR, PARQUET_COLUMNS,
                                PARQUET_SUFFIX, REQUIRED_MEMBERS, STATUS_OK, STATS_SUFFIX,
                                TAR_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX, is_contract_member,
-                               is_safe_key, parse_shard_name, safe_key,
+                               is_safe_key, parse_shard_name, safe_key, ORIG, WARP,
                                split_member_name)
 from .manifest import (MANIFEST_FORMAT, Manifest, ManifestError, RunFields, ShardEntry, read_manifest,
                                  write_manifest)
@@ -177,8 +177,17 @@ def _check_json(data: bytes, key: str) -> str | None:
     return None
 
 
-def _check_tar_members(path: Path, name: str, report: Report) -> list[str] | None:
-    """Decode every member; the sample keys in order, None when the tar cannot be read."""
+def baseline_members(manifest: Manifest | None) -> tuple[str, ...]:
+    """The optional members the manifest says every sample stores (``warp.jpg``, ``orig.jpg``)."""
+    if manifest is None:
+        return ()
+    return tuple(m for m, stored in ((WARP, manifest.run.warped), (ORIG, manifest.run.original)) if stored)
+
+
+def _check_tar_members(path: Path, name: str, report: Report,
+                       expected: tuple[str, ...] = ()) -> list[str] | None:
+    """Decode every member; the sample keys in order, None when the tar cannot be read.
+    ``expected``: members every sample must hold besides the required ones."""
     import tarfile
 
     keys: list[str] = []
@@ -212,7 +221,7 @@ def _check_tar_members(path: Path, name: str, report: Report) -> list[str] | Non
         report.add(name, f"tar cannot be read to the end ({exc}): truncated or corrupt")
         return None
     for key in keys:
-        missing = [m for m in REQUIRED_MEMBERS if m not in members[key]]
+        missing = [m for m in (*REQUIRED_MEMBERS, *expected) if m not in members[key]]
         if missing:
             report.add(name, f"missing member(s) {', '.join(missing)}", key)
     return keys
@@ -375,7 +384,8 @@ def verify_shards(folder: str | os.PathLike, deep: bool = True,
                                             missing_reported=name in listed)
         keys = None
         if deep and (folder / f"{name}{TAR_SUFFIX}").exists():
-            keys = _check_tar_members(folder / f"{name}{TAR_SUFFIX}", name, report)
+            keys = _check_tar_members(folder / f"{name}{TAR_SUFFIX}", name, report,
+                                      baseline_members(manifest))
             if keys is not None and len(keys) != stats["count"]:
                 report.add(name, f"tar holds {len(keys)} samples, stats count {stats['count']}")
         _check_parquet(folder, name, stats, keys, report)

@@ -139,7 +139,7 @@ def _serialise_sample(sample: Mapping, shard: str) -> tuple[str, list[tuple[str,
     unknown = [m for m in members if not is_contract_member(m)]
     if unknown:
         raise ValueError(f"{where}: unknown member(s) {unknown}; allowed: "
-                         f"{', '.join(REQUIRED_MEMBERS)}, rand{{k}}.jpg, {FEATURES}")
+                         f"{', '.join(REQUIRED_MEMBERS)}, rand{{k}}.jpg, {FEATURES}, warp.jpg, orig.jpg")
     missing = [m for m in REQUIRED_MEMBERS if m not in sample]
     if missing:
         raise ValueError(f"{where}: missing member(s) {missing}")

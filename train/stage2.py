@@ -16,7 +16,14 @@ with r = 2 (section III-C).
 * When the shards hold the peripheral's pooled descriptors (``pfeat.npy``) and
   the frozen peripheral equals the network that computed them, the peripheral
   forward is skipped and the shards' JPEG peripheral views are not even decoded.
-* ``random`` trains on one of the K stored random crops per image and epoch.
+* The Table I baselines as the paper ran them (section IV-C) fine-tune their
+  first column from ``--weights`` instead: ``single`` on the whole photo warped
+  to a view-size square (``warp.jpg``; ``single-periph`` on the aspect-kept
+  peripheral view), ``random`` on the warped photo plus a fresh view-size patch of
+  the original-resolution photo (``orig.jpg``) each time a sample is seen;
+  validation shows each photo its first fixed test patch.
+* ``single-frozen`` / ``random-frozen`` keep the frozen stage-1 peripheral (the
+  latter with one of the K stored random crops per image and epoch).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import torch
 
 from ..errors import GPFError
 from ..model.checkpoint import AttentionBlock, Checkpoint
-from ..pipeline.compat import check_fit, require_random_crops, require_scale
+from ..pipeline.compat import check_fit, require_baseline_members, require_random_crops, require_scale
 from ..shards.manifest import MANIFEST_FORMAT, Manifest, RunFields, compare_config
 from ..vocabulary import get_variant
 from .config import Stage2Config
@@ -209,6 +216,8 @@ def init_peripheral(model, cfg: Stage2Config, attention: Attention, log) -> str:
         source = create_backbone(cfg.backbone, cfg.peripheral_weights)
         model.peripheral.load_state_dict(source.features.state_dict())
         return f"--peripheral-weights {cfg.peripheral_weights}"
+    if not get_variant(cfg.variant).frozen:
+        return f"--weights {cfg.weights} (the {cfg.variant!r} baseline fine-tunes its first column)"
     stage1 = attention.stage1
     if stage1 is not None:
         trained_on = stage1.model_config.get("backbone")
@@ -250,8 +259,9 @@ class Stage2Task(Task):
         self.attention, self.identity, self.use_features = attention, identity, use_features
         self.rank_batch = per_rank_batch_size(cfg.batch_size, ctx.world_size)
         self.channels_last = ctx.device.type == "cuda"
-        self.second = get_variant(cfg.variant).member
-        members = [] if use_features else ["periph"]
+        table = get_variant(cfg.variant)
+        self.first, self.second = table.first_member, table.member
+        members = [] if use_features else [self.first]
         if self.second == "fovea":
             members.append("fovea")
         train_shards = [s for s in list_shards(cfg.shards, "train") if s.count > 0]
@@ -266,7 +276,7 @@ class Stage2Task(Task):
         self.workers = workers
         common = dict(rank=ctx.rank, world_size=ctx.world_size, members=tuple(members),
                       random_crop_member=self.second == "rand", with_features=use_features,
-                      pin_memory=ctx.device.type == "cuda")
+                      pin_memory=ctx.device.type == "cuda", patches=int(self.second == "patch"))
         self.train_loader = make_loader(cfg.shards, "train", self.rank_batch, shuffle=True, seed=cfg.seed,
                                         epoch=0, num_workers=workers, **common)
         self.val_loader = make_loader(cfg.shards, "val", self.rank_batch, shuffle=False, seed=cfg.seed,
@@ -291,9 +301,10 @@ class Stage2Task(Task):
         if self.use_features:
             feat = batch["pfeat"].to(device, non_blocking=True)
         else:
-            periph = images_to_device(batch["periph"], device, normalize, self.channels_last)
+            periph = images_to_device(batch[self.first], device, normalize, self.channels_last)
         if self.second is not None:
-            fovea = images_to_device(batch[self.second], device, normalize, self.channels_last)
+            second = batch["patch"][:, 0] if self.second == "patch" else batch[self.second]
+            fovea = images_to_device(second, device, normalize, self.channels_last)
         logits = forward(periph=periph, fovea=fovea, periph_feat=feat)
         votes = batch["votes"].to(device, non_blocking=True)
         target = votes / votes.sum(dim=1, keepdim=True)
@@ -348,6 +359,8 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
     reasons = []
     if not facts.manifest.features:
         reasons.append("the shards hold no peripheral features (preprocess with --store-features)")
+    elif not get_variant(cfg.variant).frozen:
+        reasons.append(f"the {cfg.variant!r} variant fine-tunes its first column")
     elif cfg.train_peripheral:
         reasons.append("--train-peripheral changes the peripheral, so stored features go stale")
     elif facts.run.features_digest and facts.run.features_digest != attention.block.stage1_digest:
@@ -428,6 +441,7 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
     facts = ShardFacts.from_manifest(manifest, cfg.shards)
     identity = shards_identity(manifest)
     require_random_crops(cfg.variant, manifest.random_crops, f"the shards in {cfg.shards}")
+    require_baseline_members(cfg.variant, manifest.run, f"the shards in {cfg.shards}")
     for split in ("train", "val"):
         if not facts.samples.get(split):
             raise Stage2Error(f"the shards in {cfg.shards} hold no {split!r} samples; preprocess with --split all")
@@ -457,7 +471,7 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
         if state is None:
             log(f"peripheral from {init_peripheral(model, cfg, attention, log)}; attention model: "
                 f"{attention.description}")
-        if not cfg.train_peripheral:
+        if not cfg.train_peripheral and get_variant(cfg.variant).frozen:
             model.freeze_peripheral()
         if state is not None:
             model.load_state_dict(state.state_dict)
