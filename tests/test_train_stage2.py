@@ -79,11 +79,11 @@ def test_two_backbones_train_from_the_same_shards(data, tmp_path):
     assert digests[0] == digests[1]
 
 
-def test_random_variant_needs_stored_random_crops(data, tmp_path):
+def test_random_frozen_variant_needs_stored_random_crops(data, tmp_path):
     with pytest.raises(FitError, match=r"--random-crops K"):
-        train_stage2(stage2_config(data, tmp_path / "a", shards=str(data["plain"]), variant="random"))
+        train_stage2(stage2_config(data, tmp_path / "a", shards=str(data["plain"]), variant="random-frozen"))
     assert not (tmp_path / "a").exists()
-    result = train_stage2(stage2_config(data, tmp_path / "b", variant="random", epochs=1))
+    result = train_stage2(stage2_config(data, tmp_path / "b", variant="random-frozen", epochs=1))
     assert result.epochs_completed == 1
 
 
