@@ -52,11 +52,12 @@ def _preprocess_options(fn, folder: bool = True):
         click.option("--store-features", is_flag=True,
                      help="Store the peripheral's pooled descriptor so stage 2 can skip its forward."),
         click.option("--store-warped", is_flag=True,
-                     help="Store the whole photo warped to --view-size squared (warp.jpg, about +25 % "
-                          "shard size) for the `single` and `random` baselines (Table I, as the paper ran them)."),
+                     help="Store the whole photo warped to --view-size squared (warp.jpg, about +23 KiB a photo "
+                          "at 224 px, +65 % shard size) for the `single` and `random` baselines (Table I, as the "
+                          "paper ran them)."),
         click.option("--store-original", is_flag=True,
-                     help="Store the photo at original resolution (orig.jpg, several times the shard size; "
-                          "see docs/shards.md) for the `random` baseline's fresh patches."),
+                     help="Store the photo at original resolution (orig.jpg, about as large as the source JPEG: "
+                          "about 4x the shard size; docs/shards.md) for the `random` baseline's fresh patches."),
         click.option("--seed", type=int, default=_default("seed"), show_default=True,
                      help="Seed of --limit's sample, which shard each image goes to, the random crops and a "
                           "--weights none network (the split's seed is --split-seed)."),
