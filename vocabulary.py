@@ -151,7 +151,8 @@ _CLI_OPTIONS = {
         "resume", "epochs", "lr", "lr_step", "lr_gamma", "momentum", "weight_decay", "patience",
         "limit_train_batches", "log_interval", "amp", "compile", "tensorboard", "branch_width", "fusion_width",
         "dropout",
-        "emd_r", "variant", "peripheral_weights", "use_features", "train_peripheral",
+        "emd_r", "variant", "peripheral_weights", "use_features", "train_peripheral", "peripheral_backbone",
+        "gif_width",
         # evaluate, predict, attention
         "checkpoint", "by_category", "allow_attention_mismatch")},
     # the option has another name
@@ -166,6 +167,7 @@ _CLI_OPTIONS = {
     "attention_model": "--stage1 or --backbone/--weights",
     "pixel_limit": "--max-pixels",
     "config_file": "--config",
+    "gif_hidden": "--gif-width",
 }
 
 

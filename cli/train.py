@@ -25,7 +25,9 @@ def _training_options(fn):
                      help="Continue the run in this folder (or from this last.pt) exactly where it stopped."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="YAML file of config keys (see docs/training.md); command-line options win."),
-        click.option("--backbone", default=None, help="Registered backbone (see `gpf models`)."),
+        click.option("--backbone", default=None,
+                     help="Backbone: a registered name or timm:NAME (see `gpf models`, `gpf models --timm PATTERN`); "
+                          "in stage 2 the foveal subnet (for --variant single, its one column)."),
         click.option("--weights", default=None,
                      help=default_help("Initial weights of the trained subnet: imagenet | PATH | none", TrainConfig,
                                        "weights")),
@@ -126,6 +128,19 @@ def _interrupted(stage: str):
     return advice
 
 
+def _gif_width(ctx, param, value):
+    """``--gif-width 64`` -> 64; ``--gif-width 256,128`` -> [256, 128]."""
+    if value is None:
+        return None
+    try:
+        widths = [int(part) for part in str(value).split(",")]
+    except ValueError:
+        widths = []
+    if len(widths) not in (1, 2) or min(widths) < 1:
+        raise click.BadParameter(f"{value!r}: give a positive width W, or P,F for the peripheral and foveal branch")
+    return widths[0] if len(widths) == 1 else widths
+
+
 @click.group()
 def train():
     """Train stage 1 (peripheral high/low classifier on raw images) or stage 2 (shards)."""
@@ -169,8 +184,13 @@ def stage1(kind, root, val_size, split_seed, image_root, threshold, path_column,
 @click.option("--stage1", "stage1_ckpt", type=click.Path(exists=True), default=None,
               help="Stage-1 checkpoint or run folder: the attention model that made the shards, and the "
                    "peripheral's initial weights [default: the one the manifest names].")
+@click.option("--peripheral-backbone", default=None,
+              help="The peripheral subnet's backbone (registered or timm:NAME) [default: the stage-1 model's].")
 @click.option("--peripheral-weights", default=None,
               help="Start the peripheral from imagenet | PATH | none instead of the stage-1 model.")
+@click.option("--gif-width", callback=_gif_width, default=None, metavar="W|P,F",
+              help="GIF bottleneck width W1 for both branches, or P,F for the peripheral and foveal branch "
+                   "[default: each subnet's, paper Table II for its backbones].")
 @click.option("--use-features", type=click.Choice(USE_FEATURES_CHOICES), default=None,
               help=default_help("Use the shards' stored peripheral features when they match the frozen peripheral",
                                 Stage2Config, "use_features"))

@@ -9,7 +9,10 @@ the GIF bottleneck width W1 of the paper's Table II.
 Built in: ``vgg16``, ``alexnet``, ``resnet18`` (the paper's "ResNet-16"),
 ``inception_v3``, ``resnet50`` (not in the paper), and the test-size ``tiny``,
 ``small``, ``tiny_inception``.
-Add your own with :func:`register_backbone`. ``python -m gpf.model.backbones``
+Add your own with :func:`register_backbone`. Any timm model is a backbone as
+``timm:NAME`` (:mod:`gpf.model.arch_timm`): :func:`get_spec` and
+:func:`create_backbone` take those names too; its ``features`` is then the timm
+model itself, and :func:`pooled_descriptor` pools it through timm's head path. ``python -m gpf.model.backbones``
 prints the table that ``gpf models`` prints.
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ from . import arch_alexnet, arch_inception, arch_resnet, arch_small, arch_vgg
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_CLASSES = 1000
+TIMM_PREFIX = "timm:"
 
 
 class BackboneError(GPFError, ValueError):
@@ -61,10 +65,27 @@ class BackboneSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     torchvision_weights: str | None = None  # e.g. "VGG16_Weights.IMAGENET1K_V1"
     description: str = ""
+    provider: str = "gpf"                   # 'gpf' (registered) | 'timm'
+    input_multiple: int = 1                 # view sides are resized up to a multiple of this
+    fixed_input: tuple[int, int] | None = None   # every view is resized to this (H, W)
 
     def normalize(self, images):
         """uint8 (or [0, 1] float) images -> this backbone's normalised float input."""
         return normalize_images(images, self.mean, self.std)
+
+    @property
+    def is_timm(self) -> bool:
+        return self.provider == "timm"
+
+    def record(self) -> dict:
+        """Plain description a checkpoint keeps of a subnet (checked when the model is rebuilt)."""
+        out = {"backbone": self.name, "provider": self.provider, "channels": self.channels,
+               "min_input": self.min_input, "mean": list(self.mean), "std": list(self.std)}
+        if self.is_timm:
+            from .arch_timm import timm_module
+
+            out["timm_version"] = str(timm_module().__version__)
+        return out
 
 
 @dataclass(frozen=True)
@@ -101,7 +122,12 @@ class Backbone(nn.Module):
     std = property(lambda self: self.spec.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        """The feature map ``[B, C, h, w]`` (timm: what ``forward_features`` gives: a map, NHWC or tokens)."""
+        return feature_map(self.spec, self.features, x)
+
+    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled descriptor ``[B, C]`` (see :func:`pooled_descriptor`)."""
+        return pooled_descriptor(self.spec, self.features, x)
 
     def normalize(self, images):
         """uint8 ``[B, 3, H, W]`` (or float in [0, 1]) -> normalised float input."""
@@ -109,6 +135,40 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, stride={self.stride}"
+
+
+def record_differences(record: Mapping, spec: BackboneSpec) -> list[str]:
+    """How a subnet recorded by :meth:`BackboneSpec.record` differs from ``spec`` as built here now."""
+    diffs = []
+    if record.get("channels") not in (None, spec.channels):
+        diffs.append(f"C = {record['channels']} (here {spec.channels})")
+    for key in ("mean", "std"):
+        saved = record.get(key)
+        if saved is not None and (len(saved) != 3 or any(abs(float(a) - b) > 1e-6 for a, b in zip(saved, getattr(spec, key)))):
+            diffs.append(f"{key} {list(saved)} (here {list(getattr(spec, key))})")
+    if record.get("min_input") not in (None, spec.min_input):
+        diffs.append(f"minimum input {record['min_input']} (here {spec.min_input})")
+    return diffs
+
+
+def feature_map(spec: BackboneSpec, features: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of a backbone's ``features`` module on the normalised input ``x``."""
+    if spec.is_timm:
+        from .arch_timm import timm_features
+
+        return timm_features(features, x, spec)
+    return features(x)
+
+
+def pooled_descriptor(spec: BackboneSpec, features: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``[B, C]``: F_sq of Eq. 5, the global average over the feature map of a registered backbone;
+    a timm model's own pooling, ``forward_head(..., pre_logits=True)`` (tokens, NHWC maps and head norms
+    are handled the model's way)."""
+    if spec.is_timm:
+        from .arch_timm import timm_descriptor
+
+        return timm_descriptor(features, x, spec)
+    return features(x).mean(dim=(2, 3))
 
 
 def normalize_images(images, mean: Sequence[float], std: Sequence[float]):
@@ -196,7 +256,13 @@ def unknown_backbone_error(name: object) -> UnknownBackboneError:
     names = list(_REGISTRY)
     close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return UnknownBackboneError(f"unknown backbone {name!r}.{hint} Registered backbones: {', '.join(names)}.")
+    return UnknownBackboneError(f"unknown backbone {name!r}.{hint} Registered backbones: {', '.join(names)}; "
+                                "or any timm model as timm:NAME (`gpf models --timm PATTERN` lists them).")
+
+
+def is_timm_name(name: object) -> bool:
+    """True for ``'timm:NAME'`` (a timm model, see :mod:`gpf.model.arch_timm`)."""
+    return isinstance(name, str) and name.startswith(TIMM_PREFIX)
 
 
 def _registration(name: str) -> _Registration:
@@ -207,25 +273,45 @@ def _registration(name: str) -> _Registration:
 
 
 def get_spec(name: str) -> BackboneSpec:
-    """The :class:`BackboneSpec` of a registered backbone (no modules built)."""
+    """The :class:`BackboneSpec` of a registered backbone or of ``timm:NAME`` (no weights allocated)."""
+    if is_timm_name(name):
+        from .arch_timm import timm_spec
+
+        return timm_spec(name)
     return _registration(name).spec
+
+
+def refuse_timm(name: object, use: str) -> None:
+    """Refuse a timm name as ``use`` (a stage-1 / EB network): EB runs on registered backbones only."""
+    if is_timm_name(name):
+        raise BackboneError(f"backbone {name!r} cannot be {use}: Excitation Backprop runs on the registered "
+                            f"backbones ({', '.join(_REGISTRY)}); timm backbones serve stage 2's columns "
+                            "(--backbone, --peripheral-backbone)")
 
 
 def torchvision_keys(name: str) -> dict[str, str | None]:
     """Prefix map from the torchvision state dict of ``name`` to gpf's ``features.*``/``head.*`` keys."""
+    if is_timm_name(name):
+        return {}
     return dict(_registration(name).torchvision_keys)
 
 
 def build_imagenet_head(name: str, num_classes: int = IMAGENET_CLASSES) -> nn.Sequential:
     """A fresh ImageNet classifier head for ``name`` (see ``imagenet_classifier``)."""
+    refuse_timm(name, "an ImageNet attention classifier")
     return _registration(name).build_imagenet_head(num_classes)
 
 
 def create_backbone(name: str, weights: str | os.PathLike = "none", *, download: bool = True) -> Backbone:
     """Build backbone ``name`` with ``weights``: ``'none'`` (random init),
-    ``'imagenet'`` (torchvision's weights via the torch hub cache) or a path to a
-    state dict / gpf checkpoint (see :func:`gpf.model.weights.load_backbone_weights`).
+    ``'imagenet'`` (torchvision's weights via the torch hub cache; timm's through
+    its hub cache) or a path to a state dict (``.safetensors`` too) / gpf
+    checkpoint (see :func:`gpf.model.weights.load_backbone_weights`).
     """
+    if is_timm_name(name):
+        from .arch_timm import create_timm_backbone
+
+        return create_timm_backbone(name, weights, download=download)
     reg = _registration(name)
     features = reg.build_features()
     if not isinstance(features, nn.Sequential):

@@ -14,11 +14,18 @@ need the warped photo (``warp.jpg``) and ``random`` the original-resolution phot
 ``gpf predict`` has no shards: it checks a checkpoint against the record of the
 shards it was trained on (kept in the checkpoint), which catches a checkpoint
 whose embedded attention model is not the one its crops came from.
+
+All three also check that this installation rebuilds the checkpoint's two
+subnets as they were saved (format 3 records each one's backbone, C,
+mean/std and minimum input, and the timm version of a timm subnet): a backbone
+it does not know or builds otherwise is refused naming the timm version to
+install; another timm version that builds the same subnet is a warning.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from ..errors import GPFError
 from ..model.checkpoint import Checkpoint
@@ -90,6 +97,39 @@ def attention_differences(checkpoint: Checkpoint, run: RunFields) -> list[str]:
     return diffs
 
 
+def subnet_differences(checkpoint: Checkpoint) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of rebuilding the subnets recorded in a stage-2 ``checkpoint`` here."""
+    from ..model.backbones import get_spec, record_differences
+
+    problems, warnings = [], []
+    recorded = checkpoint.model_config.get("subnets")
+    for column, record in (recorded.items() if isinstance(recorded, Mapping) else ()):
+        if not isinstance(record, Mapping) or not isinstance(record.get("backbone"), str):
+            continue
+        name, version = record["backbone"], record.get("timm_version")
+        made_with = f" (made with timm {version}: install timm=={version})" if version else ""
+        try:
+            spec = get_spec(name)
+        except GPFError as exc:
+            problems.append(f"its {column} subnet {name} cannot be built here{made_with}: {exc}")
+            continue
+        diffs = record_differences(record, spec)
+        if diffs:
+            problems.append(f"its {column} subnet {name} was saved as {'; '.join(diffs)}{made_with}")
+        elif version and spec.record().get("timm_version") != version:
+            warnings.append(f"its {column} subnet {name} was made with timm {version}, this is timm "
+                            f"{spec.record().get('timm_version')} (it builds the same C, mean/std and minimum input)")
+    return problems, warnings
+
+
+def _refuse_subnets(checkpoint: Checkpoint, model: str) -> list[str]:
+    """Raise :class:`FitError` for subnets this installation cannot rebuild; return the warnings."""
+    problems, warnings = subnet_differences(checkpoint)
+    if problems:
+        raise FitError(f"{model}: {'; '.join(problems)}")
+    return warnings
+
+
 def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, random_crops: int | None = None,
               allow_attention_mismatch: bool = False, mismatch_option: str | None = "--allow-attention-mismatch") -> Fit:
     """Refuse (:class:`FitError`) a stage-2 ``checkpoint`` that cannot use data made with ``run``.
@@ -102,7 +142,7 @@ def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, 
     Attention settings the data does not record cannot be checked: a warning says which.
     """
     require_scale(run, data)
-    fit = Fit()
+    fit = Fit(warnings=_refuse_subnets(checkpoint, model))
     if checkpoint.num_classes != len(run.scores):
         raise FitError(f"{model} predicts N = {checkpoint.num_classes} score buckets, but {data} has "
                        f"N = {len(run.scores)} (scores {list(run.scores)}); use shards of the dataset the "
@@ -150,7 +190,9 @@ def trained_on(checkpoint: Checkpoint) -> RunFields | None:
 
 def check_self_consistent(checkpoint: Checkpoint, source: str) -> None:
     """``gpf predict``: refuse a checkpoint whose embedded attention model is not the one that made the crops
-    it was trained on (per its own record of those shards): its scores would come from other crops."""
+    it was trained on (per its own record of those shards): its scores would come from other crops;
+    and one whose subnets this installation cannot rebuild as they were saved."""
+    _refuse_subnets(checkpoint, source)
     run = trained_on(checkpoint)
     if run is None or not get_variant(variant_of(checkpoint.model_config)).needs_attention:
         return

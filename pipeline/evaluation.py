@@ -239,13 +239,13 @@ def predict_batch(model, batch: dict, device) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        periph = model.normalize(batch["periph"].to(device, non_blocking=True))
+        periph = model.normalize_peripheral(batch["periph"].to(device, non_blocking=True))
         if not model.needs_fovea:
             return torch.softmax(model(periph).float(), dim=1).cpu().double().numpy()
         feat = model.peripheral_descriptor(periph)
         total = 0
         for view in batch["second"]:
-            fovea = model.normalize(view.to(device, non_blocking=True))
+            fovea = model.normalize_foveal(view.to(device, non_blocking=True))
             total = total + torch.softmax(model(periph_feat=feat, fovea=fovea).float(), dim=1)
         return (total / len(batch["second"])).cpu().double().numpy()
 

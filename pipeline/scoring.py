@@ -356,9 +356,9 @@ class Scorer:
         self.workers = workers or os.cpu_count() or 1
         self.source = source
         # Peripheral geometry of `gpf preprocess`: the attention model's stride and minimum side
-        # (raised to what the stage-2 backbone needs, should that be larger).
+        # (raised to what the stage-2 peripheral subnet needs, should that be larger).
         self.stride = attention.stride
-        self.min_side = max(attention.min_side, model.spec.min_input)
+        self.min_side = max(attention.min_side, model.peripheral_spec.min_input)
 
     @classmethod
     def from_checkpoint(cls, checkpoint, device="auto", *, random_crops: int | None = None,
@@ -403,6 +403,7 @@ class Scorer:
     def describe(self) -> dict:
         """Plain description for output metadata."""
         return {"checkpoint": self.source, "variant": self.variant, "backbone": self.model.spec.name,
+                "peripheral_backbone": self.model.peripheral_spec.name,
                 "scores": list(self.scores), "threshold": self.threshold, "view_size": self.view_size,
                 "tau": self.attention.tau,
                 "random_crops": self.random_crops if self.model.fovea_source in ("random", "patch") else None}
@@ -539,7 +540,7 @@ class Scorer:
 
         model, device = self.model, self.device
         with torch.inference_mode():
-            periph = model.normalize([_uint8(p).to(device) for p in periphs])
+            periph = model.normalize_peripheral([_uint8(p).to(device) for p in periphs])
             feat = model.peripheral_descriptor(periph)
             if not model.needs_fovea:
                 probs = torch.softmax(model(periph_feat=feat).float(), dim=1)
@@ -547,7 +548,7 @@ class Scorer:
                 probs = 0
                 crops = len(seconds[0])
                 for k in range(crops):
-                    fovea = model.normalize(torch.stack([_uint8(s[k]) for s in seconds]).to(device))
+                    fovea = model.normalize_foveal(torch.stack([_uint8(s[k]) for s in seconds]).to(device))
                     probs = probs + torch.softmax(model(periph_feat=feat, fovea=fovea).float(), dim=1)
                 probs = probs / crops
         return probs.cpu().double().numpy()

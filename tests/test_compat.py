@@ -199,3 +199,34 @@ def test_checkpoint_with_other_buckets_or_view_size_is_refused(data, tmp_path):
         check_fit(ckpt, replace(run, view_size=224), model="ckpt", data="shards")
     with pytest.raises(FitError, match="tau 0.7 vs 0.5"):
         check_fit(ckpt, replace(run, tau=0.5), model="ckpt", data="shards")
+
+
+# ----------------------------------------------------------------------------- the two subnets
+
+def test_subnets_this_installation_builds_otherwise_are_refused_and_another_timm_version_warned(made):
+    import timm
+
+    from gpf.model.gpf import GPFNet
+    from gpf.model.checkpoint import stage2_checkpoint
+    from gpf.pipeline.compat import subnet_differences
+
+    ckpt = made["ckpt"]["gpf"]
+    assert subnet_differences(ckpt) == ([], [])
+    model = GPFNet("timm:resnet10t", "gpf", 10, peripheral_backbone="tiny", branch_width=4, fusion_width=4)
+    two = stage2_checkpoint(model, ckpt.attention, view_size=EVAL_VIEW, threshold=5.0, scores=list(SCORES))
+    assert fit_of_checkpoint(two, made).warnings == []
+    two.model_config["subnets"]["foveal"]["timm_version"] = "0.0.1"
+    warnings = fit_of_checkpoint(two, made).warnings
+    assert warnings == [f"its foveal subnet timm:resnet10t was made with timm 0.0.1, this is timm {timm.__version__} "
+                        "(it builds the same C, mean/std and minimum input)"]
+    two.model_config["subnets"]["foveal"]["mean"] = [0.5, 0.5, 0.5]
+    with pytest.raises(FitError, match=r"model.pt: its foveal subnet timm:resnet10t was saved as mean \[0.5, 0.5, 0.5\] "
+                                       r"\(here \[0.485, 0.456, 0.406\]\) \(made with timm 0.0.1: install timm==0.0.1\)"):
+        fit_of_checkpoint(two, made)
+    two.model_config["subnets"]["peripheral"]["backbone"] = "timm:no_such_net"
+    with pytest.raises(FitError, match="its peripheral subnet timm:no_such_net cannot be built here"):
+        check_self_consistent(two, "model.pt")
+
+
+def fit_of_checkpoint(checkpoint, made):
+    return check_fit(checkpoint, made["run"], model="model.pt", data="the shards in S", random_crops=2)

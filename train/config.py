@@ -73,12 +73,14 @@ class Stage2Config(TrainConfig):
     shards: str | None = None
     variant: str = vocabulary.DEFAULT_VARIANT   # see gpf.vocabulary.VARIANTS
     stage1: str | None = None         # stage-1 checkpoint or run folder: the attention model (and peripheral init)
+    peripheral_backbone: str | None = None   # the peripheral subnet (default: the network that made the shards)
     peripheral_weights: str | None = None   # peripheral init instead of the stage-1 model: imagenet | PATH | none
     train_peripheral: bool = False    # fine-tune the peripheral too (the paper freezes it)
     use_features: str = "auto"        # stored peripheral descriptors: auto | yes | no
     emd_r: int = vocabulary.EMD_R_TRAIN
     branch_width: int = 2048          # F_c of Table II (per-column FC width)
     fusion_width: int = 4096          # FC of Table II
+    gif_width: int | list | None = None   # GIF W1: one for both branches or [peripheral, foveal] (default: each subnet's)
     dropout: float = 0.5              # after each hidden FC layer (the paper does not say; VGG uses 0.5)
 
 
@@ -192,6 +194,11 @@ def validate(cfg: TrainConfig) -> None:
             value = getattr(cfg, name)
             need(_is_int(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
         need(_is_number(cfg.dropout) and 0 <= cfg.dropout < 1, f"dropout must be in [0, 1), got {cfg.dropout!r}")
+        need(cfg.peripheral_backbone is None or isinstance(cfg.peripheral_backbone, str),
+             f"peripheral_backbone must be a name, got {cfg.peripheral_backbone!r}")
+        widths = cfg.gif_width if isinstance(cfg.gif_width, list) else [cfg.gif_width]
+        need(cfg.gif_width is None or (len(widths) in (1, 2) and all(_is_int(w) and w >= 1 for w in widths)),
+             f"gif_width must be a positive integer or a [peripheral, foveal] pair of them, got {cfg.gif_width!r}")
         need(isinstance(cfg.train_peripheral, bool),
              f"train_peripheral must be true or false, got {cfg.train_peripheral!r}")
     if problems:

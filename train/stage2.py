@@ -5,10 +5,14 @@ peripheral subnet, and start to train the foveal subnet and the GIF module."
 The loss is the EMD between the predicted and the voted score distributions
 with r = 2 (section III-C).
 
-* The peripheral conv layers come from the stage-1 model (``--stage1``, or the
-  one the shards' manifest names) or from ``--peripheral-weights``; they are
-  frozen and kept in eval mode, so their weights and batch-norm statistics stay
-  bit-identical.
+* The two subnets may differ. The peripheral subnet is the network that made
+  the shards' crops (the stage-1 model of ``--stage1`` or the manifest) unless
+  ``--peripheral-backbone`` names another; its conv layers come from that network
+  or from ``--peripheral-weights``; they are frozen and kept in eval mode, so
+  their weights and batch-norm statistics stay bit-identical. ``--backbone``
+  names the foveal subnet (any registered backbone or ``timm:NAME``, started from
+  ``--weights``); for ``single``, its one column. GIF sizes one bottleneck per
+  branch from that branch's C (``--gif-width`` overrides).
 * The checkpoint embeds the attention model that made the shards' crops
   (stage-1 weights whose digest must equal the manifest's, tau, EB layer,
   contrastive flag, view size) and the score scale, threshold and N, so
@@ -208,29 +212,59 @@ def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Checkp
     return Attention(attention_block(model, **settings), None, f"ImageNet classifier {backbone} ({weights})")
 
 
+def peripheral_backbone(cfg: Stage2Config, attention: Attention) -> str:
+    """The peripheral subnet's backbone: ``--peripheral-backbone``, by default the network that made the
+    shards' crops (the stage-1 model; paper IV-B: stage 2 keeps it, frozen). ``single`` has one column,
+    the ``--backbone``."""
+    if get_variant(cfg.variant).columns == 1:
+        if cfg.peripheral_backbone and cfg.peripheral_backbone != cfg.backbone:
+            raise Stage2Error(f"the {cfg.variant!r} variant has one column, --backbone {cfg.backbone}; "
+                              f"--peripheral-backbone {cfg.peripheral_backbone} does not apply")
+        return cfg.backbone
+    if not get_variant(cfg.variant).frozen:      # Random-VGG16: both columns are the backbone, fine-tuned
+        return cfg.peripheral_backbone or cfg.backbone
+    return cfg.peripheral_backbone or attention.block.stage1_config.get("backbone") or cfg.backbone
+
+
+def _fallback_weights(cfg: Stage2Config, name: str) -> str:
+    """Initial peripheral weights when neither --peripheral-weights nor the attention model applies."""
+    if name == cfg.backbone or cfg.weights in ("imagenet", "none"):
+        return cfg.weights
+    raise Stage2Error(f"the peripheral subnet {name} is not the network that made the shards, and --weights "
+                      f"{cfg.weights} is a file for the foveal subnet {cfg.backbone}: pass --peripheral-weights "
+                      "imagenet|PATH|none")
+
+
 def init_peripheral(model, cfg: Stage2Config, attention: Attention, log) -> str:
-    """Load the peripheral conv layers; returns a description of where they came from."""
+    """Load the peripheral subnet's weights; returns a description of where they came from.
+
+    ``--peripheral-weights`` if given; else the attention model's features when the peripheral is
+    that network (the stage-1 model, or the ImageNet classifier that made the crops); else ``--weights``.
+    """
     from ..model.backbones import create_backbone
 
+    name = model.peripheral_spec.name
     if cfg.peripheral_weights:
-        source = create_backbone(cfg.backbone, cfg.peripheral_weights)
+        source = create_backbone(name, cfg.peripheral_weights)
         model.peripheral.load_state_dict(source.features.state_dict())
         return f"--peripheral-weights {cfg.peripheral_weights}"
     if not get_variant(cfg.variant).frozen:
-        return f"--weights {cfg.weights} (the {cfg.variant!r} baseline fine-tunes its first column)"
-    stage1 = attention.stage1
-    if stage1 is not None:
-        trained_on = stage1.model_config.get("backbone")
-        if trained_on == cfg.backbone:
-            model.load_peripheral_from_stage1(stage1)
-            return f"stage-1 model ({attention.description})"
-        if cfg.stage1:
-            raise Stage2Error(f"--stage1 holds a {trained_on!r} peripheral but --backbone is {cfg.backbone!r}; "
-                              f"train stage 2 with --backbone {trained_on}, or start the peripheral from "
-                              "--peripheral-weights imagenet|PATH")
-        log(f"the stage-1 model that made the shards is a {trained_on!r}, not {cfg.backbone!r}: "
-            f"the peripheral starts from --weights {cfg.weights}")
-    return f"--weights {cfg.weights}"
+        weights = _fallback_weights(cfg, name)
+        model.peripheral.load_state_dict(create_backbone(name, weights).features.state_dict())
+        return f"--weights {weights} (the {cfg.variant!r} baseline fine-tunes its first column)"
+    trained_on = attention.block.stage1_config.get("backbone")
+    if trained_on == name:
+        model.load_peripheral_from_stage1(attention.block.stage1_state_dict)
+        return f"the attention model ({attention.description})"
+    if cfg.stage1 and get_variant(cfg.variant).columns == 1:
+        raise Stage2Error(f"--stage1 holds a {trained_on!r} peripheral but the {cfg.variant!r} column is --backbone "
+                          f"{name!r}; train with --backbone {trained_on}, or start the column from "
+                          "--peripheral-weights imagenet|PATH")
+    weights = _fallback_weights(cfg, name)
+    log(f"the network that made the shards is a {trained_on!r}, not {name!r}: the peripheral subnet starts "
+        f"from --weights {weights}")
+    model.peripheral.load_state_dict(create_backbone(name, weights).features.state_dict())
+    return f"--weights {weights}"
 
 
 def features_match(model, attention: Attention) -> bool:
@@ -296,15 +330,15 @@ class Stage2Task(Task):
 
     # -- model
     def _forward(self, forward, batch):
-        device, normalize = self.ctx.device, self.model.normalize
+        device, model = self.ctx.device, self.model
         periph = feat = fovea = None
         if self.use_features:
             feat = batch["pfeat"].to(device, non_blocking=True)
         else:
-            periph = images_to_device(batch[self.first], device, normalize, self.channels_last)
+            periph = images_to_device(batch[self.first], device, model.normalize_peripheral, self.channels_last)
         if self.second is not None:
             second = batch["patch"][:, 0] if self.second == "patch" else batch[self.second]
-            fovea = images_to_device(second, device, normalize, self.channels_last)
+            fovea = images_to_device(second, device, model.normalize_foveal, self.channels_last)
         logits = forward(periph=periph, fovea=fovea, periph_feat=feat)
         votes = batch["votes"].to(device, non_blocking=True)
         target = votes / votes.sum(dim=1, keepdim=True)
@@ -365,6 +399,9 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
         reasons.append("--train-peripheral changes the peripheral, so stored features go stale")
     elif facts.run.features_digest and facts.run.features_digest != attention.block.stage1_digest:
         reasons.append("the stored features were computed by another network than the shards' attention model")
+    elif model.peripheral_spec.name != attention.block.stage1_config.get("backbone"):
+        reasons.append(f"the peripheral subnet ({model.peripheral_spec.name}) is not the network that computed "
+                       f"the stored features ({attention.block.stage1_config.get('backbone')})")
     elif not features_match(model, attention):
         reasons.append("the frozen peripheral is not the network that computed the stored features "
                        "(start it from the stage-1 model that made the shards)")
@@ -432,7 +469,9 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
         raise Stage2Error("no backbone: pass --backbone NAME (see `gpf models`)")
     from ..model.backbones import get_spec
 
-    get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
+    for name in (cfg.backbone, cfg.peripheral_backbone):
+        if name:
+            get_spec(name)      # an unknown name fails before the run folder is made
     manifest = read_manifest(cfg.shards)
     if not manifest.complete:
         raise Stage2Error(f"{cfg.shards}: preprocessing has not finished (manifest.json says complete: false); "
@@ -467,7 +506,9 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
         seed_init(cfg.seed)
         model = GPFNet(cfg.backbone, cfg.variant, facts.num_classes,
                        weights="none" if state is not None else cfg.weights,
-                       branch_width=cfg.branch_width, fusion_width=cfg.fusion_width, dropout=float(cfg.dropout))
+                       peripheral_backbone=peripheral_backbone(cfg, attention), peripheral_weights="none",
+                       branch_width=cfg.branch_width, fusion_width=cfg.fusion_width, gif_hidden=cfg.gif_width,
+                       dropout=float(cfg.dropout))
         if state is None:
             log(f"peripheral from {init_peripheral(model, cfg, attention, log)}; attention model: "
                 f"{attention.description}")
