@@ -219,5 +219,5 @@ def test_another_peripheral_backbone_is_started_from_the_given_weights_and_skips
     ckpt = load_checkpoint(result.last_checkpoint, expect="stage2")
     assert (ckpt.model_config["peripheral_backbone"], ckpt.model_config["backbone"]) == ("small", "tiny")
     assert ckpt.shards["features_used"] is False
-    with pytest.raises(Stage2Error, match="'single' variant has one column"):
-        train_stage2(stage2_config(data, tmp_path / "single", variant="single", peripheral_backbone="small"))
+    with pytest.raises(Stage2Error, match="'single-frozen' variant has one column"):
+        train_stage2(stage2_config(data, tmp_path / "single", variant="single-frozen", peripheral_backbone="small"))
