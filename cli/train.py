@@ -179,7 +179,9 @@ def stage1(kind, root, val_size, split_seed, image_root, threshold, path_column,
 @click.option("--shards", type=click.Path(exists=True, file_okay=False), default=None,
               help="Shard folder made by `gpf preprocess`.")
 @click.option("--variant", type=click.Choice(VARIANT_NAMES), default=None,
-              help=default_help("gpf (gated fusion), pf (concat), random (random crops), single (peripheral only)",
+              help=default_help("gpf (gated fusion), pf (concat); Table I baselines as the paper ran them: single "
+                                "(warped photo, fine-tuned), single-periph, random (warped photo + fresh patches); "
+                                "with the frozen stage-1 column: single-frozen, random-frozen (stored crops)",
                                 Stage2Config, "variant"))
 @click.option("--stage1", "stage1_ckpt", type=click.Path(exists=True), default=None,
               help="Stage-1 checkpoint or run folder: the attention model that made the shards, and the "
