@@ -25,7 +25,6 @@ import json
 import os
 from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 from ..errors import GPFError

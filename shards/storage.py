@@ -626,6 +626,10 @@ class ObjectStream:
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = self.size - self.position
+        if 0 < n <= len(self._buffer):            # the common case: a tar header or a member inside one chunk
+            take, self._buffer = self._buffer[:n], self._buffer[n:]
+            self.position += n
+            return take.tobytes()
         parts = []
         while n > 0:
             if not len(self._buffer) and not self._refill():
