@@ -77,6 +77,22 @@ def test_a_rerun_into_the_bucket_resumes_and_a_different_run_is_refused(runs, s3
     assert "--overwrite" in message
 
 
+def test_overwrite_on_a_prefix_deletes_only_the_keys_gpf_names(runs, s3_server):
+    url = s3_server.make_bucket() + "/shards"
+    s3_server.upload_folder(runs["local"], url)
+    bucket, client = url[5:].partition("/")[0], s3_server.client()
+    foreign = {"shards/notes.txt": b"mine", "shards/backup.tar": b"mine", "shards/meta/mine.parquet": b"mine",
+               "shards-other/train-000000.tar": b"mine"}
+    for key, body in foreign.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    result = invoke([*runs["command"], "--split", "test", "--overwrite", "--out", url, *_options(s3_server)])
+    assert result.exit_code == 0, result.output
+    objects = s3_server.objects(f"s3://{bucket}")
+    assert all(objects[key] == body for key, body in foreign.items())
+    assert not any(key.startswith("shards/train-") for key in objects)       # the old run's train shards went
+    assert json.loads(objects["shards/preprocess.json"])["config"]["split"] == "test"
+
+
 def test_verify_and_info_read_the_bucket(runs, s3_server):
     result = invoke(["shards", "verify", runs["url"], *_options(s3_server)])
     assert result.exit_code == 0 and "20 sample(s) checked (decoded every member): OK" in result.output

@@ -212,3 +212,10 @@ def test_killed_upload_leaves_no_object_and_the_next_writer_aborts_it(s3_server,
     upload.commit()
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
     assert (place / "x.tar").read_bytes() == b"new"
+
+
+def test_cli_names_the_extra_of_a_missing_filesystem_in_one_line(monkeypatch):
+    from helpers.cli import refused
+
+    monkeypatch.setitem(sys.modules, "gcsfs", None)
+    refused(["shards", "info", "gs://bucket/shards"], "gs://bucket/shards", "pip install 'gpf[gcs]'")
