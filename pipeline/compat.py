@@ -201,3 +201,15 @@ def check_self_consistent(checkpoint: Checkpoint, source: str) -> None:
         raise FitError(f"{source}: the attention model it embeds did not make the crops it was trained on "
                        f"({'; '.join(diffs)}); the file is damaged or was edited: use the checkpoint "
                        "`gpf train stage2` wrote")
+
+
+def checkpoint_location(where, prefer: str = "best"):
+    """The local file of a checkpoint given as a file or run folder, local or at a URL (a URL is fetched
+    once per process by :func:`gpf.shards.storage.local_file`); see
+    :func:`gpf.model.checkpoint.resolve_checkpoint_path`. Name it in messages and records with
+    :func:`gpf.shards.storage.public_url` of ``where``, not this path."""
+    from ..model.checkpoint import resolve_checkpoint_path
+    from ..shards.storage import local_file
+
+    names = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+    return resolve_checkpoint_path(local_file(where, within=names), prefer)

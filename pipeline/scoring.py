@@ -38,7 +38,8 @@ import numpy as np
 from ..errors import GPFError
 from ..fsutil import commit, temp_path
 from ..vocabulary import TAU
-from ..model.checkpoint import Checkpoint, resolve_checkpoint_path
+from ..model.checkpoint import Checkpoint
+from ..shards.storage import Location, as_location, is_url, public_url
 from .attend import AttentionModel, Attended, attend_views
 
 DEFAULT_BATCH_SIZE = 32
@@ -119,6 +120,8 @@ def image_id_of(source, index: int = 0) -> str:
     ``gpf preprocess`` seeds them with the dataset id), whatever id a result is
     reported under, and the id of a result when no other is given.
     """
+    if isinstance(source, Location):
+        return Path(source.name).stem
     if isinstance(source, (str, os.PathLike)):
         return Path(source).stem
     filename = getattr(source, "filename", None)
@@ -137,6 +140,8 @@ def load_source(source, max_pixels: int | None):
     """``(upright RGB image, path or None)`` of a path or a PIL image; raises ImageError."""
     from .images import load_image, upright_rgb
 
+    if isinstance(source, Location) and source.remote:
+        return _load_remote(source, max_pixels), str(source)
     if isinstance(source, (str, os.PathLike)):
         return load_image(source, max_pixels=max_pixels), str(source)
     if hasattr(source, "size") and hasattr(source, "mode"):
@@ -145,9 +150,48 @@ def load_source(source, max_pixels: int | None):
     raise TypeError(f"expected an image path or a PIL.Image, got {type(source).__name__}")
 
 
+def _load_remote(location: Location, max_pixels: int | None):
+    """An image at a URL, decoded exactly as :func:`gpf.pipeline.images.load_image` decodes a file (from a temp
+    copy); errors name the URL."""
+    import tempfile
+
+    from ..shards.storage import StorageError, StorageNotFoundError
+    from .images import ImageError, load_image
+
+    try:
+        data = location.read_bytes()
+    except StorageNotFoundError:
+        raise ImageError(str(location), "missing", "no such object") from None
+    except StorageError as exc:
+        raise ImageError(str(location), "unreadable", str(exc).partition(": ")[2] or str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="gpf-image-") as folder:
+        copy = Path(folder) / (Path(location.name).name or "image")
+        copy.write_bytes(data)
+        try:
+            return load_image(copy, max_pixels=max_pixels)
+        except ImageError as exc:
+            raise ImageError(str(location), exc.status, exc.reason.replace(str(copy), str(location))) from None
+
+
+def _walk_url(location: Location, recursive: bool) -> Iterator[tuple[Location, str]]:
+    """The image objects below a URL prefix (sorted by key, hidden names skipped), or the URL itself."""
+    below = location.find(recursive)
+    if not below:
+        yield location, location.name
+        return
+    for relative in below:
+        parts = relative.split("/")
+        if not any(p.startswith(".") for p in parts) and Path(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS:
+            yield location.join(relative), relative
+
+
 def _walk_inputs(paths: Iterable[str | os.PathLike], recursive: bool) -> Iterator[tuple[Path, str]]:
-    """``(file, id before de-duplication)`` of :func:`iter_image_files`; the id rule is :func:`named_image_files`'s."""
+    """``(file, id before de-duplication)`` of :func:`iter_image_files`; the id rule is :func:`named_image_files`'s.
+    A URL gives :class:`~gpf.shards.storage.Location` files."""
     for given in paths:
+        if is_url(given):
+            yield from _walk_url(as_location(given), recursive)
+            continue
         path = Path(given)
         if not path.is_dir():
             yield path, path.name
@@ -206,7 +250,7 @@ def named_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True
     """
     found, seen = [], set()
     for file, image_id in _walk_inputs(paths, recursive):
-        key = os.path.realpath(file)
+        key = file.url if isinstance(file, Location) else os.path.realpath(file)
         if key not in seen:
             seen.add(key)
             found.append((file, image_id))
@@ -256,10 +300,11 @@ def load_stage2_checkpoint(checkpoint) -> tuple[Checkpoint, Path]:
     Refuses, with one line saying what to pass instead, a stage-1 checkpoint.
     """
     from ..model.checkpoint import load_checkpoint
-    from .compat import check_self_consistent
+    from .compat import check_self_consistent, checkpoint_location
 
-    path = resolve_checkpoint_path(checkpoint)
+    path = checkpoint_location(checkpoint)
     ckpt = load_checkpoint(path)
+    path = public_url(checkpoint) if is_url(checkpoint) else path
     if ckpt.kind == "stage1":
         raise ScoringError(
             f"{path} is a stage-1 checkpoint (the peripheral attention model only): it predicts no score "
@@ -622,7 +667,9 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
         raise ScoringError(f"tau must be in (0, 1] (the paper uses {TAU}), got {tau}")
     if view_size is not None and view_size < 8:
         raise ScoringError(f"view size must be at least 8 pixels, got {view_size}")
-    path = resolve_checkpoint_path(checkpoint)
+    from .compat import checkpoint_location
+
+    path = checkpoint_location(checkpoint)
     ckpt = load_checkpoint(path)
     device = resolve_device(device)
     if ckpt.kind == "stage2":
@@ -673,17 +720,26 @@ class ParquetResultWriter:
     for any number of photos; the file appears under its name only when
     :meth:`close` succeeds (temp file + rename), so a crash never leaves a
     half-written file that looks complete. ``metadata`` (plain JSON) is stored
-    in the file's schema metadata under ``gpf``.
+    in the file's schema metadata under ``gpf``. ``path`` may be a URL: the file
+    is then written locally and uploaded on :meth:`close`.
     """
 
     def __init__(self, path, metadata: dict | None = None, rows_per_group: int = 1024):
         import json
+        import tempfile
 
         import pyarrow.parquet as pq
 
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temp_path(self.path)
+        self.location = as_location(path)
+        if self.location.remote:
+            self.path = self.location
+            handle, tmp = tempfile.mkstemp(prefix="gpf-predict-", suffix=".parquet")
+            os.close(handle)
+            self._tmp = Path(tmp)
+        else:
+            self.path = self.location.local
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = temp_path(self.path)
         schema = _parquet_schema()
         if metadata:
             schema = schema.with_metadata({"gpf": json.dumps(metadata, sort_keys=True)})
@@ -706,9 +762,15 @@ class ParquetResultWriter:
             self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
             self._rows = []
 
-    def close(self) -> Path:
+    def close(self) -> Path | Location:
         self._flush()
         self._writer.close()
+        if self.location.remote:
+            try:
+                self.location.put_file(self._tmp)
+            finally:
+                self._tmp.unlink(missing_ok=True)
+            return self.location
         return commit(self._tmp, self.path)
 
     def abort(self) -> None:
