@@ -164,6 +164,13 @@ def summarise_raw_vs_shards(text: str) -> list[SummaryRow]:
     return rows
 
 
+def summarise_s3_loader(text: str) -> list[SummaryRow]:
+    return [SummaryRow(f"loader from a loopback S3 server, {row['path']}", "— (a record)",
+                       f"{row['vs local disk']} of local disk ({row['samples/s']} samples/s); server CPU "
+                       f"{row['S3 server CPU (share of one core)']}", None)
+            for row in table_with(text, "vs local disk") if row["path"].startswith("s3")]
+
+
 def summarise_train(text: str) -> list[SummaryRow]:
     return [SummaryRow(f"stage-2 CPU step, {row['peripheral input']}", "—",
                        f"{row['samples/s']} samples/s, data-wait {row['data-wait']}, {row['speed-up']}", None)
@@ -204,6 +211,9 @@ BENCHMARKS = (
     Benchmark("preprocess", "Whole preprocess", "bench_preprocess.py", summarise=summarise_preprocess),
     Benchmark("loader", "Shard loader", "bench_loader.py", full=("--samples", "512", "--repeat", "7"),
               quick=("--samples", "128", "--repeat", "2"), summarise=summarise_loader),
+    Benchmark("s3_loader", "Shard loader from object storage (loopback S3)", "bench_s3_loader.py",
+              full=("--samples", "512", "--repeat", "5"), quick=("--samples", "128", "--repeat", "2"),
+              summarise=summarise_s3_loader),
     Benchmark("raw_vs_shards", "Shard loader vs the raw-JPEG path", "bench_raw_vs_shards.py",
               summarise=summarise_raw_vs_shards),
     Benchmark("train", "Stage-2 training, data-wait", "bench_train.py", summarise=summarise_train),

@@ -88,6 +88,44 @@ def collect_dataset_options(kind: str, val_size, split_seed, image_root, thresho
     return opts
 
 
+class Location(click.ParamType):
+    """A local path (checked like ``click.Path``) or a URL fsspec opens (``s3://``, ``gs://`` ...), passed on as a
+    string; a URL is checked when it is opened (one line naming it)."""
+
+    name = "path|url"
+
+    def __init__(self, exists: bool = False, file_okay: bool = True, dir_okay: bool = True):
+        self._path = click.Path(exists=exists, file_okay=file_okay, dir_okay=dir_okay)
+
+    def convert(self, value, param, ctx):
+        from ..shards.storage import is_url
+
+        if is_url(value):
+            return value
+        return self._path.convert(value, param, ctx)
+
+
+def storage_options(fn):
+    """``--storage-options JSON`` for a command that takes locations: fsspec options (e.g. an S3 ``endpoint_url``)
+    for every URL of the command, kept in memory only (see docs/shards.md, Storage)."""
+    @click.option("--storage-options", "storage_options_json", default=None, metavar="JSON",
+                  help="fsspec storage options for the command's URLs as a JSON object, e.g. "
+                       "'{\"endpoint_url\": \"http://minio:9000\"}' (credentials also come from the environment "
+                       "and the provider's config files); never written to disk.")
+    @functools.wraps(fn)
+    def wrapper(*args, storage_options_json=None, **kwargs):
+        from ..errors import GPFError
+        from ..shards.storage import parse_options, using_options
+
+        try:
+            options = parse_options(storage_options_json)
+        except GPFError as exc:
+            raise click.BadParameter(str(exc), param_hint="--storage-options") from None
+        with using_options(options):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def config_default(cls: type, name: str):
     """The default of field ``name`` of the library config dataclass ``cls``: the CLI never repeats one."""
     for item in dataclasses.fields(cls):

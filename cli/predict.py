@@ -8,8 +8,9 @@ from collections import Counter
 
 import click
 
-from .common import echo_err, friendly_errors
+from .common import Location, echo_err, friendly_errors, storage_options
 from ..pipeline import scoring
+from ..shards.storage import public_url
 from ..vocabulary import DEVICE, DEVICE_CHOICES, cli_text
 
 _HEADER = f"{'mean':>6} {'std':>6} {'class':<5} {'box x0,y0,x1,y1':<20} image"
@@ -39,12 +40,13 @@ def _beside_the_bar():
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--checkpoint", required=True, type=click.Path(exists=True),
-              help="Stage-2 checkpoint file, or a run folder (best.pt, else last.pt).")
+@click.argument("images", nargs=-1, required=True, type=Location())
+@click.option("--checkpoint", required=True, type=Location(exists=True),
+              help="Stage-2 checkpoint file, or a run folder (best.pt, else last.pt); local or a URL.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout instead of the table.")
-@click.option("--parquet", "parquet_out", type=click.Path(dir_okay=False),
-              help="Write one row per image here (id, path, mean, std, distribution, high, box, status, error).")
+@click.option("--parquet", "parquet_out", type=Location(dir_okay=False),
+              help="Write one row per image here, a file or a URL (id, path, mean, std, distribution, high, box, "
+                   "status, error).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=scoring.DEFAULT_BATCH_SIZE, show_default=True,
               help="Photos per forward pass (memory, not results).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -57,10 +59,11 @@ def _beside_the_bar():
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Decompression-bomb limit in pixels (default as in preprocess).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
+@storage_options
 @friendly_errors
 def predict(images, checkpoint, as_json, parquet_out, batch_size, workers, device, random_crops, threshold,
             max_pixels, quiet):
-    """Score photos: IMAGES are files or folders (searched recursively for image files).
+    """Score photos: IMAGES are files or folders (searched recursively for image files), local or URLs.
 
     Prints a table (or JSON lines with --json; only a summary with --parquet
     alone). A photo's id is its path relative to the folder given (a/photo.jpg),
@@ -105,7 +108,7 @@ def predict(images, checkpoint, as_json, parquet_out, batch_size, workers, devic
     scored = statuses.pop("ok", 0)
     failed = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
     echo_err(f"scored {scored} of {len(files)} images" + (f" ({failed})" if failed else "")
-             + (f"; scores written to {parquet_out}" if parquet_out else ""))
+             + (f"; scores written to {public_url(parquet_out)}" if parquet_out else ""))
     if scored == 0:
         echo_err("Error: no image could be scored")
         sys.exit(1)

@@ -5,8 +5,8 @@ import sys
 
 import click
 
-from .common import (collect_dataset_options, command_line, config_default, dataset_options, error_text,
-                     friendly_errors, on_interrupt)
+from .common import (Location, collect_dataset_options, command_line, config_default, dataset_options, error_text,
+                     friendly_errors, on_interrupt, storage_options)
 from ..pipeline.preprocess import PreprocessConfig
 from ..vocabulary import DEVICE_CHOICES, SPLITS
 
@@ -22,13 +22,13 @@ def _preprocess_options_for(kind: str):
 
 def _preprocess_options(fn, folder: bool = True):
     options = [
-        click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-                     help="Folder for the shards, meta/ Parquet and manifest.json."),
-        click.option("--stage1", type=click.Path(exists=True),
-                     help="Stage-1 checkpoint (file or run folder) from `gpf train stage1`."),
+        click.option("--out", "out", required=True, type=Location(file_okay=False),
+                     help="Folder or URL (s3://bucket/prefix ...) for the shards, meta/ Parquet and manifest.json."),
+        click.option("--stage1", type=Location(exists=True),
+                     help="Stage-1 checkpoint (file or run folder, local or a URL) from `gpf train stage1`."),
         click.option("--backbone", help="Without --stage1: attention from this ImageNet classifier."),
         click.option("--weights", default=_default("weights"), show_default=True,
-                     help="With --backbone: imagenet | PATH | none."),
+                     help="With --backbone: imagenet | PATH | URL | none."),
         click.option("--tau", type=float, default=_default("tau"), show_default=True,
                      help="Share of the attention the crop must hold (paper Eq. 4)."),
         click.option("--view-size", type=int, default=_default("view_size"), show_default=True,
@@ -51,6 +51,13 @@ def _preprocess_options(fn, folder: bool = True):
                      help="K seeded random crops per image for the `random` baseline."),
         click.option("--store-features", is_flag=True,
                      help="Store the peripheral's pooled descriptor so stage 2 can skip its forward."),
+        click.option("--store-warped", is_flag=True,
+                     help="Store the whole photo warped to --view-size squared (warp.jpg, about +23 KiB a photo "
+                          "at 224 px, +65 % shard size) for the `single` and `random` baselines (Table I, as the "
+                          "paper ran them)."),
+        click.option("--store-original", is_flag=True,
+                     help="Store the photo at original resolution (orig.jpg, about as large as the source JPEG: "
+                          "about 4x the shard size; docs/shards.md) for the `random` baseline's fresh patches."),
         click.option("--seed", type=int, default=_default("seed"), show_default=True,
                      help="Seed of --limit's sample, which shard each image goes to, the random crops and a "
                           "--weights none network (the split's seed is --split-seed)."),
@@ -117,6 +124,7 @@ def _make_command(kind: str, root_help: str):
     @preprocess.command(name=kind, help=f"Preprocess {_NAMES[kind]}. ROOT: {root_help}")
     @click.argument("root", type=click.Path(exists=True))
     @_preprocess_options_for(kind)
+    @storage_options
     @on_interrupt(_interrupted)
     @friendly_errors
     def command(root, **kw):

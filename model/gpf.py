@@ -5,16 +5,21 @@
   Excitation Backprop runs on it.
 * :func:`imagenet_classifier`: the torchvision (or timm) ImageNet classifier in
   the same ``features`` + ``head`` shape, for attention without a stage-1 model.
-* :class:`GPFNet`: the stage-2 model in four variants (Table I):
+* :class:`GPFNet`: the stage-2 model in the variants of Table I
+  (:data:`gpf.vocabulary.VARIANTS`; the architecture depends only on the
+  columns and the fusion, what each column sees and trains is the trainer's):
 
-  ========  =======================================================  ==========
-  variant   columns                                                   fusion
-  ========  =======================================================  ==========
-  single    peripheral view only ("VGG16" row)                        none
-  random    peripheral view + a random crop ("Random-VGG16")          concat
-  pf        peripheral view + the attention crop ("PF-CNN")           concat
-  gpf       peripheral view + the attention crop ("GPF-CNN")          GIF gates
-  ========  =======================================================  ==========
+  =============  ==========================================================  ==========
+  variant        columns                                                      fusion
+  =============  ==========================================================  ==========
+  single         warped photo, fine-tuned ("VGG16" row as the paper ran it)   none
+  single-periph  peripheral view, fine-tuned                                  none
+  single-frozen  frozen stage-1 peripheral view                               none
+  random         warped photo + a fresh original-resolution patch              concat
+  random-frozen  frozen peripheral view + a stored random crop                concat
+  pf             peripheral view + the attention crop ("PF-CNN")              concat
+  gpf            peripheral view + the attention crop ("GPF-CNN")             GIF gates
+  =============  ==========================================================  ==========
 
   Every variant has the same head: per column Linear(C, 2048) + ReLU (F_c of
   Eq. 8), concatenation, Linear(., 4096) + ReLU (the "FC" row of Table II),
@@ -33,7 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import GPFError, OptionError
-from ..vocabulary import DEFAULT_VARIANT, VARIANT_NAMES, get_variant
+from ..vocabulary import DEFAULT_VARIANT, LEGACY_VARIANT_NAMES, VARIANT_NAMES, get_variant
 from ..vocabulary import VARIANTS as VARIANT_TABLE
 from .attention import check_eb_supported
 from .backbones import (Backbone, BackboneSpec, build_imagenet_head, create_backbone, get_spec, is_timm_name,
@@ -41,7 +46,7 @@ from .backbones import (Backbone, BackboneSpec, build_imagenet_head, create_back
 
 VARIANTS = VARIANT_NAMES
 VARIANT_DESCRIPTIONS = {name: v.description for name, v in VARIANT_TABLE.items()}
-FOVEA_SOURCE = {name: {"fovea": "attention", "random": "random", None: None}[v.second_view]
+FOVEA_SOURCE = {name: {"fovea": "attention", "random": "random", "patch": "patch", None: None}[v.second_view]
                 for name, v in VARIANT_TABLE.items()}
 BRANCH_WIDTH = 2048  # F^i_c of Table II
 FUSION_WIDTH = 4096  # FC of Table II
@@ -412,8 +417,14 @@ class GPFNet(nn.Module):
 
     @property
     def fovea_source(self) -> str | None:
-        """Where the second column's view comes from: ``'attention'``, ``'random'`` or None."""
+        """Where the second column's view comes from: ``'attention'`` (the tau crop), ``'random'`` (a
+        stored random crop), ``'patch'`` (a patch of the original-resolution photo) or None."""
         return FOVEA_SOURCE[self.variant]
+
+    @property
+    def first_view(self) -> str:
+        """What the first column sees: ``'periph'`` (aspect kept) or ``'warp'`` (the photo warped square)."""
+        return VARIANT_TABLE[self.variant].first_view
 
     def normalize_peripheral(self, images):
         """uint8 (or [0, 1] float) images -> the peripheral subnet's normalised input (its mean/std)."""
@@ -422,7 +433,7 @@ class GPFNet(nn.Module):
     def normalize_foveal(self, images):
         """uint8 (or [0, 1] float) images -> the foveal subnet's normalised input (its mean/std)."""
         if self.foveal_spec is None:
-            raise ValueError("variant 'single' has no foveal subnet")
+            raise ValueError(f"variant {self.variant!r} has no foveal subnet")
         return self.foveal_spec.normalize(images)
 
     def normalize(self, images):
@@ -457,7 +468,7 @@ class GPFNet(nn.Module):
     def foveal_descriptor(self, fovea: torch.Tensor) -> torch.Tensor:
         """Pooled foveal features ``[B, C_f]`` of the ``[B, 3, S, S]`` crops."""
         if self.foveal is None:
-            raise ValueError("variant 'single' has no foveal subnet")
+            raise ValueError(f"variant {self.variant!r} has no foveal subnet")
         check_images(fovea, self.foveal_spec, "fovea")
         return pooled_descriptor(self.foveal_spec, self.foveal, fovea)
 
@@ -484,7 +495,7 @@ class GPFNet(nn.Module):
         p = self._peripheral_input(periph, periph_feat)
         if not self.needs_fovea:
             if fovea is not None:
-                raise ValueError("variant 'single' takes no foveal view; pass fovea=None")
+                raise ValueError(f"variant {self.variant!r} takes no foveal view; pass fovea=None")
             return self.classifier(self.fusion(self.peripheral_fc(p)))
         if fovea is None:
             raise ValueError(f"variant {self.variant!r} needs the foveal view: fovea=[B, 3, S, S] "
@@ -560,7 +571,7 @@ class GPFNet(nn.Module):
                 "variant": self.variant, "num_classes": self.num_classes, "branch_width": self.branch_width,
                 "fusion_width": self.fusion_width,
                 "gif_hidden": None if self.gif_hidden is None else list(self.gif_hidden), "dropout": self.dropout,
-                "peripheral_frozen": self.peripheral_frozen, "subnets": subnets}
+                "peripheral_frozen": self.peripheral_frozen, "subnets": subnets, "first_view": self.first_view}
 
     def check_subnets(self, recorded: Mapping | None, source: str = "the checkpoint") -> None:
         """Refuse subnets that this installation builds otherwise than ``recorded`` (``config()['subnets']``):
@@ -609,6 +620,15 @@ def _config_value(config: Mapping, key: str, convert: Callable, default=_REQUIRE
         raise ModelError(f"model_config[{key!r}] is {value!r}, not a {what}{_DAMAGED_CONFIG}") from None
 
 
+def variant_of(config: Mapping) -> str:
+    """The variant of a stage-2 model config; ``single``/``random`` of a config that records no
+    ``first_view`` (gpf <= 0.2) are today's ``single-frozen``/``random-frozen``."""
+    variant = config.get("variant", DEFAULT_VARIANT)
+    if "first_view" not in config:
+        return LEGACY_VARIANT_NAMES.get(variant, variant)
+    return variant
+
+
 def build_model(config: Mapping) -> nn.Module:
     """Randomly initialised model of ``config`` (from ``model.config()``; extra keys ignored)."""
     kind = config.get("model")
@@ -621,7 +641,7 @@ def build_model(config: Mapping) -> nn.Module:
     if kind == "peripheral":
         return PeripheralNet(name, num_classes=_config_value(config, "num_classes", int, 2),
                              hidden=config.get("hidden"), dropout=_config_value(config, "dropout", float, 0.5))
-    variant = config.get("variant", DEFAULT_VARIANT)
+    variant = variant_of(config)
     two_columns = variant in VARIANT_TABLE and VARIANT_TABLE[variant].columns == 2
     model = GPFNet(name, variant, _config_value(config, "num_classes", int),
                    peripheral_backbone=config.get("peripheral_backbone") if two_columns else None,

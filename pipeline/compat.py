@@ -7,7 +7,9 @@ the same size, and — for the variants whose foveal view is the attention crop
 the same weights (digest), tau, EB layer and contrastive flag (paper Eq. 4: the
 crop is a function of all four). Other bucket scores or another threshold only
 change how predictions are read, so they are warnings, and the data's values win.
-The ``random`` variant needs stored random crops.
+The ``random-frozen`` variant needs stored random crops; ``single`` and ``random``
+need the warped photo (``warp.jpg``) and ``random`` the original-resolution photo
+(``orig.jpg``).
 
 ``gpf predict`` has no shards: it checks a checkpoint against the record of the
 shards it was trained on (kept in the checkpoint), which catches a checkpoint
@@ -27,8 +29,9 @@ from typing import Mapping
 
 from ..errors import GPFError
 from ..model.checkpoint import Checkpoint
+from ..model.gpf import variant_of
 from ..shards.manifest import RunFields
-from ..vocabulary import DEFAULT_VARIANT, get_variant
+from ..vocabulary import VARIANTS, get_variant
 
 
 class FitError(GPFError, ValueError):
@@ -60,6 +63,20 @@ def require_random_crops(variant: str, random_crops: int, data: str) -> None:
         raise FitError(f"the {variant!r} variant needs the random crops stored in shards, but none are stored in "
                        f"{data}; make them with `gpf preprocess ... --random-crops K` (e.g. K = 5) into a new "
                        "--out folder")
+
+
+def require_baseline_members(variant: str, run: RunFields, data: str) -> None:
+    """Refuse a variant that reads ``warp.jpg`` / ``orig.jpg`` on shards without them, naming the
+    preprocess option that stores them (Table I baselines as the paper ran them)."""
+    table = get_variant(variant)
+    lacking = [option for needed, stored, option in
+               ((table.needs_warped, run.warped, "--store-warped"), (table.needs_original, run.original,
+                                                                      "--store-original")) if needed and not stored]
+    if lacking:
+        frozen = f"{variant}-frozen"
+        also = f" (or train {frozen!r}, the frozen-column variant these shards suit)" if frozen in VARIANTS else ""
+        raise FitError(f"the {variant!r} variant needs {' and '.join(lacking)} members that {data} do not store; "
+                       f"re-run `gpf preprocess ... {' '.join(lacking)}` into a new --out folder{also}")
 
 
 def attention_differences(checkpoint: Checkpoint, run: RunFields) -> list[str]:
@@ -140,7 +157,7 @@ def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, 
     if checkpoint.threshold is not None and not math.isclose(checkpoint.threshold, run.threshold):
         fit.warnings.append(f"the checkpoint's threshold {checkpoint.threshold:g} differs from {run.threshold:g} "
                             f"of {data}; the data's is used")
-    variant = get_variant(checkpoint.model_config.get("variant", DEFAULT_VARIANT))
+    variant = get_variant(variant_of(checkpoint.model_config))
     if variant.needs_attention:
         unrecorded = run.attention_unrecorded
         if unrecorded:
@@ -157,6 +174,7 @@ def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, 
             fit.warnings.append(text)
     if random_crops is not None:
         require_random_crops(variant.name, random_crops, data)
+    require_baseline_members(variant.name, run, data)
     return fit
 
 
@@ -176,10 +194,22 @@ def check_self_consistent(checkpoint: Checkpoint, source: str) -> None:
     and one whose subnets this installation cannot rebuild as they were saved."""
     _refuse_subnets(checkpoint, source)
     run = trained_on(checkpoint)
-    if run is None or not get_variant(checkpoint.model_config.get("variant", DEFAULT_VARIANT)).needs_attention:
+    if run is None or not get_variant(variant_of(checkpoint.model_config)).needs_attention:
         return
     diffs = attention_differences(checkpoint, run)
     if diffs:
         raise FitError(f"{source}: the attention model it embeds did not make the crops it was trained on "
                        f"({'; '.join(diffs)}); the file is damaged or was edited: use the checkpoint "
                        "`gpf train stage2` wrote")
+
+
+def checkpoint_location(where, prefer: str = "best"):
+    """The local file of a checkpoint given as a file or run folder, local or at a URL (a URL is fetched
+    once per process by :func:`gpf.shards.storage.local_file`); see
+    :func:`gpf.model.checkpoint.resolve_checkpoint_path`. Name it in messages and records with
+    :func:`gpf.shards.storage.public_url` of ``where``, not this path."""
+    from ..model.checkpoint import resolve_checkpoint_path
+    from ..shards.storage import local_file
+
+    names = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+    return resolve_checkpoint_path(local_file(where, within=names), prefer)

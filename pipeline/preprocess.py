@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +34,8 @@ import numpy as np
 
 from .. import vocabulary
 from ..errors import GPFError
-from ..fsutil import atomic_write_bytes
-from ..model.checkpoint import resolve_checkpoint_path
 from ..model.device import resolve_device
+from ..shards.storage import Location, as_location, public_location_text
 from .attend import AttentionModel, attend_views
 from .progress import Progress
 
@@ -47,8 +45,12 @@ IDENTITY_KEYS = (
     "dataset", "root", "dataset_options", "stage1", "stage1_digest", "attention_digest", "backbone", "weights",
     "tau", "view_size", "eb_layer", "contrastive", "samples_per_shard", "split", "limit",
     "batch_size", "jpeg_quality", "random_crops", "store_features", "seed", "max_pixels",
+    "store_warped", "store_original",
 )
 
+
+#: Identity keys that may hold a URL: written without credentials or a signed URL's query.
+_LOCATION_KEYS = ("root", "stage1", "weights")
 
 #: Label problems the summary shows as ``file:line: problem``; the rest are in meta/.
 LABEL_PROBLEMS_SHOWN = 5
@@ -92,6 +94,8 @@ class PreprocessConfig:
     jpeg_quality: int = vocabulary.JPEG_QUALITY
     random_crops: int = 0
     store_features: bool = False
+    store_warped: bool = False        # warp.jpg: the whole photo warped to view_size^2 (Table I baselines)
+    store_original: bool = False      # orig.jpg: the photo at original resolution (Random-VGG16's patches)
     seed: int = vocabulary.SEED
     max_pixels: int = vocabulary.DEFAULT_MAX_PIXELS
     max_failure_rate: float = vocabulary.MAX_FAILURE_RATE
@@ -104,8 +108,10 @@ class PreprocessConfig:
     progress: bool = True
 
     def identity(self) -> dict:
+        """The keys that decide the shards' bytes, as written to preprocess.json and the manifest: a URL
+        without its credentials or signed-URL query (:func:`gpf.shards.storage.public_url`)."""
         data = dataclasses.asdict(self)
-        return {k: data[k] for k in IDENTITY_KEYS}
+        return {k: public_location_text(data[k]) if k in _LOCATION_KEYS else data[k] for k in IDENTITY_KEYS}
 
 
 @dataclass
@@ -115,7 +121,7 @@ class Summary:
     skipped_shards: int
     total_shards: int
     zero_attention: int
-    out: Path
+    out: Path | Location
     notes: list[str] = field(default_factory=list)   # the dataset's notes (absent test-list ids, ...)
     label_problems: list[str] = field(default_factory=list)  # the first few as 'file:line: problem'
     label_problem_count: int = 0                     # unusable label rows recorded in meta/
@@ -194,8 +200,12 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
     if cfg.stage1 and cfg.backbone:
         raise PreprocessError("give either --stage1 (a trained peripheral subnet) or --backbone/--weights, not both")
     if cfg.stage1:
-        path = resolve_checkpoint_path(cfg.stage1)
+        from ..shards.storage import is_url, public_url
+        from .compat import checkpoint_location
+
+        path = checkpoint_location(cfg.stage1)
         ckpt = ckpt_mod.load_checkpoint(path, expect="stage1")
+        path = public_url(cfg.stage1) if is_url(cfg.stage1) else path
         model = ckpt_mod.model_from_checkpoint(ckpt)
         digest = ckpt.digest
         split_spec = ckpt.split_spec
@@ -209,10 +219,12 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # --weights none: the same random network in every process
-            model = imagenet_classifier(cfg.backbone, weights=cfg.weights)
+            from ..shards.storage import localize
+
+            model = imagenet_classifier(cfg.backbone, weights=localize(cfg.weights))
         digest = ckpt_mod.state_dict_digest(model.state_dict())
         split_spec = trained_scale = None
-        description = {"kind": "imagenet", "backbone": model.spec.name, "weights": cfg.weights,
+        description = {"kind": "imagenet", "backbone": model.spec.name, "weights": public_location_text(cfg.weights),
                        "digest": digest}
     else:
         raise PreprocessError(
@@ -368,6 +380,7 @@ class _Worker:
                     sample[f"rand{k}.jpg"] = encode_jpeg(crop, cfg.jpeg_quality)
             if item.feature is not None:
                 sample["pfeat.npy"] = item.feature
+            sample.update(baseline_members(item.image, cfg))
             item.sample = sample
         except Exception as exc:
             item.status, item.error = "crop_error", f"{item.record.path}: {type(exc).__name__}: {exc}"
@@ -375,6 +388,18 @@ class _Worker:
             item.image = None  # free the full-resolution pixels as soon as possible
             item.periph = None
         return item
+
+
+def baseline_members(image, cfg: PreprocessConfig) -> dict[str, bytes]:
+    """``warp.jpg`` and ``orig.jpg`` of a full-resolution photo, as ``cfg`` asks (Table I baselines)."""
+    from .images import encode_jpeg, original_view, warped_view
+
+    members = {}
+    if cfg.store_warped:
+        members["warp.jpg"] = encode_jpeg(warped_view(image, cfg.view_size), cfg.jpeg_quality)
+    if cfg.store_original:
+        members["orig.jpg"] = encode_jpeg(original_view(image, cfg.view_size), cfg.jpeg_quality)
+    return members
 
 
 def attend(items: Sequence[_Item], att: AttentionModel, cfg: PreprocessConfig) -> int:
@@ -458,18 +483,28 @@ def plan_shards(items_by_split: dict[str, list[_Item]], cfg: PreprocessConfig) -
     return jobs
 
 
-def _prepare_out_dir(cfg: PreprocessConfig, environment: dict, out: Path) -> None:
-    """Refuse to mix runs: a folder made with another config or environment needs --overwrite."""
+def _prepare_out_dir(cfg: PreprocessConfig, environment: dict, out: Location) -> None:
+    """Refuse to mix runs: a folder (or URL prefix) made with another config or environment needs --overwrite."""
+    from ..shards.storage import StorageError
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.makedirs()
     except OSError as exc:  # a file in the way, no permission, read-only disk ...
         raise PreprocessError(f"cannot create the output folder --out {out}: {exc.strerror or exc}; "
                               "choose another --out") from None
     run_file = out / "preprocess.json"
     current = {"config": cfg.identity(), "environment": environment}
-    if run_file.exists():
+    try:
+        text = run_file.read_bytes()
+    except FileNotFoundError:
+        text = None
+    except StorageError:
+        if out.remote:
+            raise
+        text = b""
+    if text is not None:
         try:
-            previous = json.loads(run_file.read_text())
+            previous = json.loads(text)
         except ValueError:
             previous = None
         if previous != current and not cfg.overwrite:
@@ -487,7 +522,7 @@ def _prepare_out_dir(cfg: PreprocessConfig, environment: dict, out: Path) -> Non
             return
     if cfg.overwrite:
         _remove_outputs(out)
-    atomic_write_bytes(run_file, json.dumps(current, sort_keys=True, indent=1).encode())
+    run_file.write_bytes(json.dumps(current, sort_keys=True, indent=1).encode())
 
 
 def _diff_lines(old: dict, new: dict) -> list[str]:
@@ -495,18 +530,33 @@ def _diff_lines(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def _remove_outputs(out: Path) -> None:
-    for pattern in ("*.tar", "*.stats.json", "manifest.json", "*.tmp*", "preprocess.json"):
-        for path in out.glob(pattern):
-            path.unlink()
-    if (out / "meta").exists():
-        shutil.rmtree(out / "meta")
+def _remove_outputs(out: Location) -> None:
+    """Delete the files (or keys) gpf names in ``out`` — shard tars, stats, meta/ Parquets, temp files,
+    manifest.json, preprocess.json — and no other; abort unfinished uploads below it."""
+    from ..shards.layout import MANIFEST_NAME, META_DIR, PARQUET_SUFFIX, STATS_SUFFIX, TAR_SUFFIX, TEMP_SUFFIX, \
+        TEMP_PREFIX, parse_shard_name
+
+    def named_by_gpf(name: str, suffixes: tuple[str, ...]) -> bool:
+        if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+            name = name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)]
+        return any(name.endswith(s) and parse_shard_name(name[:-len(s)]) is not None for s in suffixes)
+
+    for name in out.list():
+        if name in (MANIFEST_NAME, "preprocess.json") or named_by_gpf(name, (TAR_SUFFIX, STATS_SUFFIX)) or \
+                name.startswith(f"{TEMP_PREFIX}{MANIFEST_NAME}"):
+            (out / name).delete()
+    meta = out / META_DIR
+    for name in meta.list():
+        if named_by_gpf(name, (PARQUET_SUFFIX,)):
+            (meta / name).delete()
+    out.abort_unfinished_uploads(lambda key: named_by_gpf(key.rpartition("/")[2], (TAR_SUFFIX, STATS_SUFFIX,
+                                                                                PARQUET_SUFFIX)))
 
 
 def run_preprocess(cfg: PreprocessConfig) -> Summary:
     """Run (or resume) the stage-1 pass described by ``cfg``; returns the summary of this rank."""
     from ..env_info import environment_summary
-    from ..shards.writer import is_shard_done, read_stats, write_shard
+    from ..shards.writer import done_shards, write_shard
 
     _validate(cfg)
     cfg.root = str(Path(cfg.root).resolve())
@@ -517,8 +567,9 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
     cfg.attention_digest = att.digest
     dataset = load_inputs(cfg, att)
     environment = dict(environment_summary(), device=device.type, cuda=None)
-    out = Path(cfg.out)
+    out = as_location(cfg.out)
     _prepare_out_dir(cfg, environment, out)
+    done = done_shards(out)
 
     items = select_items(cfg, dataset)
     jobs = plan_shards(items, cfg)
@@ -538,9 +589,9 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
             cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpf-write") as writer:
         pending_write: cf.Future | None = None
         for job in mine:
-            if is_shard_done(out, job.split, job.index):
+            if (job.split, job.index) in done:
                 skipped += 1
-                counts.update(read_stats(out, job.split, job.index).get("status_counts", {}))
+                counts.update(done[(job.split, job.index)].get("status_counts", {}))
                 progress.skip(len(job.items))
                 continue
             done_items, z = _process_shard(job, worker, att, cfg, pool, progress)
@@ -562,7 +613,7 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
 
     recorded = [p for p in dataset.problems if cfg.split == "all" or p.split == cfg.split]
     summary = Summary(counts=counts, written_shards=written, skipped_shards=skipped,
-                      total_shards=len(mine), zero_attention=zero, out=out, notes=list(dataset.notes),
+                      total_shards=len(mine), zero_attention=zero, out=out.local or out, notes=list(dataset.notes),
                       label_problems=problem_lines(recorded, LABEL_PROBLEMS_SHOWN),
                       label_problem_count=len(recorded))
     check_failure_rate(summary, cfg.max_failure_rate)
@@ -642,21 +693,23 @@ def shard_metadata(dataset) -> dict[str, str] | None:
     return {SCORE_COLUMNS_KEY: json.dumps(dataset.score_columns, sort_keys=True)}
 
 
-def _maybe_write_manifest(out: Path, jobs: Sequence[_ShardJob], cfg: PreprocessConfig,
+def _maybe_write_manifest(out: Location, jobs: Sequence[_ShardJob], cfg: PreprocessConfig,
                           environment: dict, att: AttentionModel, dataset) -> bool:
     """Write manifest.json once every shard of the job (all ranks) is done: complete when the
     shards hold at least one sample, else incomplete (a run that wrote nothing is not usable)."""
     from ..shards.manifest import RunFields, write_manifest
-    from ..shards.writer import is_shard_done, read_stats
+    from ..shards.writer import done_shards
 
-    if not all(is_shard_done(out, j.split, j.index) for j in jobs):
+    done = done_shards(out)
+    if not all((j.split, j.index) in done for j in jobs):
         return False
-    wrote = sum(int(read_stats(out, j.split, j.index).get("count", 0)) for j in jobs) > 0
+    wrote = sum(int(done[(j.split, j.index)].get("count", 0)) for j in jobs) > 0
     run = RunFields(dataset=dataset.name, scores=tuple(dataset.scores), threshold=dataset.threshold,
                     view_size=cfg.view_size, tau=cfg.tau, eb_layer=att.eb_layer, contrastive=cfg.contrastive,
                     stage1_digest=cfg.stage1_digest, attention_model=att.description,
                     features_digest=att.digest if cfg.store_features else None, split_spec=dataset.split_spec,
                     config=dict(cfg.identity(), num_classes=len(dataset.scores)), environment=environment,
-                    score_columns=getattr(dataset, "score_columns", None))
+                    score_columns=getattr(dataset, "score_columns", None),
+                    warped=bool(cfg.store_warped), original=bool(cfg.store_original))
     write_manifest(out, run, complete=wrote)
     return wrote

@@ -38,7 +38,8 @@ import numpy as np
 from ..errors import GPFError
 from ..fsutil import commit, temp_path
 from ..vocabulary import TAU
-from ..model.checkpoint import Checkpoint, resolve_checkpoint_path
+from ..model.checkpoint import Checkpoint
+from ..shards.storage import Location, as_location, is_url, public_url
 from .attend import AttentionModel, Attended, attend_views
 
 DEFAULT_BATCH_SIZE = 32
@@ -119,6 +120,8 @@ def image_id_of(source, index: int = 0) -> str:
     ``gpf preprocess`` seeds them with the dataset id), whatever id a result is
     reported under, and the id of a result when no other is given.
     """
+    if isinstance(source, Location):
+        return Path(source.name).stem
     if isinstance(source, (str, os.PathLike)):
         return Path(source).stem
     filename = getattr(source, "filename", None)
@@ -137,6 +140,8 @@ def load_source(source, max_pixels: int | None):
     """``(upright RGB image, path or None)`` of a path or a PIL image; raises ImageError."""
     from .images import load_image, upright_rgb
 
+    if isinstance(source, Location) and source.remote:
+        return _load_remote(source, max_pixels), str(source)
     if isinstance(source, (str, os.PathLike)):
         return load_image(source, max_pixels=max_pixels), str(source)
     if hasattr(source, "size") and hasattr(source, "mode"):
@@ -145,9 +150,48 @@ def load_source(source, max_pixels: int | None):
     raise TypeError(f"expected an image path or a PIL.Image, got {type(source).__name__}")
 
 
+def _load_remote(location: Location, max_pixels: int | None):
+    """An image at a URL, decoded exactly as :func:`gpf.pipeline.images.load_image` decodes a file (from a temp
+    copy); errors name the URL."""
+    import tempfile
+
+    from ..shards.storage import StorageError, StorageNotFoundError
+    from .images import ImageError, load_image
+
+    try:
+        data = location.read_bytes()
+    except StorageNotFoundError:
+        raise ImageError(str(location), "missing", "no such object") from None
+    except StorageError as exc:
+        raise ImageError(str(location), "unreadable", str(exc).partition(": ")[2] or str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="gpf-image-") as folder:
+        copy = Path(folder) / (Path(location.name).name or "image")
+        copy.write_bytes(data)
+        try:
+            return load_image(copy, max_pixels=max_pixels)
+        except ImageError as exc:
+            raise ImageError(str(location), exc.status, exc.reason.replace(str(copy), str(location))) from None
+
+
+def _walk_url(location: Location, recursive: bool) -> Iterator[tuple[Location, str]]:
+    """The image objects below a URL prefix (sorted by key, hidden names skipped), or the URL itself."""
+    below = location.find(recursive)
+    if not below:
+        yield location, location.name
+        return
+    for relative in below:
+        parts = relative.split("/")
+        if not any(p.startswith(".") for p in parts) and Path(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS:
+            yield location.join(relative), relative
+
+
 def _walk_inputs(paths: Iterable[str | os.PathLike], recursive: bool) -> Iterator[tuple[Path, str]]:
-    """``(file, id before de-duplication)`` of :func:`iter_image_files`; the id rule is :func:`named_image_files`'s."""
+    """``(file, id before de-duplication)`` of :func:`iter_image_files`; the id rule is :func:`named_image_files`'s.
+    A URL gives :class:`~gpf.shards.storage.Location` files."""
     for given in paths:
+        if is_url(given):
+            yield from _walk_url(as_location(given), recursive)
+            continue
         path = Path(given)
         if not path.is_dir():
             yield path, path.name
@@ -206,7 +250,7 @@ def named_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True
     """
     found, seen = [], set()
     for file, image_id in _walk_inputs(paths, recursive):
-        key = os.path.realpath(file)
+        key = file.url if isinstance(file, Location) else os.path.realpath(file)
         if key not in seen:
             seen.add(key)
             found.append((file, image_id))
@@ -256,10 +300,11 @@ def load_stage2_checkpoint(checkpoint) -> tuple[Checkpoint, Path]:
     Refuses, with one line saying what to pass instead, a stage-1 checkpoint.
     """
     from ..model.checkpoint import load_checkpoint
-    from .compat import check_self_consistent
+    from .compat import check_self_consistent, checkpoint_location
 
-    path = resolve_checkpoint_path(checkpoint)
+    path = checkpoint_location(checkpoint)
     ckpt = load_checkpoint(path)
+    path = public_url(checkpoint) if is_url(checkpoint) else path
     if ckpt.kind == "stage1":
         raise ScoringError(
             f"{path} is a stage-1 checkpoint (the peripheral attention model only): it predicts no score "
@@ -282,6 +327,7 @@ class _Work:
     error: str | None = None
     image: Any = None
     periph: Any = None
+    first: Any = None                            # the first column's input when not ``periph`` (``warp``)
     second: list = field(default_factory=list)   # foveal view, or the K random crops
     size: tuple[int, int] | None = None
     box: tuple[int, int, int, int] | None = None
@@ -290,8 +336,17 @@ class _Work:
 
     def fail(self, status: str, error: str) -> None:
         self.status, self.error = status, error
-        self.image = self.periph = None
+        self.image = self.periph = self.first = None
         self.second = []
+
+
+def _uint8(view):
+    """``uint8 [3, H, W]`` of a view: a PIL image, or a tensor already (the baselines' JPEG round trips)."""
+    import torch
+
+    from .images import to_uint8_tensor
+
+    return view if isinstance(view, torch.Tensor) else to_uint8_tensor(view)
 
 
 def _new_work(item, index: int = 0) -> _Work:
@@ -323,8 +378,9 @@ class Scorer:
 
     def __init__(self, model, attention: AttentionModel, *, view_size: int, scores: Sequence[float],
                  threshold: float | None, device, random_crops: int = DEFAULT_RANDOM_CROPS, seed: int = 0,
-                 max_pixels: int | None = None, workers: int = 0, source: str | None = None):
-        from ..vocabulary import DEFAULT_MAX_PIXELS
+                 max_pixels: int | None = None, workers: int = 0, source: str | None = None,
+                 jpeg_quality: int | None = None):
+        from ..vocabulary import DEFAULT_MAX_PIXELS, JPEG_QUALITY
 
         if not isinstance(random_crops, int) or isinstance(random_crops, bool) or random_crops < 1:
             raise ScoringError(f"random_crops must be a positive int, got {random_crops!r}")
@@ -340,6 +396,7 @@ class Scorer:
         self.threshold = threshold
         self.random_crops = random_crops
         self.seed = seed
+        self.jpeg_quality = JPEG_QUALITY if jpeg_quality is None else int(jpeg_quality)  # warp/orig round trip
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
         self.workers = workers or os.cpu_count() or 1
         self.source = source
@@ -368,6 +425,7 @@ class Scorer:
         """A scorer for a loaded stage-2 :class:`Checkpoint` (see :meth:`from_checkpoint`)."""
         from ..model.checkpoint import model_from_checkpoint
         from ..model.device import resolve_device
+        from .baselines import shards_jpeg_quality
 
         device = resolve_device(device)
         model = model_from_checkpoint(ckpt)
@@ -375,7 +433,8 @@ class Scorer:
         return cls(model, attention, view_size=ckpt.view_size, scores=ckpt.scores,
                    threshold=ckpt.threshold if threshold is None else float(threshold), device=device,
                    random_crops=random_crops or DEFAULT_RANDOM_CROPS, seed=ckpt.shards_seed,
-                   max_pixels=max_pixels, workers=workers, source=source)
+                   max_pixels=max_pixels, workers=workers, source=source,
+                   jpeg_quality=shards_jpeg_quality(ckpt))
 
     # -- properties
     @property
@@ -392,7 +451,7 @@ class Scorer:
                 "peripheral_backbone": self.model.peripheral_spec.name,
                 "scores": list(self.scores), "threshold": self.threshold, "view_size": self.view_size,
                 "tau": self.attention.tau,
-                "random_crops": self.random_crops if self.model.fovea_source == "random" else None}
+                "random_crops": self.random_crops if self.model.fovea_source in ("random", "patch") else None}
 
     # -- public scoring
     def score(self, image, image_id: str | None = None) -> ScoreResult:
@@ -460,6 +519,10 @@ class Scorer:
             work.size = work.image.size
             work.periph = peripheral_view(work.image, self.view_size, stride=self.stride,
                                           min_side=self.min_side)
+            if self.model.first_view == "warp":
+                from .baselines import warped_input
+
+                work.first = warped_input(work.image, self.view_size, self.jpeg_quality)
         except ImageError as exc:
             if keep_error:
                 raise
@@ -494,10 +557,10 @@ class Scorer:
         mapper = pool.map if pool is not None else map
         for work, views in zip(works, mapper(self._second_views, works)):
             work.second = views
-        dists = self._predict([w.periph for w in works], [w.second for w in works])
+        dists = self._predict([w.periph if w.first is None else w.first for w in works], [w.second for w in works])
         for work, dist in zip(works, dists):
             work.dist = dist
-            work.image = work.periph = None
+            work.image = work.periph = work.first = None
             work.second = []
 
     def _second_views(self, work: _Work) -> list:
@@ -509,17 +572,20 @@ class Scorer:
             return [foveal_view(work.image, work.box, self.view_size)]
         if source == "random":
             return random_crops(work.image, self.random_crops, self.view_size, self.seed, work.key)
+        if source == "patch":
+            from .baselines import test_patches
+
+            return test_patches(work.image, self.view_size, self.jpeg_quality, self.seed, work.key,
+                                self.random_crops)[0]
         return []
 
     def _predict(self, periphs: list, seconds: list[list]) -> np.ndarray:
         """Softmax distributions ``[B, N]`` (float64); the ``random`` variant's averaged over its crops."""
         import torch
 
-        from .images import to_uint8_tensor
-
         model, device = self.model, self.device
         with torch.inference_mode():
-            periph = model.normalize_peripheral([to_uint8_tensor(p).to(device) for p in periphs])
+            periph = model.normalize_peripheral([_uint8(p).to(device) for p in periphs])
             feat = model.peripheral_descriptor(periph)
             if not model.needs_fovea:
                 probs = torch.softmax(model(periph_feat=feat).float(), dim=1)
@@ -527,7 +593,7 @@ class Scorer:
                 probs = 0
                 crops = len(seconds[0])
                 for k in range(crops):
-                    fovea = model.normalize_foveal(torch.stack([to_uint8_tensor(s[k]) for s in seconds]).to(device))
+                    fovea = model.normalize_foveal(torch.stack([_uint8(s[k]) for s in seconds]).to(device))
                     probs = probs + torch.softmax(model(periph_feat=feat, fovea=fovea).float(), dim=1)
                 probs = probs / crops
         return probs.cpu().double().numpy()
@@ -566,6 +632,19 @@ class Explanation:
         return f"{image_id}: predicted mean score {r.mean:.2f} (std {r.std:.2f}{verdict}); {self.model}"
 
 
+def _patch_boxes_on_photo(size: tuple[int, int], scorer: "Scorer", image_id: str) -> tuple:
+    """The ``random`` variant's test patches (:func:`gpf.pipeline.baselines.test_patches`) as boxes on a
+    photo of ``size`` (scaled back where ``orig.jpg`` enlarges a photo smaller than the view)."""
+    from ..shards.layout import safe_key
+    from ..shards.patches import test_patch_boxes
+    from .images import original_view_size
+
+    stored = original_view_size(size, scorer.view_size)
+    boxes = test_patch_boxes(stored, scorer.view_size, scorer.seed, safe_key(image_id), scorer.random_crops)
+    scale = (stored[0] / size[0], stored[1] / size[1], stored[0] / size[0], stored[1] / size[1])
+    return tuple(tuple(round(v / f) for v, f in zip(box, scale)) for box in boxes)
+
+
 def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None, eb_layer: str | None = None,
                   contrastive: bool | None = None, view_size: int | None = None,
                   max_pixels: int | None = None) -> Explanation:
@@ -588,7 +667,9 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
         raise ScoringError(f"tau must be in (0, 1] (the paper uses {TAU}), got {tau}")
     if view_size is not None and view_size < 8:
         raise ScoringError(f"view size must be at least 8 pixels, got {view_size}")
-    path = resolve_checkpoint_path(checkpoint)
+    from .compat import checkpoint_location
+
+    path = checkpoint_location(checkpoint)
     ckpt = load_checkpoint(path)
     device = resolve_device(device)
     if ckpt.kind == "stage2":
@@ -606,6 +687,8 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
 
             crop_boxes = tuple(random_crop_boxes(view.image.size, scorer.random_crops, scorer.view_size,
                                                  scorer.seed, image_id_of(image)))
+        elif scorer.model.fovea_source == "patch":      # its test patches, in the photo's pixels
+            crop_boxes = _patch_boxes_on_photo(view.image.size, scorer, image_id_of(image))
         return Explanation(view, scorer.attention.tau, result, "stage2",
                            f"{scorer.variant} {scorer.model.spec.name}", scorer.variant, crop_boxes)
     model = model_from_checkpoint(ckpt)
@@ -637,17 +720,26 @@ class ParquetResultWriter:
     for any number of photos; the file appears under its name only when
     :meth:`close` succeeds (temp file + rename), so a crash never leaves a
     half-written file that looks complete. ``metadata`` (plain JSON) is stored
-    in the file's schema metadata under ``gpf``.
+    in the file's schema metadata under ``gpf``. ``path`` may be a URL: the file
+    is then written locally and uploaded on :meth:`close`.
     """
 
     def __init__(self, path, metadata: dict | None = None, rows_per_group: int = 1024):
         import json
+        import tempfile
 
         import pyarrow.parquet as pq
 
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temp_path(self.path)
+        self.location = as_location(path)
+        if self.location.remote:
+            self.path = self.location
+            handle, tmp = tempfile.mkstemp(prefix="gpf-predict-", suffix=".parquet")
+            os.close(handle)
+            self._tmp = Path(tmp)
+        else:
+            self.path = self.location.local
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = temp_path(self.path)
         schema = _parquet_schema()
         if metadata:
             schema = schema.with_metadata({"gpf": json.dumps(metadata, sort_keys=True)})
@@ -670,9 +762,15 @@ class ParquetResultWriter:
             self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
             self._rows = []
 
-    def close(self) -> Path:
+    def close(self) -> Path | Location:
         self._flush()
         self._writer.close()
+        if self.location.remote:
+            try:
+                self.location.put_file(self._tmp)
+            finally:
+                self._tmp.unlink(missing_ok=True)
+            return self.location
         return commit(self._tmp, self.path)
 
     def abort(self) -> None:

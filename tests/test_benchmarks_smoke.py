@@ -294,3 +294,18 @@ def test_gpu_bench_feeds_from_shards_without_the_step_stage(tmp_path, torch_thre
     assert code == 1 and stages["step"]["status"] == "failed"
     assert [stages[n]["status"] for n in ("data", "preprocess", "fed")] == ["ok", "ok", "ok"]
     assert ["vs synthetic step (`step` stage)", "n/a"] in stages["fed"]["table"]
+
+
+def test_bench_s3_loader_tiny_run_writes_its_section(tmp_path, torch_threads, s3_server):
+    """A tiny pass of the loopback-S3 loader benchmark: all three paths and the server's CPU share."""
+    import bench_s3_loader
+
+    out = tmp_path / "s3_loader.md"
+    bench_s3_loader.main(["--samples", "8", "--per-shard", "4", "--batch", "2", "--repeat", "1", "--out", str(out)])
+    text = out.read_text()
+    rows = run_all.table_with(text, "vs local disk")
+    assert [r["path"] for r in rows] == ["local disk (baseline)", "s3:// streamed (sha256 checked)",
+                                         "s3:// with a warm --cache-dir"]
+    assert rows[0]["vs local disk"] == "1.00×" and all(r["S3 server CPU (share of one core)"].endswith("%")
+                                                       for r in rows)
+    assert [r.figure for r in run_all.summarise_s3_loader(text)][0].endswith("s3:// streamed (sha256 checked)")

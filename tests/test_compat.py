@@ -24,7 +24,7 @@ from gpf.shards.manifest import RunFields
 EB_LAYER = "features.pool2"
 SCORES = tuple(float(s) for s in range(1, 11))
 #: Whether each variant's second view is the attention crop: the paper's Table I.
-NEEDS_ATTENTION = {"gpf": True, "pf": True, "random": False, "single": False}
+NEEDS_ATTENTION = {"gpf": True, "pf": True, "random-frozen": False, "single-frozen": False}
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +121,10 @@ def test_other_bucket_scores_or_threshold_with_the_same_n_are_warnings(made, var
 
 
 def test_the_random_variant_needs_stored_random_crops(made):
-    with pytest.raises(FitError, match=r"'random' variant needs the random crops .* none are stored in the shards in S; make them with .*--random-crops K"):
-        fit_of(made, "random", random_crops=0)
-    assert fit_of(made, "random", random_crops=None).warnings == []         # not known: not checked
-    for variant in ("gpf", "pf", "single"):
+    with pytest.raises(FitError, match=r"'random-frozen' variant needs the random crops .* none are stored in the shards in S; make them with .*--random-crops K"):
+        fit_of(made, "random-frozen", random_crops=0)
+    assert fit_of(made, "random-frozen", random_crops=None).warnings == []         # not known: not checked
+    for variant in ("gpf", "pf", "single-frozen"):
         assert fit_of(made, variant, random_crops=0).warnings == []
 
 
@@ -160,7 +160,7 @@ def test_a_checkpoint_whose_crops_came_from_another_attention_setting_is_refused
         assert "m.pt: the attention model it embeds did not make the crops it was trained on" in message
         assert "tau 0.7 vs 0.5" in message and "damaged or was edited" in message
         assert "--allow-attention-mismatch" not in message          # no such option where this is checked
-    single = dataclasses.replace(made["ckpt"]["single"], shards={"run": replace(made["run"], tau=0.5).to_dict()})
+    single = dataclasses.replace(made["ckpt"]["single-frozen"], shards={"run": replace(made["run"], tau=0.5).to_dict()})
     assert check_self_consistent(single, "m.pt") is None             # its crops are never used
 
 

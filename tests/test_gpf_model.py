@@ -51,10 +51,11 @@ def images(batch, height, width, seed=0):
 # ----------------------------------------------------------------------------- every backbone x variant
 
 def _backbone_variant_cases():
-    """Every backbone x variant; the paper-size nets' random/pf cases (the same network as
-    each other, differing only in the data) are marked slow to keep this file fast."""
+    """Every backbone x network: one variant per architecture (single-periph and single-frozen build
+    single's network, random-frozen random's: they differ in data and training only); the
+    paper-size nets' random/pf cases (the same network as each other) are marked slow."""
     for name in list_backbones():
-        for variant in VARIANTS:
+        for variant in ("single", "random", "pf", "gpf"):
             slow = name in PAPER + ("resnet50",) and variant in ("random", "pf")
             yield pytest.param(name, variant, marks=[pytest.mark.slow] if slow else [])
 
@@ -98,10 +99,11 @@ def test_same_head_widths_for_all_variants():
     with torch.device("meta"):
         models = {v: GPFNet("vgg16", v, num_classes=7) for v in VARIANTS}
     assert models["single"].fusion.fc.in_features == 2048
-    for variant in ("random", "pf", "gpf"):
+    for variant in ("random", "random-frozen", "pf", "gpf"):
         assert models[variant].fusion.fc.in_features == 4096
     assert {m.classifier.out_features for m in models.values()} == {7}
-    assert models["random"].fovea_source == "random" and models["pf"].fovea_source == "attention"
+    assert models["random-frozen"].fovea_source == "random" and models["pf"].fovea_source == "attention"
+    assert models["random"].fovea_source == "patch" and models["single"].first_view == "warp"
 
 
 # ----------------------------------------------------------------------------- GIF equations
@@ -222,7 +224,7 @@ def test_forward_bucketed_keeps_input_order_and_gradients():
 # ----------------------------------------------------------------------------- bad input
 
 def test_unknown_variant_lists_allowed_values():
-    with pytest.raises(ValueError, match="unknown variant .*one of: single, random, pf, gpf"):
+    with pytest.raises(ValueError, match="unknown variant .*one of: single, single-periph, single-frozen, random, random-frozen, pf, gpf"):
         GPFNet(fresh_backbone("tiny"), "gated")
     with pytest.raises(ValueError, match="only when the backbone is given by name"):
         GPFNet(fresh_backbone("tiny"), "gpf", weights="imagenet")

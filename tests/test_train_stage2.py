@@ -79,11 +79,11 @@ def test_two_backbones_train_from_the_same_shards(data, tmp_path):
     assert digests[0] == digests[1]
 
 
-def test_random_variant_needs_stored_random_crops(data, tmp_path):
+def test_random_frozen_variant_needs_stored_random_crops(data, tmp_path):
     with pytest.raises(FitError, match=r"--random-crops K"):
-        train_stage2(stage2_config(data, tmp_path / "a", shards=str(data["plain"]), variant="random"))
+        train_stage2(stage2_config(data, tmp_path / "a", shards=str(data["plain"]), variant="random-frozen"))
     assert not (tmp_path / "a").exists()
-    result = train_stage2(stage2_config(data, tmp_path / "b", variant="random", epochs=1))
+    result = train_stage2(stage2_config(data, tmp_path / "b", variant="random-frozen", epochs=1))
     assert result.epochs_completed == 1
 
 
@@ -219,5 +219,5 @@ def test_another_peripheral_backbone_is_started_from_the_given_weights_and_skips
     ckpt = load_checkpoint(result.last_checkpoint, expect="stage2")
     assert (ckpt.model_config["peripheral_backbone"], ckpt.model_config["backbone"]) == ("small", "tiny")
     assert ckpt.shards["features_used"] is False
-    with pytest.raises(Stage2Error, match="'single' variant has one column"):
-        train_stage2(stage2_config(data, tmp_path / "single", variant="single", peripheral_backbone="small"))
+    with pytest.raises(Stage2Error, match="'single-frozen' variant has one column"):
+        train_stage2(stage2_config(data, tmp_path / "single", variant="single-frozen", peripheral_backbone="small"))

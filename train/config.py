@@ -82,6 +82,8 @@ class Stage2Config(TrainConfig):
     fusion_width: int = 4096          # FC of Table II
     gif_width: int | list | None = None   # GIF W1: one for both branches or [peripheral, foveal] (default: each subnet's)
     dropout: float = 0.5              # after each hidden FC layer (the paper does not say; VGG uses 0.5)
+    cache_dir: str | None = None      # shards at a URL: local folder keeping verified tars for later epochs
+    cache_max_gb: float = 20.0        # size bound of cache_dir (least recently used tars are removed first)
 
 
 # Keys a resume may change: they decide where and how fast a run goes, not what it computes.
@@ -90,8 +92,11 @@ class Stage2Config(TrainConfig):
 # (stage 1: the dataset's split_spec; stage 2: the manifest and shard checksums).
 RESUME_MUTABLE_KEYS = frozenset({
     "out", "resume", "device", "amp", "compile", "progress", "tensorboard",
-    "log_interval", "epochs", "patience", "root", "shards", "stage1",
+    "log_interval", "epochs", "patience", "root", "shards", "stage1", "cache_dir", "cache_max_gb",
 })
+#: Keys that may hold a URL: written to config.yaml and checkpoints without credentials or a signed
+#: URL's query string (:func:`gpf.shards.storage.public_url`).
+LOCATION_KEYS = ("root", "shards", "stage1", "weights", "peripheral_weights", "out", "resume", "cache_dir")
 USE_FEATURES_CHOICES = ("auto", "yes", "no")
 
 
@@ -201,6 +206,8 @@ def validate(cfg: TrainConfig) -> None:
              f"gif_width must be a positive integer or a [peripheral, foveal] pair of them, got {cfg.gif_width!r}")
         need(isinstance(cfg.train_peripheral, bool),
              f"train_peripheral must be true or false, got {cfg.train_peripheral!r}")
+        need(_is_number(cfg.cache_max_gb) and cfg.cache_max_gb > 0,
+             f"cache_max_gb must be a positive number, got {cfg.cache_max_gb!r}")
     if problems:
         raise ConfigError("invalid training config: " + "; ".join(problems))
 
@@ -214,8 +221,11 @@ def _is_number(value) -> bool:
 
 
 def to_dict(cfg: TrainConfig) -> dict:
-    """Plain types only (safe for YAML, JSON and ``weights_only`` checkpoints)."""
-    return dataclasses.asdict(cfg)
+    """Plain types only (safe for YAML, JSON and ``weights_only`` checkpoints); URLs without their secrets."""
+    from ..shards.storage import public_location_text
+
+    data = dataclasses.asdict(cfg)
+    return {k: public_location_text(v) if k in LOCATION_KEYS else v for k, v in data.items()}
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],

@@ -405,7 +405,9 @@ def build_stage1_model(cfg: Stage1Config, resuming: bool):
 
     if not cfg.backbone:
         raise Stage1Error("no backbone: pass --backbone NAME (see `gpf models`)")
-    return PeripheralNet(cfg.backbone, num_classes=2, weights="none" if resuming else cfg.weights)
+    from ..shards.storage import localize
+
+    return PeripheralNet(cfg.backbone, num_classes=2, weights="none" if resuming else localize(cfg.weights))
 
 
 def check_stage1_backbone(name: str) -> None:
