@@ -39,7 +39,7 @@ from ..errors import GPFError
 from ..fsutil import atomic_write_bytes
 from ..model.checkpoint import resolve_checkpoint_path
 from ..model.device import resolve_device
-from .attend import AttentionModel, attend_views
+from .attend import AttentionModel, NetworkLost, attend_views
 from .progress import Progress
 
 # Config keys that decide the bytes of the shards: a rerun with a different
@@ -395,11 +395,6 @@ class _Worker:
 #: The stage-1 network's step: ``attend_fn(views, original_sizes, with_features=bool) -> list[Attended]``
 #: (:func:`gpf.pipeline.attend.attend_views` bound to a model, here or in a Ray actor).
 AttendFn = Callable[..., list]
-
-
-class NetworkLost(Exception):
-    """The network step could not run at all (its worker or actor is gone, not the batch at fault):
-    the shard is redone, never written with its images marked as failures."""
 
 
 def attend(items: Sequence[_Item], attend_fn: AttendFn, cfg: PreprocessConfig) -> int:

@@ -23,8 +23,8 @@ from .attend import attend_views
 from .preprocess import (PreparedRun, PreprocessConfig, PreprocessError, ShardContext, ShardOutcome, Summary,
                          _ShardJob, _validate, done_shard, finish_run, open_run, plan_run, process_shard)
 from .raycluster import (ClusterProgress, RayOptions, RemoteNetwork, UnitResult, check_same_environment,
-                         check_worker, network_actors, plan_actors, probe_nodes, ray_session, run_units,
-                         task_slots, worker_environment)
+                         check_worker, network_actors, plan_actors, probe_nodes, ray_session, retried_exceptions,
+                         run_units, task_slots, worker_environment)
 
 
 class AttentionNetwork:
@@ -94,7 +94,7 @@ def _run_shards(ray, run: PreparedRun, actors, options: RayOptions, slots: int) 
             outcomes.append(done)
             progress.skip(len(job.items))
     task = ray.remote(shard_task).options(num_cpus=options.task_cpus, max_retries=options.retries,
-                                          retry_exceptions=_retried_exceptions())
+                                          retry_exceptions=retried_exceptions())
     ctx_ref, env_ref = ray.put(run.context), ray.put(run.environment)
 
     def submit(unit):
@@ -109,10 +109,3 @@ def _run_shards(ray, run: PreparedRun, actors, options: RayOptions, slots: int) 
     progress.close()
     written = len(outcomes) - (len(run.jobs) - len(todo))
     return finish_run(run, outcomes, written, len(run.jobs), failed_shards=failed)
-
-
-def _retried_exceptions() -> list[type]:
-    """Errors after which a shard task is tried again: its network actor lost, an I/O error."""
-    from .preprocess import NetworkLost
-
-    return [NetworkLost, OSError]

@@ -350,7 +350,7 @@ class RemoteNetwork:
     def call(self, method: str, *args, **kwargs):
         import ray
 
-        from .preprocess import NetworkLost
+        from .attend import NetworkLost
 
         lost = []
         for actor in self.candidates():
@@ -362,6 +362,14 @@ class RemoteNetwork:
 
 
 # ----------------------------------------------------------------------------- the driver's loop
+
+def retried_exceptions() -> list[type]:
+    """Errors raised in a task after which Ray tries it again (as after its worker died): the
+    network's actors lost for good, an I/O error. Any other error is the unit's own: no retry."""
+    from .attend import NetworkLost
+
+    return [NetworkLost, OSError]
+
 
 @dataclass
 class UnitResult:

@@ -39,7 +39,7 @@ from ..errors import GPFError
 from ..fsutil import commit, temp_path
 from ..vocabulary import TAU
 from ..model.checkpoint import Checkpoint, resolve_checkpoint_path
-from .attend import AttentionModel, Attended, attend_views
+from .attend import AttentionModel, Attended, NetworkLost, attend_views
 
 DEFAULT_BATCH_SIZE = 32
 #: Random crops averaged per photo by the ``random`` variant (see :class:`Scorer`).
@@ -347,6 +347,9 @@ class Scorer:
         # (raised to what the stage-2 backbone needs, should that be larger).
         self.stride = attention.stride
         self.min_side = max(attention.min_side, model.spec.min_input)
+        self.fovea_source = model.fovea_source
+        self._variant, self._backbone, self._tau = model.variant, model.spec.name, attention.tau
+        self._network = self   # the network steps (attend_batch, predict_batch): here, or elsewhere (detached)
 
     @classmethod
     def from_checkpoint(cls, checkpoint, device="auto", *, random_crops: int | None = None,
@@ -380,18 +383,40 @@ class Scorer:
     # -- properties
     @property
     def variant(self) -> str:
-        return self.model.variant
+        return self._variant
 
     @property
     def uses_attention(self) -> bool:
-        return self.model.fovea_source == "attention"
+        return self.fovea_source == "attention"
 
     def describe(self) -> dict:
         """Plain description for output metadata."""
-        return {"checkpoint": self.source, "variant": self.variant, "backbone": self.model.spec.name,
+        return {"checkpoint": self.source, "variant": self.variant, "backbone": self._backbone,
                 "scores": list(self.scores), "threshold": self.threshold, "view_size": self.view_size,
-                "tau": self.attention.tau,
-                "random_crops": self.random_crops if self.model.fovea_source == "random" else None}
+                "tau": self._tau,
+                "random_crops": self.random_crops if self.fovea_source == "random" else None}
+
+    def detached(self, network=None) -> "Scorer":
+        """A copy without the networks (light to send to another process) whose two network steps
+        are ``network.attend_batch`` and ``network.predict_batch``, e.g. a Ray actor holding this
+        scorer (``gpf predict --engine ray``): decoding, views and results stay with the copy, and
+        the batches are formed as here, so the scores are the same. ``network=None``: set it later
+        with another call."""
+        import copy
+
+        twin = copy.copy(self)
+        twin.model = twin.attention = None
+        twin._network = network
+        return twin
+
+    # -- the network steps (what a detached copy asks its network for)
+    def attend_batch(self, periphs: list, sizes: list[tuple[int, int]]) -> list[Attended]:
+        """EB maps and tau boxes of a batch of peripheral views (:func:`attend_views`)."""
+        return attend_views(self.attention, periphs, sizes)
+
+    def predict_batch(self, periphs: list, seconds: list[list]) -> np.ndarray:
+        """Softmax distributions ``[B, N]`` (float64); the ``random`` variant's averaged over its crops."""
+        return self._predict(periphs, seconds)
 
     # -- public scoring
     def score(self, image, image_id: str | None = None) -> ScoreResult:
@@ -476,6 +501,8 @@ class Scorer:
         if ok:
             try:
                 self._score_batch(ok, pool)
+            except NetworkLost:
+                raise
             except Exception as exc:  # the network failed on this batch: report, go on
                 for work in ok:
                     work.fail(SCORE_ERROR, f"{work.path or work.id}: scoring failed "
@@ -487,13 +514,13 @@ class Scorer:
         """Attention boxes, second views and the predicted distributions of decoded photos."""
         if self.uses_attention:
             if attended is None:
-                attended = attend_views(self.attention, [w.periph for w in works], [w.size for w in works])
+                attended = self._network.attend_batch([w.periph for w in works], [w.size for w in works])
             for work, res in zip(works, attended):
                 work.box, work.attn_fraction = res.box, res.attn_fraction
         mapper = pool.map if pool is not None else map
         for work, views in zip(works, mapper(self._second_views, works)):
             work.second = views
-        dists = self._predict([w.periph for w in works], [w.second for w in works])
+        dists = self._network.predict_batch([w.periph for w in works], [w.second for w in works])
         for work, dist in zip(works, dists):
             work.dist = dist
             work.image = work.periph = None
@@ -503,7 +530,7 @@ class Scorer:
         """The foveal view (attention variants), K random crops (``random``) or nothing (``single``)."""
         from .images import foveal_view, random_crops
 
-        source = self.model.fovea_source
+        source = self.fovea_source
         if source == "attention":
             return [foveal_view(work.image, work.box, self.view_size)]
         if source == "random":
