@@ -139,10 +139,8 @@ def _bulk(images, checkpoint, as_json, parquet_out, bulk_out, chunk_size, path_c
         raise click.UsageError(f"--out takes one list (CSV/Parquet) or folder; got {len(images)} inputs")
     if engine == "ray":
         from ..pipeline.ray_scoring import BuildScorer, run_bulk_ray
-        from ..pipeline.scoring import load_stage2_checkpoint
 
-        ckpt, path = load_stage2_checkpoint(checkpoint)
-        build = BuildScorer(ckpt, str(path), random_crops, threshold, max_pixels)
+        build = BuildScorer.of(checkpoint, random_crops=random_crops, threshold=threshold, max_pixels=max_pixels)
         summary = run_bulk_ray(images[0], bulk_out, build, device, options=ray_options, chunk_size=chunk_size,
                                batch_size=batch_size, path_column=path_column,
                                workers=ray_options.task_threads, progress=not quiet)

@@ -66,13 +66,6 @@ class AttentionModel:
                    min_side=spec.min_input, normalize=normalize, device=device,
                    split_spec=split_spec, description=description, trained_scale=trained_scale)
 
-    def moved_to(self, device) -> "AttentionModel":
-        """This attention model on ``device`` (e.g. in a Ray actor, from a copy made on the driver's CPU)."""
-        return AttentionModel.from_model(self.model, device=device, tau=self.tau, eb_layer=self.eb_layer,
-                                         contrastive=self.contrastive, digest=self.digest,
-                                         split_spec=self.split_spec, description=self.description,
-                                         trained_scale=self.trained_scale)
-
     @classmethod
     def from_stage2_checkpoint(cls, ckpt: Checkpoint, device) -> "AttentionModel":
         """The attention model a stage-2 checkpoint embeds, with its tau, EB layer and contrast flag."""

@@ -16,12 +16,15 @@ write granularity itself, losing both the byte-identity and the resume rule.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..model.device import resolve_device
 from .attend import attend_views
 from .preprocess import (PreparedRun, PreprocessConfig, PreprocessError, ShardContext, ShardOutcome, Summary,
-                         _ShardJob, _validate, done_shard, finish_run, open_run, plan_run, process_shard)
+                         _ShardJob, _validate, done_shard, finish_run, load_attention_model, open_run, plan_run,
+                         process_shard)
 from .raycluster import (ClusterProgress, RayOptions, RemoteNetwork, UnitResult, check_same_environment,
                          check_worker, network_actors, plan_actors, probe_nodes, ray_session, retried_exceptions,
                          run_units, task_slots, worker_environment)
@@ -30,8 +33,9 @@ from .raycluster import (ClusterProgress, RayOptions, RemoteNetwork, UnitResult,
 class AttentionNetwork:
     """The stage-1 network in a Ray actor: ``attend`` is :func:`gpf.pipeline.attend.attend_views`."""
 
-    def __init__(self, att, device):
-        self.att = att.moved_to(device)
+    def __init__(self, att):
+        self.att = att
+        self.digest = att.digest
 
     def attend(self, views, original_sizes, with_features: bool = False):
         return attend_views(self.att, views, original_sizes, with_features=with_features)
@@ -39,11 +43,19 @@ class AttentionNetwork:
 
 @dataclass(frozen=True)
 class BuildAttention:
-    """Picklable ``build(device)`` for :class:`gpf.pipeline.raycluster.NetworkActor`."""
-    att: object
+    """Picklable ``build(device)`` for :class:`gpf.pipeline.raycluster.NetworkActor`: the actor loads
+    the attention model as the driver did (:func:`load_attention_model`), from the same files."""
+    cfg: PreprocessConfig
+
+    @classmethod
+    def of(cls, cfg: PreprocessConfig) -> "BuildAttention":
+        """With the checkpoint and weights files as absolute paths (an actor's working folder is its own)."""
+        stage1 = str(Path(cfg.stage1).resolve()) if cfg.stage1 else None
+        weights = str(Path(cfg.weights).resolve()) if Path(cfg.weights).is_file() else cfg.weights
+        return cls(dataclasses.replace(cfg, stage1=stage1, weights=weights))
 
     def __call__(self, device) -> AttentionNetwork:
-        return AttentionNetwork(self.att, device)
+        return AttentionNetwork(load_attention_model(self.cfg, device))
 
 
 def shard_task(job: _ShardJob, ctx: ShardContext, network: RemoteNetwork, environment: dict,
@@ -76,7 +88,7 @@ def run_preprocess_ray(cfg: PreprocessConfig, options: RayOptions | None = None)
     with ray_session(options.address) as ray:
         plan = plan_actors(ray, cfg.device, options)
         probes = probe_nodes(ray)    # while the actors start
-        with network_actors(ray, plan, BuildAttention(att), options) as (actors, reports):
+        with network_actors(ray, plan, BuildAttention.of(cfg), options, att.digest) as (actors, reports):
             environment = check_same_environment(reports + ray.get(probes))
             run = plan_run(cfg, att, dataset, environment)
             return _run_shards(ray, run, actors, options, task_slots(ray, plan, options))

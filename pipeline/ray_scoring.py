@@ -10,26 +10,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..model.checkpoint import resolve_checkpoint_path
 from .bulkscore import (DEFAULT_CHUNK_SIZE, BulkSummary, Chunk, done_chunks, plan_chunks, prepare_out,
                         read_photo_list, run_identity, score_chunk)
 from .raycluster import (ClusterProgress, RayOptions, RemoteNetwork, UnitResult, check_same_environment,
                          check_worker, network_actors, plan_actors, probe_nodes, ray_session, retried_exceptions,
                          run_units, task_slots, worker_environment)
-from .scoring import Scorer
+from .scoring import Scorer, load_stage2_checkpoint
+
+
+class ScorerNetwork:
+    """A scorer's two network steps in a Ray actor, and the digest of the checkpoint it loaded."""
+
+    def __init__(self, scorer: Scorer, digest: str):
+        self.scorer = scorer
+        self.digest = digest
+
+    def attend_batch(self, periphs, sizes):
+        return self.scorer.attend_batch(periphs, sizes)
+
+    def predict_batch(self, periphs, seconds):
+        return self.scorer.predict_batch(periphs, seconds)
 
 
 @dataclass(frozen=True)
 class BuildScorer:
-    """Picklable ``build(device)``: the scorer of a loaded stage-2 checkpoint on the actor's device."""
-    checkpoint: object              # gpf.model.checkpoint.Checkpoint
-    source: str | None
-    random_crops: int | None
-    threshold: float | None
-    max_pixels: int | None
+    """Picklable ``build(device)``: the scorer of a stage-2 checkpoint on a device, loaded from its
+    absolute path (an actor's working folder is its own) and described by ``source``, the path as
+    the local engine names it (the scores' metadata must not depend on the engine)."""
+    checkpoint: str
+    source: str
+    random_crops: int | None = None
+    threshold: float | None = None
+    max_pixels: int | None = None
 
-    def __call__(self, device) -> Scorer:
-        return Scorer.from_loaded(self.checkpoint, device, source=self.source, random_crops=self.random_crops,
-                                  threshold=self.threshold, max_pixels=self.max_pixels)
+    @classmethod
+    def of(cls, checkpoint, **options) -> "BuildScorer":
+        path = resolve_checkpoint_path(checkpoint)
+        return cls(str(path.resolve()), str(path), **options)
+
+    def __call__(self, device) -> ScorerNetwork:
+        ckpt, _ = load_stage2_checkpoint(self.checkpoint)
+        scorer = Scorer.from_loaded(ckpt, device, source=self.source, random_crops=self.random_crops,
+                                    threshold=self.threshold, max_pixels=self.max_pixels)
+        return ScorerNetwork(scorer, ckpt.digest)
 
 
 class _ActorNetwork:
@@ -67,14 +91,15 @@ def run_bulk_ray(source, out, build: BuildScorer, device: str = "auto", *, optio
     options.check()
     photos = read_photo_list(source, path_column)
     chunks = plan_chunks(photos, chunk_size)
-    scorer = build(resolve_device("cpu"))
+    here = build(resolve_device("cpu"))
+    scorer, digest = here.scorer, here.digest
     scorer.workers = max(1, workers)
     out = prepare_out(out, run_identity(source, path_column, chunk_size, batch_size, scorer, len(photos)))
     todo, counts = done_chunks(out, chunks)
     with ray_session(options.address) as ray:
         plan = plan_actors(ray, device, options)
         probes = probe_nodes(ray)
-        with network_actors(ray, plan, build, options) as (actors, reports):
+        with network_actors(ray, plan, build, options, digest) as (actors, reports):
             environment = ray.put(check_same_environment(reports + ray.get(probes)))
             bar = ClusterProgress(len(photos), "predict[ray]", enabled=progress)
             bar.skip(len(photos) - sum(len(c.photos) for c in todo))

@@ -9,7 +9,7 @@ What the Ray engines of ``gpf preprocess`` and ``gpf predict`` share:
   the CPU tasks call through :class:`RemoteNetwork`, preferring an actor on
   their own node;
 * every worker's environment (library versions, PIL flavour, the actors'
-  device type) is collected and must be one (:func:`cluster_environment`):
+  device type) is collected and must be one (:func:`check_same_environment`):
   byte-identical outputs need one environment, and it is the workers'
   environment, not the driver's, that a run records;
 * :func:`run_units` is the driver's loop: work units are handed out
@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import sys
 import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import GPFError
 from .progress import Progress
@@ -38,6 +40,8 @@ RAY_EXTRA = "gpf[ray]"
 #: machine's interface address (``ray._private.services.resolve_ip_for_localhost``).
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 LOOPBACK = "127.0.0.1"
+#: Ray's authentication settings; when none is set, gpf's local Ray gets a token of its own.
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 #: Environment keys that may differ between workers: whether CUDA is available on a node
 #: (a CPU-only node running decode tasks beside GPU nodes is fine; the actors' device type is compared).
 PER_NODE_KEYS = ("cuda",)
@@ -99,37 +103,68 @@ def import_ray():
 def ray_session(address: str | None = None) -> Iterator[Any]:
     """Ray, connected: to ``address``, else ``$RAY_ADDRESS``, else to a local Ray started here.
 
-    A local Ray listens on 127.0.0.1 only (checked: every node's ``NodeManagerAddress``)
-    and stops when the block ends; a connection that was open before is reused and kept.
+    A local Ray listens on 127.0.0.1 only (checked: every node's ``NodeManagerAddress``),
+    authenticates with a token that lives in its processes' environment only (unless
+    ``RAY_AUTH_*`` say otherwise; nothing is written under ``~/.ray``) and stops when the
+    block ends. A connection that was open before is reused and kept.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
-        os.environ.update(LOOPBACK_ENV)   # before Ray's first import reads it (and for its daemons)
+    if address is None and not _connected():
+        with _local_ray_environment():
+            ray = import_ray()
+            ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK,
+                     log_to_driver=False, configure_logging=False)
+            try:
+                check_loopback(ray)
+                yield ray
+            finally:
+                ray.shutdown()
+        return
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
-    if address is None:
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False  # Ray imported earlier, before the variable was set
-        ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK,
-                 log_to_driver=False, configure_logging=False)
-        try:
-            check_loopback(ray)
-        except BaseException:
-            ray.shutdown()
-            raise
-    else:
-        try:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        except ConnectionError as exc:
-            raise RayEngineError(f"cannot connect to the Ray cluster at {address}: {exc}; check --ray-address "
-                                 "or RAY_ADDRESS (the head's host:port from `ray start --head`)") from None
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except ConnectionError as exc:
+        raise RayEngineError(f"cannot connect to the Ray cluster at {address}: {exc}; check --ray-address "
+                             "or RAY_ADDRESS (the head's host:port from `ray start --head`)") from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _connected() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(getattr(ray, "is_initialized", lambda: False)())
+
+
+@contextmanager
+def _local_ray_environment() -> Iterator[None]:
+    """The environment a local Ray starts in (its daemons inherit it), restored afterwards:
+    :data:`LOOPBACK_ENV`, and a fresh token (:data:`AUTH_ENV`) when none is configured."""
+    changes = dict(LOOPBACK_ENV)
+    if not any(name in os.environ for name in AUTH_ENV):
+        changes.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    constants = sys.modules.get("ray._private.ray_constants")   # Ray imported before: its constant is read
+    enabled = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    try:
+        import_ray()
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        yield
+    finally:
+        if constants is not None:
+            constants.ENABLE_RAY_CLUSTER = enabled
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def check_loopback(ray) -> None:
@@ -267,23 +302,24 @@ def task_slots(ray, plan: ActorPlan, options: RayOptions) -> int:
 class NetworkActor:
     """A network on one device, built in the actor by ``build(device)``; ``run(method, ...)`` calls it.
 
-    Wrapped by :func:`start_actors` as a Ray actor (restarted when it dies; the calls in
-    flight are retried, so every method must be a pure function of its arguments).
+    ``build`` is small (a config and file paths, not weights): each actor loads the network
+    itself, and reports its weights' ``digest`` so that the driver can check that every
+    node read the same files. Wrapped by :func:`network_actors` as a Ray actor (restarted
+    when it dies; the calls in flight are retried, so every method must be a pure function
+    of its arguments).
     """
 
-    def __init__(self, build: list, device: str, threads: int):
-        import ray
+    def __init__(self, build: Callable, device: str, threads: int):
         import torch
 
         from ..model.device import resolve_device
 
         torch.set_num_threads(max(1, threads))
         self.device = resolve_device(device)
-        # ``build`` is [ObjectRef]: nested, so the driver's reference keeps it alive for a restart
-        self.network = ray.get(build[0])(self.device)
+        self.network = build(self.device)
 
     def environment(self) -> dict:
-        return worker_environment(self.device.type)
+        return dict(worker_environment(self.device.type), digest=getattr(self.network, "digest", None))
 
     def node_id(self) -> str:
         import ray
@@ -295,15 +331,15 @@ class NetworkActor:
 
 
 @contextmanager
-def network_actors(ray, plan: ActorPlan, build: Callable, options: RayOptions) -> Iterator[tuple[list, list[dict]]]:
+def network_actors(ray, plan: ActorPlan, build: Callable, options: RayOptions,
+                   digest: str | None = None) -> Iterator[tuple[list, list[dict]]]:
     """``plan.count`` network actors running ``build(device)`` for the block: (actors, their environment
-    reports); the actors are killed when it ends."""
+    reports); refuses actors whose weights' digest is not ``digest`` (the driver's). The actors are
+    killed when the block ends."""
     actor_class = ray.remote(NetworkActor).options(
         num_gpus=plan.num_gpus, num_cpus=plan.num_cpus, max_restarts=options.actor_restarts,
         max_task_retries=options.actor_restarts)
-    build_ref = ray.put(build)   # held until the block ends: a restarted actor reads it again
-    handles = [actor_class.remote([build_ref], plan.device, max(1, round(plan.num_cpus)))
-               for _ in range(plan.count)]
+    handles = [actor_class.remote(build, plan.device, max(1, round(plan.num_cpus))) for _ in range(plan.count)]
     try:
         try:
             reports = ray.get([a.environment.remote() for a in handles], timeout=ACTOR_START_TIMEOUT_S)
@@ -311,11 +347,24 @@ def network_actors(ray, plan: ActorPlan, build: Callable, options: RayOptions) -
         except ray.exceptions.GetTimeoutError:
             raise RayEngineError(f"the {plan.describe()} did not start within {ACTOR_START_TIMEOUT_S} s: the "
                                  "cluster lacks the resources (see `ray status`); lower --ray-actors") from None
+        except ray.exceptions.RayActorError as exc:
+            raise RayEngineError(f"a network actor could not start: {_one_line(exc)}") from None
+        if digest is not None:
+            check_same_weights(reports, digest)
         yield [RemoteActor(node, handle) for node, handle in zip(nodes, handles)], reports
     finally:
         for handle in handles:
             ray.kill(handle)
-        del build_ref
+
+
+def check_same_weights(reports: Sequence[dict], digest: str) -> None:
+    """Every actor loaded the weights the driver loaded (the same checkpoint file on every node)."""
+    other = sorted({f"{r['node']} ({r.get('digest')})" for r in reports if r.get("digest") != digest})
+    if other:
+        raise WorkerEnvironmentError(
+            f"network actors on {', '.join(other)} loaded other weights than this machine (digest {digest}): "
+            "the checkpoint or weights file differs between the nodes; put the same file at the same path "
+            "on every node (or on a shared file system)")
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,18 @@ def test_without_ray_the_engine_says_what_to_install(monkeypatch, ava_root, tmp_
     assert "Traceback" not in run.output
 
 
+def test_actors_load_the_checkpoint_by_its_absolute_path(tmp_path, monkeypatch):
+    from gpf.pipeline.ray_preprocess import BuildAttention
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "w.pt").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    build = BuildAttention.of(_config(tmp_path, tmp_path / "out", backbone=None, stage1="runs/s1"))
+    assert build.cfg.stage1 == str(tmp_path / "runs" / "s1")
+    assert BuildAttention.of(_config(tmp_path, "o", weights="runs/w.pt")).cfg.weights == str(tmp_path / "runs/w.pt")
+    assert BuildAttention.of(_config(tmp_path, "o")).cfg.weights == "none"
+
+
 def test_node_ranks_are_refused_with_the_ray_engine(ava_root, tmp_path):
     run = invoke(_cli_args(ava_root, tmp_path / "out") + ["--engine", "ray", "--num-nodes", "2", "--node-rank", "1"])
     assert run.exit_code != 0 and "drop them" in run.output
