@@ -191,7 +191,7 @@ def run_identity(source, path_column, chunk_size: int, batch_size: int, scorer: 
 
 def prepare_out(out: str | os.PathLike, identity: dict) -> Path:
     """Create ``out`` (or check it holds chunks of this very run) and drop temp files a killed run left."""
-    from ..shards.manifest import compare_config
+    from ..shards.manifest import recorded_differences
 
     out = Path(out)
     try:
@@ -199,18 +199,12 @@ def prepare_out(out: str | os.PathLike, identity: dict) -> Path:
     except OSError as exc:
         raise BulkScoringError(f"cannot create the output folder --out {out}: {exc.strerror or exc}; "
                                "choose another --out") from None
-    run_file = out / RUN_FILE
-    if run_file.exists():
-        try:
-            previous = json.loads(run_file.read_text())
-        except ValueError:
-            previous = None
-        differences = [f"{run_file} is unreadable"] if previous is None else compare_config(previous, identity)
-        if differences:
-            raise BulkScoringError(f"{out} holds scores of another run ({'; '.join(differences[:6])}); rerun "
-                                   "the same command to resume, or choose another --out")
-    else:
-        atomic_write_bytes(run_file, json.dumps(identity, sort_keys=True, indent=1).encode())
+    differences = recorded_differences(out / RUN_FILE, identity)
+    if differences:
+        raise BulkScoringError(f"{out} holds scores of another run ({'; '.join(differences[:6])}); rerun "
+                               "the same command to resume, or choose another --out")
+    if differences is None:
+        atomic_write_bytes(out / RUN_FILE, json.dumps(identity, sort_keys=True, indent=1).encode())
     for stale in out.glob(".scores-*.tmp"):
         stale.unlink(missing_ok=True)
     return out

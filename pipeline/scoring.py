@@ -414,9 +414,6 @@ class Scorer:
         """EB maps and tau boxes of a batch of peripheral views (:func:`attend_views`)."""
         return attend_views(self.attention, periphs, sizes)
 
-    def predict_batch(self, periphs: list, seconds: list[list]) -> np.ndarray:
-        """Softmax distributions ``[B, N]`` (float64); the ``random`` variant's averaged over its crops."""
-        return self._predict(periphs, seconds)
 
     # -- public scoring
     def score(self, image, image_id: str | None = None) -> ScoreResult:
@@ -537,7 +534,7 @@ class Scorer:
             return random_crops(work.image, self.random_crops, self.view_size, self.seed, work.key)
         return []
 
-    def _predict(self, periphs: list, seconds: list[list]) -> np.ndarray:
+    def predict_batch(self, periphs: list, seconds: list[list]) -> np.ndarray:
         """Softmax distributions ``[B, N]`` (float64); the ``random`` variant's averaged over its crops."""
         import torch
 

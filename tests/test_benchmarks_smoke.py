@@ -204,8 +204,8 @@ def test_bench_ray_quick_run_compares_both_engines_on_the_same_bytes(tmp_path, t
     import bench_ray
 
     out = tmp_path / "ray.md"
-    assert bench_ray.main(["--quick", "--images", "8", "--samples-per-shard", "4", "--ray-address",
-                           local_ray.address, "--out", str(out)]) == 0
+    assert bench_ray.main(["--images", "8", "--samples-per-shard", "4", "--batch-size", "4", "--repeat", "1",
+                           "--ray-address", local_ray.address, "--out", str(out)]) == 0
     text = out.read_text()
     rows = run_all.table_with(text, "processing time vs local")
     assert [r["engine"] for r in rows] == ["local", *bench_ray.CONFIGS]
