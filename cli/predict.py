@@ -56,7 +56,7 @@ def _beside_the_bar():
 @click.option("--batch-size", type=click.IntRange(min=1), default=scoring.DEFAULT_BATCH_SIZE, show_default=True,
               help="Photos per forward pass (memory, not results).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Decoding threads (0 = one per CPU core).")
+              help="Decoding threads (0 = one per CPU core); with --engine ray see --ray-task-cpus.")
 @click.option("--device", default=DEVICE, show_default=True, help=DEVICE_CHOICES)
 @click.option("--random-crops", type=click.IntRange(min=1), default=None,
               help=f"'random' variant: crops averaged per photo (default {scoring.DEFAULT_RANDOM_CROPS}).")

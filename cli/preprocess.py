@@ -41,7 +41,7 @@ def _preprocess_options(fn, folder: bool = True):
                      show_default=True, help="Which split to preprocess (stage 2 needs train and val)."),
         click.option("--limit", type=int, default=None, help="At most this many images per split (a seeded sample)."),
         click.option("--workers", type=int, default=_default("workers"), show_default=True,
-                     help="Decode/encode threads (0 = one per core)."),
+                     help="Decode/encode threads (0 = one per core); with --engine ray see --ray-task-cpus."),
         click.option("--batch-size", type=int, default=_default("batch_size"), show_default=True,
                      help="Images per attention (EB) forward/backward pass."),
         click.option("--device", default=_default("device"), show_default=True, help=DEVICE_CHOICES),

@@ -19,7 +19,7 @@ import pytest
 
 from helpers.ava import make_ava
 from helpers.cli import invoke
-from helpers.ray_cluster import (SHARD_TASK_TITLE, cli_env, extra_node, gpf_copy_with_version,
+from helpers.ray_cluster import (NETWORK_ACTOR_TITLE, SHARD_TASK_TITLE, cli_env, extra_node, gpf_copy_with_version,
                                  processes_titled)
 from gpf.pipeline.preprocess import IncompleteRunError, PreprocessConfig, run_preprocess
 from gpf.pipeline.raycluster import RayOptions, WorkerEnvironmentError
@@ -88,24 +88,66 @@ def test_every_engine_writes_the_local_engines_bytes(engine, local_ray, ava_root
 
 
 @pytest.mark.slow
-def test_a_ray_worker_killed_mid_run_is_retried_and_the_bytes_stay(local_ray, ava_root, local_files, tmp_path):
+@pytest.mark.parametrize("victim", [SHARD_TASK_TITLE, NETWORK_ACTOR_TITLE])
+def test_a_ray_worker_killed_mid_run_is_retried_and_the_bytes_stay(victim, local_ray, ava_root, local_files,
+                                                                   tmp_path):
+    """A shard task's worker killed: Ray retries the task. The network actor killed: Ray restarts it
+    and retries the calls in flight. Either way every shard is written, with the local engine's bytes."""
     out = tmp_path / "out"
     result: dict = {}
-    run = threading.Thread(target=lambda: result.update(
-        summary=_run_ray(_config(ava_root, out, max_failure_rate=0.1))))
+
+    def run_it():
+        try:
+            result["summary"] = _run_ray(_config(ava_root, out, max_failure_rate=0.1))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    run = threading.Thread(target=run_it)
     run.start()
     killed = None
     while run.is_alive() and killed is None:
-        for pid in processes_titled(SHARD_TASK_TITLE):
-            os.kill(pid, signal.SIGKILL)
-            killed = pid
-            break
+        if victim == SHARD_TASK_TITLE or list(out.glob("*.stats.json")):   # the actor: once a shard is done
+            for pid in processes_titled(victim):
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
         time.sleep(0.005)
     run.join(timeout=300)
-    assert killed is not None, "no shard task was seen running; nothing was killed"
+    assert killed is not None, f"no {victim} process was seen running; nothing was killed"
     assert not Path(f"/proc/{killed}").exists() or "zombie" in Path(f"/proc/{killed}/status").read_text()
+    assert "error" not in result, result.get("error")
     assert result["summary"].written_shards == len([n for n in local_files if n.endswith(".tar")])
     assert_same_files(out, local_files)
+
+
+@pytest.mark.slow
+def test_shards_whose_network_is_gone_for_good_fail_by_name_not_as_failure_rows(local_ray, ava_root, local_files,
+                                                                                 tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    result: dict = {}
+
+    def run_it():
+        try:
+            _run_ray(_config(ava_root, out, max_failure_rate=0.1), retries=0, actor_restarts=0)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            result["error"] = exc
+
+    run = threading.Thread(target=run_it)
+    run.start()
+    while run.is_alive() and not list(out.glob("*.stats.json")):
+        time.sleep(0.005)
+    for pid in processes_titled(NETWORK_ACTOR_TITLE):
+        os.kill(pid, signal.SIGKILL)
+    run.join(timeout=300)
+    error = result.get("error")
+    assert isinstance(error, IncompleteRunError), error
+    failed = error.summary.failed_shards
+    assert failed and all("NetworkLost: every network actor is gone" in line for line in failed)
+    written = [json.loads(p.read_text())["status_counts"] for p in out.glob("*.stats.json")]
+    assert all("attention_error" not in counts for counts in written)     # nothing written as a failure row
+    assert len(written) + len(failed) == len([n for n in local_files if n.endswith(".tar")])
 
 
 def _run_ray(cfg: PreprocessConfig, **options):

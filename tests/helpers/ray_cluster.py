@@ -30,6 +30,8 @@ NUM_CPUS = 2
 OBJECT_STORE_BYTES = 150 * 1024 * 1024
 #: Title Ray gives a worker process while it runs the preprocess shard task.
 SHARD_TASK_TITLE = "ray::shard_task"
+#: Title of a network actor's process (``ray::NetworkActor`` idle, ``ray::NetworkActor.run`` busy).
+NETWORK_ACTOR_TITLE = "ray::NetworkActor"
 
 
 @dataclass
