@@ -206,9 +206,7 @@ def test_a_shard_failing_after_its_retries_is_named_the_rest_written_then_redone
 
 @pytest.mark.slow
 def test_a_worker_in_another_environment_is_refused(local_ray, ava_root, tmp_path):
-    import tempfile
-
-    other = gpf_copy_with_version(Path(tempfile.mkdtemp(prefix="gpfother")), "0.0.0+other")
+    other = gpf_copy_with_version(tmp_path / "other-site", "0.0.0+other")
     out = tmp_path / "out"
     with extra_node(local_ray, {"PYTHONPATH": str(other)}):
         with pytest.raises(WorkerEnvironmentError) as caught:

@@ -2,6 +2,7 @@
 the driver's loop over units of work, its progress fields, and gpf's own local Ray on 127.0.0.1 only."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,10 +134,14 @@ def test_gpfs_own_local_ray_listens_on_127_0_0_1_only_with_a_token_in_no_file(tm
     """)
     home = tmp_path / "home"
     home.mkdir()
-    env = dict(cli_env(), RAY_TMPDIR=tempfile.mkdtemp(prefix="gpfray"), HOME=str(home))
+    ray_tmp = tempfile.mkdtemp(prefix="gpfray")            # short: Ray's sockets live there
+    env = dict(cli_env(), RAY_TMPDIR=ray_tmp, HOME=str(home))
     for name in (*RAY_TEST_ENV, "RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(name, None)                                  # gpf sets what it needs itself
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    try:
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert run.returncode == 0, run.stderr[-3000:]
     nodes, gcs, auth, answer, after = run.stdout.strip().splitlines()[-5:]
     assert nodes == "['127.0.0.1']" and gcs.startswith("127.0.0.1:")
