@@ -177,6 +177,17 @@ def summarise_train(text: str) -> list[SummaryRow]:
             for row in table_with(text, "data-wait")]
 
 
+def summarise_ray(text: str) -> list[SummaryRow]:
+    rows = []
+    for row in table_with(text, "processing time vs local"):
+        if row["engine"].startswith("ray"):
+            ratio = first_number(row["processing time vs local"])
+            rows.append(SummaryRow(f"{row['engine']}: processing time / local engine's", "≤ 1.15×",
+                                   f"{row['processing time vs local']} ({row['processing (img/s)']} img/s; "
+                                   f"same bytes: {row['same bytes as local']})", ratio <= 1.15))
+    return rows
+
+
 # ----------------------------------------------------------------------------- the benchmarks
 
 @dataclass(frozen=True)
@@ -217,6 +228,7 @@ BENCHMARKS = (
     Benchmark("raw_vs_shards", "Shard loader vs the raw-JPEG path", "bench_raw_vs_shards.py",
               summarise=summarise_raw_vs_shards),
     Benchmark("train", "Stage-2 training, data-wait", "bench_train.py", summarise=summarise_train),
+    Benchmark("ray", "Ray engine vs local engine (preprocess)", "bench_ray.py", summarise=summarise_ray),
     # `make bench` runs its 3-seed quick mode (~11 min on 2 cores); run_all --quick one seed of the detail task.
     Benchmark("fine_detail", "Fine-detail experiment (quick)", "fine_detail.py", full=("--quick",),
               quick=("--quick", "--seeds", "0", "--tasks", "detail")),

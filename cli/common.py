@@ -126,6 +126,48 @@ def storage_options(fn):
     return wrapper
 
 
+ENGINES = ("local", "ray")
+
+
+def engine_options(fn):
+    """``--engine local|ray`` and how the Ray engine uses its cluster (docs/preprocess.md)."""
+    from ..pipeline.raycluster import RayOptions
+
+    options = [
+        click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+                     help="local: this process (and --num-nodes ranks); ray: a Ray cluster (pip install 'gpf[ray]')."),
+        click.option("--ray-address", default=None,
+                     help="--engine ray: the cluster's head (host:port) [default: $RAY_ADDRESS, else a local "
+                          "Ray on 127.0.0.1]."),
+        click.option("--ray-actors", type=int, default=None,
+                     help="--engine ray: network actors [default: one per GPU, else one per node]."),
+        click.option("--ray-actor-cpus", type=float, default=config_default(RayOptions, "actor_cpus"),
+                     show_default=True, help="--engine ray: CPUs each network actor reserves (its torch threads)."),
+        click.option("--ray-task-cpus", type=float, default=config_default(RayOptions, "task_cpus"),
+                     show_default=True, help="--engine ray: CPUs (= decode/encode threads) of each CPU task."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def pop_engine_options(kw: dict):
+    """``(engine, RayOptions)`` from a command's keyword arguments (removing them); the Ray options
+    given with ``--engine local`` are refused."""
+    from ..pipeline.raycluster import RayOptions
+
+    engine = kw.pop("engine")
+    options = RayOptions(address=kw.pop("ray_address"), actors=kw.pop("ray_actors"),
+                         actor_cpus=kw.pop("ray_actor_cpus"), task_cpus=kw.pop("ray_task_cpus"))
+    given = [name for name, value, default in (
+        ("--ray-address", options.address, None), ("--ray-actors", options.actors, None),
+        ("--ray-actor-cpus", options.actor_cpus, config_default(RayOptions, "actor_cpus")),
+        ("--ray-task-cpus", options.task_cpus, config_default(RayOptions, "task_cpus"))) if value != default]
+    if engine != "ray" and given:
+        raise click.UsageError(f"{', '.join(given)} apply to --engine ray only")
+    return engine, options
+
+
 def config_default(cls: type, name: str):
     """The default of field ``name`` of the library config dataclass ``cls``: the CLI never repeats one."""
     for item in dataclasses.fields(cls):

@@ -5,8 +5,9 @@ import sys
 
 import click
 
-from .common import (Location, collect_dataset_options, command_line, config_default, dataset_options, error_text,
-                     friendly_errors, on_interrupt, storage_options)
+from .common import (Location, collect_dataset_options, command_line, config_default, dataset_options,
+                     engine_options, error_text, friendly_errors, on_interrupt, pop_engine_options,
+                     storage_options)
 from ..pipeline.preprocess import PreprocessConfig
 from ..vocabulary import DEVICE_CHOICES, SPLITS
 
@@ -41,7 +42,7 @@ def _preprocess_options(fn, folder: bool = True):
                      show_default=True, help="Which split to preprocess (stage 2 needs train and val)."),
         click.option("--limit", type=int, default=None, help="At most this many images per split (a seeded sample)."),
         click.option("--workers", type=int, default=_default("workers"), show_default=True,
-                     help="Decode/encode threads (0 = one per core)."),
+                     help="Decode/encode threads (0 = one per core); with --engine ray see --ray-task-cpus."),
         click.option("--batch-size", type=int, default=_default("batch_size"), show_default=True,
                      help="Images per attention (EB) forward/backward pass."),
         click.option("--device", default=_default("device"), show_default=True, help=DEVICE_CHOICES),
@@ -67,10 +68,12 @@ def _preprocess_options(fn, folder: bool = True):
                      help="Exit non-zero when a larger share of images fails."),
         click.option("--overwrite", is_flag=True, help="Start afresh in a folder made with another config."),
         click.option("--num-nodes", type=int, default=None,
-                     help="Split the shards over this many independent jobs (default: torchrun's WORLD_SIZE)."),
+                     help="--engine local: split the shards over this many independent jobs "
+                          "(default: torchrun's WORLD_SIZE)."),
         click.option("--node-rank", type=int, default=None, help="This job's index with --num-nodes."),
         click.option("--quiet", is_flag=True, help="No progress line."),
     ]
+    fn = engine_options(fn)
     for option in reversed(options):
         fn = option(fn)
     return dataset_options(fn, folder=folder)
@@ -86,10 +89,16 @@ def _run(kind: str, root: str, **kw) -> None:
                                            count_columns=kw.pop("count_columns", None),
                                            test_size=kw.pop("test_size", None))
     quiet = kw.pop("quiet")
+    engine, ray_options = pop_engine_options(kw)
     cfg = PreprocessConfig(dataset=kind, root=str(root), dataset_options=dataset_opts,
                            progress=not quiet, **kw)
     try:
-        summary = run_preprocess(cfg)
+        if engine == "ray":
+            from ..pipeline.ray_preprocess import run_preprocess_ray
+
+            summary = run_preprocess_ray(cfg, ray_options)
+        else:
+            summary = run_preprocess(cfg)
     except TooManyFailuresError as exc:
         for line in exc.summary.lines():
             click.echo(line)

@@ -24,6 +24,11 @@ class AttentionModelError(GPFError):
     """The attention model cannot be built or used as asked."""
 
 
+class NetworkLost(Exception):
+    """A network step could not run at all (the process or actor holding the network is gone; not the
+    batch at fault): the unit of work is redone, never written with its images marked as failures."""
+
+
 @dataclass
 class AttentionModel:
     """A network in ``features`` + ``head`` form, ready for EB on one device."""

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from .. import vocabulary
 from ..errors import GPFError
 from ..model.device import resolve_device
 from ..shards.storage import Location, as_location, public_location_text
-from .attend import AttentionModel, attend_views
+from .attend import AttentionModel, NetworkLost, attend_views
 from .progress import Progress
 
 # Config keys that decide the bytes of the shards: a rerun with a different
@@ -71,6 +72,13 @@ class TooManyFailuresError(PreprocessError):
     def __init__(self, message: str, summary: "Summary"):
         super().__init__(message)
         self.summary = summary
+
+
+class IncompleteRunError(TooManyFailuresError):
+    """Shards failed after their retries (Ray engine); the others are written, a rerun redoes the failed ones.
+
+    ``summary.failed_shards`` names them.
+    """
 
 
 @dataclass
@@ -125,6 +133,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)   # the dataset's notes (absent test-list ids, ...)
     label_problems: list[str] = field(default_factory=list)  # the first few as 'file:line: problem'
     label_problem_count: int = 0                     # unusable label rows recorded in meta/
+    failed_shards: list[str] = field(default_factory=list)  # shards that failed after their retries
 
     @property
     def total(self) -> int:
@@ -142,7 +151,13 @@ class Summary:
             f"{self.total_shards} in this run's share",
             f"all-zero attention maps (whole image used): {self.zero_attention}",
             f"output: {self.out}",
-        ] + self._problem_lines() + [f"note: {note}" for note in self.notes]
+        ] + self._failed_lines() + self._problem_lines() + [f"note: {note}" for note in self.notes]
+
+    def _failed_lines(self) -> list[str]:
+        if not self.failed_shards:
+            return []
+        return [f"shards failed after their retries: {len(self.failed_shards)} "
+                f"({', '.join(self.failed_shards)}); rerun the same command to redo them"]
 
     def _problem_lines(self) -> list[str]:
         if not self.label_problem_count:
@@ -322,10 +337,10 @@ def _hash_rank(image_id: str, seed: int) -> bytes:
 class _Worker:
     """The CPU work on one image, run in the thread pool."""
 
-    def __init__(self, cfg: PreprocessConfig, att: AttentionModel):
-        self.cfg = cfg
-        self.stride = att.stride
-        self.min_side = att.min_side
+    def __init__(self, ctx: "ShardContext"):
+        self.cfg = ctx.cfg
+        self.stride = ctx.stride
+        self.min_side = ctx.min_side
 
     def decode(self, item: _Item) -> _Item:
         from .images import ImageError, load_image, peripheral_view
@@ -402,11 +417,18 @@ def baseline_members(image, cfg: PreprocessConfig) -> dict[str, bytes]:
     return members
 
 
-def attend(items: Sequence[_Item], att: AttentionModel, cfg: PreprocessConfig) -> int:
+#: The stage-1 network's step: ``attend_fn(views, original_sizes, with_features=bool) -> list[Attended]``
+#: (:func:`gpf.pipeline.attend.attend_views` bound to a model, here or in a Ray actor).
+AttendFn = Callable[..., list]
+
+
+def attend(items: Sequence[_Item], attend_fn: AttendFn, cfg: PreprocessConfig) -> int:
     """EB maps and optimal boxes for the decoded items; returns how many maps were all zero."""
     ok = [it for it in items if it.status == "ok"]
-    results = attend_views(att, [it.periph for it in ok], [(it.width, it.height) for it in ok],
-                           with_features=cfg.store_features)
+    if not ok:
+        return 0
+    results = attend_fn([it.periph for it in ok], [(it.width, it.height) for it in ok],
+                        with_features=cfg.store_features)
     for item, res in zip(ok, results):
         item.attn, item.box, item.attn_fraction, item.feature = res.attn, res.box, res.attn_fraction, res.feature
     return sum(res.zero for res in results)
@@ -553,71 +575,186 @@ def _remove_outputs(out: Location) -> None:
                                                                                 PARQUET_SUFFIX)))
 
 
-def run_preprocess(cfg: PreprocessConfig) -> Summary:
-    """Run (or resume) the stage-1 pass described by ``cfg``; returns the summary of this rank."""
-    from ..env_info import environment_summary
-    from ..shards.writer import done_shards, write_shard
+@dataclass(frozen=True)
+class ShardContext:
+    """What every shard of a run needs besides its images; plain and picklable, so an engine can
+    send it to the processes or machines that do the work."""
+    cfg: PreprocessConfig
+    out: str
+    stride: int
+    min_side: int
+    scores: tuple[float, ...]
+    parquet_metadata: dict[str, str] | None
 
+
+@dataclass
+class ShardOutcome:
+    """What one shard's processing gave: its name, the images per status, how many maps were all zero."""
+    name: str
+    counts: Counter
+    zero: int = 0
+
+    @property
+    def images(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class PreparedRun:
+    """A run ready to go: the output folder claimed for this config and environment, every shard planned."""
+    cfg: PreprocessConfig
+    att: AttentionModel
+    dataset: Any
+    environment: dict
+    out: Location
+    jobs: list[_ShardJob]
+    context: ShardContext
+
+
+def local_environment(device) -> dict:
+    """The environment a run records (preprocess.json, the manifest): library versions, PIL, device type."""
+    from ..env_info import environment_summary
+
+    return dict(environment_summary(), device=device.type, cuda=None)
+
+
+def open_run(cfg: PreprocessConfig, device) -> tuple[AttentionModel, Any]:
+    """Check the config, load the attention model onto ``device`` and open the dataset; nothing is written."""
     _validate(cfg)
     cfg.root = str(Path(cfg.root).resolve())
-    rank, world = resolve_world(cfg)
-    device = resolve_device(cfg.device)
     att = load_attention_model(cfg, device)
     cfg.stage1_digest = att.digest if cfg.stage1 else None
     cfg.attention_digest = att.digest
-    dataset = load_inputs(cfg, att)
-    environment = dict(environment_summary(), device=device.type, cuda=None)
+    return att, load_inputs(cfg, att)
+
+
+def plan_run(cfg: PreprocessConfig, att: AttentionModel, dataset, environment: dict) -> PreparedRun:
+    """Claim the output folder for this config and ``environment`` and plan every shard of the job."""
     out = as_location(cfg.out)
     _prepare_out_dir(cfg, environment, out)
-    done = done_shards(out)
-
-    items = select_items(cfg, dataset)
-    jobs = plan_shards(items, cfg)
+    jobs = plan_shards(select_items(cfg, dataset), cfg)
     if not jobs:
         raise PreprocessError(f"no images to preprocess in split {cfg.split!r} of {cfg.root}")
-    mine = [job for n, job in enumerate(jobs) if n % world == rank]
-    scores = tuple(dataset.scores)
-    parquet_metadata = shard_metadata(dataset)
+    context = ShardContext(cfg=cfg, out=out.url, stride=att.stride, min_side=att.min_side,
+                           scores=tuple(dataset.scores), parquet_metadata=shard_metadata(dataset))
+    return PreparedRun(cfg, att, dataset, environment, out, jobs, context)
 
-    workers = cfg.workers or os.cpu_count() or 1
-    worker = _Worker(cfg, att)
-    progress = Progress(sum(len(j.items) for j in mine), f"preprocess[rank {rank}/{world}]"
-                        if world > 1 else "preprocess", enabled=cfg.progress)
-    counts: Counter = Counter()
-    zero = written = skipped = 0
-    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpf-decode") as pool, \
-            cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpf-write") as writer:
-        pending_write: cf.Future | None = None
-        for job in mine:
-            if (job.split, job.index) in done:
-                skipped += 1
-                counts.update(done[(job.split, job.index)].get("status_counts", {}))
-                progress.skip(len(job.items))
-                continue
-            done_items, z = _process_shard(job, worker, att, cfg, pool, progress)
-            zero += z
-            rows = [metadata_row(it, job.name, scores) for it in done_items]
-            samples = [it.sample for it in done_items if it.status == "ok"]
-            counts.update(it.status for it in done_items)
-            if pending_write is not None:
-                pending_write.result()
-            pending_write = writer.submit(write_shard, out, job.split, job.index, samples, rows,
-                                          metadata=parquet_metadata)
-            written += 1
-        if pending_write is not None:
-            pending_write.result()
-    progress.close()
 
-    _maybe_write_manifest(out, jobs, cfg, environment, att, dataset)
+def done_shard(done: Mapping[tuple[str, int], dict], job: _ShardJob) -> ShardOutcome | None:
+    """The outcome recorded by an earlier run when ``job``'s shard is done, else None; ``done`` is
+    :func:`gpf.shards.writer.done_shards` of the output (one listing, not a request per shard)."""
+    stats = done.get((job.split, job.index))
+    if stats is None:
+        return None
+    return ShardOutcome(job.name, Counter(stats.get("status_counts", {})))
+
+
+def process_shard(job: _ShardJob, ctx: ShardContext, attend_fn: AttendFn, pool: cf.Executor,
+                  progress: Progress | None = None, write: Callable | None = None) -> ShardOutcome:
+    """Shard ``job`` of the plan, start to finish: decode, attention, views, encodes, then its files.
+
+    Every engine calls this one function per shard, so their outputs are the same bytes: the
+    local engine with the network in this process, the Ray engine in a task with the network
+    in an actor (``attend_fn``). ``write`` (default :func:`gpf.shards.writer.write_shard`)
+    writes the tar, the Parquet rows and the stats file; the local engine passes one that
+    writes in a background thread while the next shard is computed.
+    """
+    from ..shards.writer import write_shard
+
+    items, zero = _compute_shard(job, _Worker(ctx), attend_fn, ctx.cfg, pool, progress)
+    rows = [metadata_row(it, job.name, ctx.scores) for it in items]
+    samples = [it.sample for it in items if it.status == "ok"]
+    (write or write_shard)(ctx.out, job.split, job.index, samples, rows, metadata=ctx.parquet_metadata)
+    return ShardOutcome(job.name, Counter(it.status for it in items), zero)
+
+
+def finish_run(run: PreparedRun, outcomes: Sequence[ShardOutcome], written: int, total_shards: int,
+               failed_shards: Sequence[str] = ()) -> Summary:
+    """Write the manifest once every shard of the job exists; the run's summary (raises on too many failures)."""
     from .sources import problem_lines
 
+    _maybe_write_manifest(run.out, run.jobs, run.cfg, run.environment, run.att, run.dataset)
+    cfg, dataset = run.cfg, run.dataset
+    counts: Counter = Counter()
+    for outcome in outcomes:
+        counts.update(outcome.counts)
     recorded = [p for p in dataset.problems if cfg.split == "all" or p.split == cfg.split]
-    summary = Summary(counts=counts, written_shards=written, skipped_shards=skipped,
-                      total_shards=len(mine), zero_attention=zero, out=out.local or out, notes=list(dataset.notes),
-                      label_problems=problem_lines(recorded, LABEL_PROBLEMS_SHOWN),
-                      label_problem_count=len(recorded))
+    summary = Summary(counts=counts, written_shards=written, skipped_shards=len(outcomes) - written,
+                      total_shards=total_shards, zero_attention=sum(o.zero for o in outcomes), out=run.out.local or run.out,
+                      notes=list(dataset.notes), label_problems=problem_lines(recorded, LABEL_PROBLEMS_SHOWN),
+                      label_problem_count=len(recorded), failed_shards=list(failed_shards))
+    if failed_shards:
+        raise IncompleteRunError(
+            f"{len(failed_shards)} shard(s) failed after their retries: {', '.join(failed_shards[:10])}"
+            + (" ..." if len(failed_shards) > 10 else "")
+            + "; the other shards are written. Rerun the same command to redo the failed ones", summary)
     check_failure_rate(summary, cfg.max_failure_rate)
     return summary
+
+
+def run_preprocess(cfg: PreprocessConfig) -> Summary:
+    """Run (or resume) the stage-1 pass described by ``cfg`` in this process; returns the summary of this rank.
+
+    The local engine: this rank's shards (every ``world``-th of the plan, :func:`resolve_world`)
+    one after the other, decode/encode in a thread pool, the network in this thread.
+    ``gpf.pipeline.ray_preprocess.run_preprocess_ray`` runs the same shards on a Ray cluster.
+    """
+    from ..shards.writer import done_shards
+
+    _validate(cfg)
+    rank, world = resolve_world(cfg)
+    device = resolve_device(cfg.device)
+    att, dataset = open_run(cfg, device)
+    run = plan_run(cfg, att, dataset, local_environment(device))
+    mine = [job for n, job in enumerate(run.jobs) if n % world == rank]
+
+    attend_fn = functools.partial(attend_views, att)
+    progress = Progress(sum(len(j.items) for j in mine), f"preprocess[rank {rank}/{world}]"
+                        if world > 1 else "preprocess", enabled=cfg.progress)
+    outcomes: list[ShardOutcome] = []
+    written = 0
+    done_before = done_shards(run.out)
+    with cf.ThreadPoolExecutor(max_workers=cfg.workers or os.cpu_count() or 1,
+                               thread_name_prefix="gpf-decode") as pool, \
+            _BackgroundWriter() as write:
+        for job in mine:
+            done = done_shard(done_before, job)
+            if done is not None:
+                outcomes.append(done)
+                progress.skip(len(job.items))
+                continue
+            outcomes.append(process_shard(job, run.context, attend_fn, pool, progress, write=write))
+            written += 1
+    progress.close()
+    return finish_run(run, outcomes, written, len(mine))
+
+
+class _BackgroundWriter:
+    """``write_shard`` in one background thread: a shard is written while the next is computed
+    (at most one write waits); leaving the ``with`` block waits for the last write."""
+
+    def __enter__(self) -> "_BackgroundWriter":
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpf-write")
+        self._pending: cf.Future | None = None
+        return self
+
+    def __call__(self, *args, **kwargs) -> None:
+        from ..shards.writer import write_shard
+
+        self._wait()
+        self._pending = self._pool.submit(write_shard, *args, **kwargs)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def check_failure_rate(summary: Summary, max_failure_rate: float) -> None:
@@ -634,9 +771,12 @@ def check_failure_rate(summary: Summary, max_failure_rate: float) -> None:
             "written are kept", summary)
 
 
-def _process_shard(job: _ShardJob, worker: _Worker, att: AttentionModel, cfg: PreprocessConfig,
-                   pool: cf.Executor, progress: Progress) -> tuple[list[_Item], int]:
-    """Decode (prefetching the next batch), attend, finish: the items of one shard, in order."""
+def _compute_shard(job: _ShardJob, worker: _Worker, attend_fn: AttendFn, cfg: PreprocessConfig,
+                   pool: cf.Executor, progress: Progress | None) -> tuple[list[_Item], int]:
+    """Decode (prefetching the next batch), attend, finish: the items of one shard, in order.
+
+    Batches are ``cfg.batch_size`` consecutive items of the shard, whichever engine runs it.
+    """
     batches = [job.items[i:i + cfg.batch_size] for i in range(0, len(job.items), cfg.batch_size)]
     finished: list[cf.Future] = []
     zero = 0
@@ -646,14 +786,17 @@ def _process_shard(job: _ShardJob, worker: _Worker, att: AttentionModel, cfg: Pr
         if b + 1 < len(batches):
             decoding = [pool.submit(worker.decode, it) for it in batches[b + 1]]
         try:
-            zero += attend(decoded, att, cfg)
+            zero += attend(decoded, attend_fn, cfg)
+        except NetworkLost:
+            raise
         except Exception as exc:  # the model failed on this batch: record, don't lose the shard
             for it in decoded:
                 if it.status == "ok":
                     it.status, it.error = "attention_error", f"{type(exc).__name__}: {exc}"
                     it.image = it.periph = None
         finished += [pool.submit(worker.finish, it) for it in decoded]
-        progress.update(len(decoded), failed=sum(it.status != "ok" for it in decoded))
+        if progress is not None:
+            progress.update(len(decoded), failed=sum(it.status != "ok" for it in decoded))
     return [f.result() for f in finished], zero
 
 

@@ -40,7 +40,7 @@ from ..fsutil import commit, temp_path
 from ..vocabulary import TAU
 from ..model.checkpoint import Checkpoint
 from ..shards.storage import Location, as_location, is_url, public_url
-from .attend import AttentionModel, Attended, attend_views
+from .attend import AttentionModel, Attended, NetworkLost, attend_views
 
 DEFAULT_BATCH_SIZE = 32
 #: Random crops averaged per photo by the ``random`` variant (see :class:`Scorer`).
@@ -404,6 +404,11 @@ class Scorer:
         # (raised to what the stage-2 peripheral subnet needs, should that be larger).
         self.stride = attention.stride
         self.min_side = max(attention.min_side, model.peripheral_spec.min_input)
+        self.fovea_source = model.fovea_source
+        self._variant, self._backbone, self._tau = model.variant, model.spec.name, attention.tau
+        self._peripheral_backbone = model.peripheral_spec.name
+        self._first_view = model.first_view
+        self._network = self   # the network steps (attend_batch, predict_batch): here, or elsewhere (detached)
 
     @classmethod
     def from_checkpoint(cls, checkpoint, device="auto", *, random_crops: int | None = None,
@@ -439,19 +444,38 @@ class Scorer:
     # -- properties
     @property
     def variant(self) -> str:
-        return self.model.variant
+        return self._variant
 
     @property
     def uses_attention(self) -> bool:
-        return self.model.fovea_source == "attention"
+        return self.fovea_source == "attention"
 
     def describe(self) -> dict:
         """Plain description for output metadata."""
-        return {"checkpoint": self.source, "variant": self.variant, "backbone": self.model.spec.name,
-                "peripheral_backbone": self.model.peripheral_spec.name,
+        return {"checkpoint": self.source, "variant": self.variant, "backbone": self._backbone,
+                "peripheral_backbone": self._peripheral_backbone,
                 "scores": list(self.scores), "threshold": self.threshold, "view_size": self.view_size,
-                "tau": self.attention.tau,
-                "random_crops": self.random_crops if self.model.fovea_source in ("random", "patch") else None}
+                "tau": self._tau,
+                "random_crops": self.random_crops if self.fovea_source in ("random", "patch") else None}
+
+    def detached(self, network=None) -> "Scorer":
+        """A copy without the networks (light to send to another process) whose two network steps
+        are ``network.attend_batch`` and ``network.predict_batch``, e.g. a Ray actor holding this
+        scorer (``gpf predict --engine ray``): decoding, views and results stay with the copy, and
+        the batches are formed as here, so the scores are the same. ``network=None``: set it later
+        with another call."""
+        import copy
+
+        twin = copy.copy(self)
+        twin.model = twin.attention = None
+        twin._network = network
+        return twin
+
+    # -- the network steps (what a detached copy asks its network for)
+    def attend_batch(self, periphs: list, sizes: list[tuple[int, int]]) -> list[Attended]:
+        """EB maps and tau boxes of a batch of peripheral views (:func:`attend_views`)."""
+        return attend_views(self.attention, periphs, sizes)
+
 
     # -- public scoring
     def score(self, image, image_id: str | None = None) -> ScoreResult:
@@ -519,7 +543,7 @@ class Scorer:
             work.size = work.image.size
             work.periph = peripheral_view(work.image, self.view_size, stride=self.stride,
                                           min_side=self.min_side)
-            if self.model.first_view == "warp":
+            if self._first_view == "warp":
                 from .baselines import warped_input
 
                 work.first = warped_input(work.image, self.view_size, self.jpeg_quality)
@@ -540,6 +564,8 @@ class Scorer:
         if ok:
             try:
                 self._score_batch(ok, pool)
+            except NetworkLost:
+                raise
             except Exception as exc:  # the network failed on this batch: report, go on
                 for work in ok:
                     work.fail(SCORE_ERROR, f"{work.path or work.id}: scoring failed "
@@ -551,13 +577,14 @@ class Scorer:
         """Attention boxes, second views and the predicted distributions of decoded photos."""
         if self.uses_attention:
             if attended is None:
-                attended = attend_views(self.attention, [w.periph for w in works], [w.size for w in works])
+                attended = self._network.attend_batch([w.periph for w in works], [w.size for w in works])
             for work, res in zip(works, attended):
                 work.box, work.attn_fraction = res.box, res.attn_fraction
         mapper = pool.map if pool is not None else map
         for work, views in zip(works, mapper(self._second_views, works)):
             work.second = views
-        dists = self._predict([w.periph if w.first is None else w.first for w in works], [w.second for w in works])
+        dists = self._network.predict_batch([w.periph if w.first is None else w.first for w in works],
+                                            [w.second for w in works])
         for work, dist in zip(works, dists):
             work.dist = dist
             work.image = work.periph = work.first = None
@@ -567,7 +594,7 @@ class Scorer:
         """The foveal view (attention variants), K random crops (``random``) or nothing (``single``)."""
         from .images import foveal_view, random_crops
 
-        source = self.model.fovea_source
+        source = self.fovea_source
         if source == "attention":
             return [foveal_view(work.image, work.box, self.view_size)]
         if source == "random":
@@ -579,7 +606,7 @@ class Scorer:
                                 self.random_crops)[0]
         return []
 
-    def _predict(self, periphs: list, seconds: list[list]) -> np.ndarray:
+    def predict_batch(self, periphs: list, seconds: list[list]) -> np.ndarray:
         """Softmax distributions ``[B, N]`` (float64); the ``random`` variant's averaged over its crops."""
         import torch
 

@@ -376,6 +376,19 @@ def compare_config(old: dict, new: dict) -> list[str]:
     return lines
 
 
+def recorded_differences(path: str | os.PathLike, current: dict) -> list[str] | None:
+    """How the config recorded in the JSON file ``path`` differs from ``current`` (:func:`compare_config`
+    lines; one line saying so when the file is unreadable); None when there is no such file."""
+    where = as_location(path)
+    try:
+        previous = json.loads(where.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, StorageError, ValueError):
+        return [f"{where} is unreadable"]
+    return compare_config(previous, current)
+
+
 def _plain(value):
     """Round-trip through JSON so tuples, numpy scalars and paths compare like stored values."""
     return json.loads(dump_json(value, what="config")) if value is not None else None

@@ -199,6 +199,21 @@ def test_bench_preprocess_tiny_run_writes_its_section(tmp_path, torch_threads):
     assert run_all.summarise_preprocess(out.read_text())[0].met is None
 
 
+@pytest.mark.slow
+def test_bench_ray_quick_run_compares_both_engines_on_the_same_bytes(tmp_path, torch_threads, local_ray):
+    import bench_ray
+
+    out = tmp_path / "ray.md"
+    assert bench_ray.main(["--images", "8", "--samples-per-shard", "4", "--batch-size", "4", "--repeat", "1",
+                           "--ray-address", local_ray.address, "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = run_all.table_with(text, "processing time vs local")
+    assert [r["engine"] for r in rows] == ["local", *bench_ray.CONFIGS]
+    assert all(r["same bytes as local"] == "yes" for r in rows[1:])
+    assert f"(connected to {local_ray.address})" in text and "8 photo-like JPEGs" in text
+    assert [s.target for s in run_all.summarise_ray(text)] == ["≤ 1.15×"] * len(bench_ray.CONFIGS)
+
+
 def test_raw_path_reproduces_the_stored_views(tmp_path, torch_threads):
     """The raw-path Dataset must make the very views the shards hold, or the comparison is unfair:
     re-encoded the way the pipeline encodes, they give the stored JPEG bytes."""

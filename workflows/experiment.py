@@ -278,17 +278,13 @@ def check_config(cfg: ExperimentConfig) -> None:
 
 def prepare_out(cfg: ExperimentConfig, fresh: bool = False) -> Path:
     """Create ``out`` (or check it holds this experiment); ``fresh`` deletes what an earlier one wrote."""
+    from ..shards.manifest import recorded_differences
+
     out = Path(cfg.out)
     marker = out / EXPERIMENT_FILE
     current = cfg.identity()
-    if marker.exists():
-        try:
-            previous = json.loads(marker.read_text())
-        except ValueError:
-            previous = None
-        from ..shards.manifest import compare_config
-
-        differences = [f"{marker} is unreadable"] if previous is None else compare_config(previous, current)
+    differences = recorded_differences(marker, current)
+    if differences is not None:
         if fresh:
             remove_experiment_outputs(out)
         elif differences:
