@@ -191,9 +191,18 @@ def _filesystem(url: str, options: Mapping):
 
 # ----------------------------------------------------------------------------- errors and retries
 
+#: botocore's errors that say the credentials are missing or malformed: no retry makes them appear.
+_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "NoAuthTokenError",
+                      "CredentialRetrievalError", "UnauthorizedSSOTokenError")
+
+
+def _no_credentials(exc: BaseException) -> bool:
+    return type(exc).__name__ in _CREDENTIAL_ERRORS
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, (StorageError, PermissionError, FileNotFoundError, IsADirectoryError,
-                        NotADirectoryError, ValueError, TypeError)):
+                        NotADirectoryError, ValueError, TypeError)) or _no_credentials(exc):
         return False
     return isinstance(exc, (OSError, TimeoutError, ConnectionError)) or \
         type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests")
@@ -203,7 +212,7 @@ def named_error(where: str, exc: BaseException, doing: str) -> StorageError:
     """One line naming ``where`` for a store's error that does not name it (s3fs says "Forbidden")."""
     if isinstance(exc, StorageError):
         return exc
-    if isinstance(exc, PermissionError):
+    if isinstance(exc, PermissionError) or _no_credentials(exc):
         return StoragePermissionError(f"{where}: access denied while {doing} ({exc}); check the credentials "
                                       "(environment, the provider's config files or --storage-options) and "
                                       "the bucket's permissions")

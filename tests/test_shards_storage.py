@@ -186,6 +186,33 @@ def test_wrong_key_is_one_line_naming_the_url(s3_server):
     assert str(caught.value).startswith(f"{url}: access denied") and "\n" not in str(caught.value)
 
 
+def test_no_credentials_at_all_is_one_permission_line_not_retried(s3_server, tmp_path, monkeypatch):
+    """botocore's NoCredentialsError is not transient: one line naming the URL at once, no backoff."""
+    import gpf.shards.storage as storage
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")     # no instance-metadata lookup off loopback
+    calls = []
+    real = storage.retrying
+
+    def counting(call, *args, **kwargs):
+        def counted():
+            calls.append(1)
+            return call()
+        return real(counted, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "retrying", counting)
+    url = s3_server.make_bucket() + "/x.bin"
+    with pytest.raises(StoragePermissionError) as caught:
+        Location(url, {"endpoint_url": s3_server.url}).read_bytes()
+    assert str(caught.value).startswith(f"{url}: access denied") and "\n" not in str(caught.value)
+    assert "Unable to locate credentials" in str(caught.value) and len(calls) <= 1
+
+
 def test_killed_upload_leaves_no_object_and_the_next_writer_aborts_it(s3_server, tmp_path):
     """A writer SIGKILLed inside a multipart upload: the key does not exist, the upload stays
     unfinished on the server until the next writer of that key aborts it."""
