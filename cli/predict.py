@@ -47,9 +47,9 @@ def _beside_the_bar():
 @click.option("--parquet", "parquet_out", type=Location(dir_okay=False),
               help="Write one row per image here, a file or a URL (id, path, mean, std, distribution, high, box, "
                    "status, error).")
-@click.option("--out", "bulk_out", type=click.Path(file_okay=False),
-              help="Bulk scoring: IMAGES is one list (CSV/Parquet with a path column) or folder; one Parquet "
-                   "of scores per chunk goes here, resumable (docs/evaluation.md).")
+@click.option("--out", "bulk_out", type=Location(file_okay=False),
+              help="Bulk scoring: IMAGES is one list (CSV/Parquet with a column of paths or URLs) or folder; one "
+                   "Parquet of scores per chunk goes here, a folder or a URL prefix, resumable (docs/evaluation.md).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=bulkscore.DEFAULT_CHUNK_SIZE, show_default=True,
               help="With --out: photos per output Parquet (and per unit of work).")
 @click.option("--path-column", default=None,

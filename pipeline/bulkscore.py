@@ -1,13 +1,15 @@
 """Bulk scoring: a list of photos -> one Parquet of scores per chunk, resumable (``gpf predict LIST --out DIR``).
 
 The list is a CSV or Parquet file with a path column (``--path-column``, else the
-first of :data:`PATH_COLUMNS`), or a folder (its image files, recursively). Each
+first of :data:`PATH_COLUMNS`), or a folder (its image files, recursively); the
+list file or folder may be a URL (a prefix for a folder), and rows may be URLs
+(read through :mod:`gpf.shards.storage`, as ``--out`` is written). Each
 photo gets a unique id (:func:`read_photo_list`): its path relative to the input
 root (the list file's folder, or the folder given), an absolute path outside it
 as given, a URL as given. The photos are cut into chunks of ``chunk_size`` in
-list order; chunk ``k`` is written to ``scores-{k:06d}.parquet`` atomically, so a
-chunk is done when its file exists and a rerun of the same command scores only
-the missing chunks. A photo that cannot be scored is a row with its status and
+list order; chunk ``k`` is written to ``scores-{k:06d}.parquet`` atomically (a
+local temp file renamed, or one upload), so a chunk is done when its file or
+object exists and a rerun of the same command scores only the missing chunks. A photo that cannot be scored is a row with its status and
 error. Columns: those of :meth:`gpf.pipeline.scoring.ScoreResult.as_dict` (id,
 path, width, height, mean, std, distribution, high, x0 y0 x1 y1, attn_fraction,
 status, error).
@@ -19,6 +21,7 @@ write the same bytes.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import Counter
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import GPFError
-from ..fsutil import atomic_write_bytes
+from ..shards.storage import Location, as_location, is_url, public_url
 from .progress import Progress
 from .scoring import NamedImage, ParquetResultWriter, Scorer, named_image_files, unique_ids
 
@@ -44,35 +47,47 @@ class BulkScoringError(GPFError):
 
 # ----------------------------------------------------------------------------- the list
 
-def is_url(text: str) -> bool:
-    return "://" in text
+def read_photo_list(source: str | os.PathLike | Location, path_column: str | None = None) -> list[NamedImage]:
+    """The photos of a CSV/Parquet list or a folder (local or a URL), each with its unique id, in list order.
 
-
-def read_photo_list(source: str | os.PathLike, path_column: str | None = None) -> list[NamedImage]:
-    """The photos of a CSV/Parquet list or a folder, each with its unique id, in list order."""
-    source = Path(source)
+    A photo's source is a local path or a URL string (never a :class:`Location`: a chunk of them goes to
+    other processes, and a location's storage options must not)."""
+    source = as_location(source)
     if source.is_dir():
         if path_column:
             raise BulkScoringError(f"--path-column applies to a CSV or Parquet list, not to the folder {source}")
-        return named_image_files([source])
-    if source.suffix.lower() not in LIST_SUFFIXES:
+        return [NamedImage(n.id, n.source.url if isinstance(n.source, Location) else n.source)
+                for n in named_image_files([source.url if source.remote else source.local])]
+    suffix = Path(source.name).suffix.lower()
+    if suffix not in LIST_SUFFIXES:
         raise BulkScoringError(f"{source}: give a folder, or a list file ending in "
                                f"{', '.join(LIST_SUFFIXES)} with a column of paths or URLs")
     paths = _path_column(source, path_column)
-    root = source.resolve().parent
+    root = _list_root(source)
     ids, files = [], []
-    for n, given in enumerate(paths, start=2 if source.suffix.lower() == ".csv" else 1):
+    for n, given in enumerate(paths, start=2 if suffix == ".csv" else 1):
         if given is None or not str(given).strip():
             raise BulkScoringError(f"{source}: row {n} has no path; fill it in or drop the row")
         given = str(given).strip()
         ids.append(_photo_id(given, root))
-        files.append(given if is_url(given) or os.path.isabs(given) else str(root / given))
+        files.append(given if is_url(given) or os.path.isabs(given) else _below(root, given))
     return [NamedImage(image_id, file) for image_id, file in zip(unique_ids(ids), files)]
 
 
-def _photo_id(given: str, root: Path) -> str:
+def _list_root(source: Location) -> Path | str:
+    """Where a list's relative rows are: its folder, or for a list at a URL the URL's prefix."""
+    if source.remote:
+        return source.url.rpartition("/")[0]
+    return source.local.resolve().parent
+
+
+def _below(root: Path | str, given: str) -> str:
+    return f"{root}/{given}" if isinstance(root, str) else str(root / given)
+
+
+def _photo_id(given: str, root: Path | str) -> str:
     """The path relative to the list's folder (``/`` separators), an outside absolute path or a URL as given."""
-    if is_url(given):
+    if is_url(given) or isinstance(root, str):
         return given
     path = Path(given)
     if not path.is_absolute():
@@ -83,15 +98,16 @@ def _photo_id(given: str, root: Path) -> str:
         return path.as_posix()
 
 
-def _path_column(source: Path, path_column: str | None) -> list:
+def _path_column(source: Location, path_column: str | None) -> list:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
+    data = source.local if source.local is not None else io.BytesIO(source.read_bytes())
     try:
-        if source.suffix.lower() == ".csv":
-            table = pcsv.read_csv(source, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+        if Path(source.name).suffix.lower() == ".csv":
+            table = pcsv.read_csv(data, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
         else:
-            table = pq.read_table(source)
+            table = pq.read_table(data)
     except Exception as exc:  # noqa: BLE001 - pyarrow's parse errors name no common base
         raise BulkScoringError(f"{source}: cannot read the list ({type(exc).__name__}: {exc})") from None
     names = table.column_names
@@ -129,26 +145,22 @@ def plan_chunks(photos: Sequence[NamedImage], chunk_size: int) -> list[Chunk]:
     return [Chunk(k, tuple(photos[i:i + chunk_size])) for k, i in enumerate(range(0, len(photos), chunk_size))]
 
 
-def is_chunk_done(out: str | os.PathLike, chunk: Chunk) -> bool:
-    return (Path(out) / chunk.name).is_file()
-
-
-def read_chunk_counts(out: str | os.PathLike, chunk: Chunk) -> Counter:
+def read_chunk_counts(out: str | os.PathLike | Location, chunk: Chunk) -> Counter:
     """Photos per status of a written chunk."""
-    import pyarrow.parquet as pq
+    from ..shards.storage import read_parquet
 
-    return Counter(pq.read_table(Path(out) / chunk.name, columns=["status"]).column("status").to_pylist())
+    return Counter(read_parquet(as_location(out).join(chunk.name), columns=["status"]).column("status").to_pylist())
 
 
-def score_chunk(chunk: Chunk, scorer: Scorer, out: str | os.PathLike, batch_size: int,
+def score_chunk(chunk: Chunk, scorer: Scorer, out: str | os.PathLike | Location, batch_size: int,
                 progress: Progress | None = None) -> Counter:
-    """Score one chunk and write its Parquet (atomically: the file appears complete or not at all).
+    """Score one chunk and write its Parquet (atomically: the file or object appears complete or not at all).
 
     Both engines call this per chunk; ``scorer`` holds the networks or is detached from them
     (:meth:`gpf.pipeline.scoring.Scorer.detached`). Returns the photos per status.
     """
     counts: Counter = Counter()
-    with ParquetResultWriter(Path(out) / chunk.name, metadata=scorer.describe()) as writer:
+    with ParquetResultWriter(as_location(out).join(chunk.name), metadata=scorer.describe()) as writer:
         for result in scorer.score_many(chunk.photos, batch_size, progress=progress):
             writer.write(result)
             counts[result.status] += 1
@@ -163,7 +175,7 @@ class BulkSummary:
     written_chunks: int
     skipped_chunks: int
     total_chunks: int
-    out: Path
+    out: Path | Location
     failed_chunks: list[str] = field(default_factory=list)
 
     @property
@@ -184,37 +196,46 @@ class BulkSummary:
 
 def run_identity(source, path_column, chunk_size: int, batch_size: int, scorer: Scorer, photos: int) -> dict:
     """What decides the chunks' bytes: a rerun must match it to resume in the same folder."""
-    return {"list": str(Path(source).resolve()), "path_column": path_column, "photos": photos,
+    return {"list": _list_name(source), "path_column": path_column, "photos": photos,
             "chunk_size": chunk_size, "batch_size": batch_size, "max_pixels": scorer.max_pixels,
             "scorer": scorer.describe()}
 
 
-def prepare_out(out: str | os.PathLike, identity: dict) -> Path:
-    """Create ``out`` (or check it holds chunks of this very run) and drop temp files a killed run left."""
+def _list_name(source) -> str:
+    """The list as the run file records it: a local list's absolute path, a URL without credentials."""
+    loc = as_location(source)
+    return public_url(loc.url) if loc.remote else str(loc.local.resolve())
+
+
+def prepare_out(out: str | os.PathLike | Location, identity: dict) -> Path | Location:
+    """Create ``out`` (or check it holds chunks of this very run) and drop temp files a killed run left;
+    ``out`` a folder (returned as a Path) or a URL prefix (returned as a Location)."""
     from ..shards.manifest import recorded_differences
 
-    out = Path(out)
+    out = as_location(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.makedirs()
     except OSError as exc:
         raise BulkScoringError(f"cannot create the output folder --out {out}: {exc.strerror or exc}; "
                                "choose another --out") from None
-    differences = recorded_differences(out / RUN_FILE, identity)
+    differences = recorded_differences(out.join(RUN_FILE), identity)
     if differences:
         raise BulkScoringError(f"{out} holds scores of another run ({'; '.join(differences[:6])}); rerun "
                                "the same command to resume, or choose another --out")
     if differences is None:
-        atomic_write_bytes(out / RUN_FILE, json.dumps(identity, sort_keys=True, indent=1).encode())
-    for stale in out.glob(".scores-*.tmp"):
-        stale.unlink(missing_ok=True)
-    return out
+        out.join(RUN_FILE).write_bytes(json.dumps(identity, sort_keys=True, indent=1).encode())
+    if out.local is not None:
+        for stale in out.local.glob(".scores-*.tmp"):
+            stale.unlink(missing_ok=True)
+    return out.local if out.local is not None else out
 
 
-def done_chunks(out: Path, chunks: Sequence[Chunk]) -> tuple[list[Chunk], Counter]:
-    """(chunks still to score, photos per status of the chunks already written)."""
+def done_chunks(out: Path | Location, chunks: Sequence[Chunk]) -> tuple[list[Chunk], Counter]:
+    """(chunks still to score, photos per status of the chunks already written): one listing of ``out``."""
+    written = as_location(out).list()
     todo, counts = [], Counter()
     for chunk in chunks:
-        if is_chunk_done(out, chunk):
+        if chunk.name in written:
             counts.update(read_chunk_counts(out, chunk))
         else:
             todo.append(chunk)

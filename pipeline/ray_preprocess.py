@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..model.device import resolve_device
+from ..shards.storage import CarriedStorage, is_url
 from .attend import attend_views
 from .preprocess import (PreparedRun, PreprocessConfig, PreprocessError, ShardContext, ShardOutcome, Summary,
                          _ShardJob, _validate, done_shard, finish_run, load_attention_model, open_run, plan_run,
                          process_shard)
 from .raycluster import (ClusterProgress, RayOptions, RemoteNetwork, UnitResult, check_same_environment,
-                         check_worker, network_actors, plan_actors, probe_nodes, ray_session, retried_exceptions,
+                         in_worker, network_actors, plan_actors, probe_nodes, ray_session, retried_exceptions,
                          run_units, task_slots, worker_environment)
 
 
@@ -49,9 +50,12 @@ class BuildAttention:
 
     @classmethod
     def of(cls, cfg: PreprocessConfig) -> "BuildAttention":
-        """With the checkpoint and weights files as absolute paths (an actor's working folder is its own)."""
-        stage1 = str(Path(cfg.stage1).resolve()) if cfg.stage1 else None
-        weights = str(Path(cfg.weights).resolve()) if Path(cfg.weights).is_file() else cfg.weights
+        """With the checkpoint and weights files as absolute paths (an actor's working folder is its own);
+        URLs as they are (an actor reads them with the driver's storage options)."""
+        stage1 = str(Path(cfg.stage1).resolve()) if cfg.stage1 and not is_url(cfg.stage1) else cfg.stage1
+        weights = cfg.weights
+        if not is_url(weights) and Path(weights).is_file():       # else a keyword (imagenet, none) or a URL
+            weights = str(Path(weights).resolve())
         return cls(dataclasses.replace(cfg, stage1=stage1, weights=weights))
 
     def __call__(self, device) -> AttentionNetwork:
@@ -59,14 +63,15 @@ class BuildAttention:
 
 
 def shard_task(job: _ShardJob, ctx: ShardContext, network: RemoteNetwork, environment: dict,
-               threads: int) -> UnitResult:
-    """One shard in a Ray task: :func:`process_shard` with the network in the actors."""
-    check_worker(environment)
+               threads: int, storage: CarriedStorage) -> UnitResult:
+    """One shard in a Ray task: :func:`process_shard` with the network in the actors, writing to
+    ``ctx.out`` (a folder or URL) with the driver's storage options (``storage``, in memory)."""
 
     def attend_fn(views, original_sizes, with_features=False):
         return network.call("attend", views, original_sizes, with_features=with_features)
 
-    with cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpf-decode") as pool:
+    with in_worker(environment, storage), \
+            cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpf-decode") as pool:
         outcome = process_shard(job, ctx, attend_fn, pool)
     return UnitResult(outcome=outcome, node=worker_environment()["node"], images=outcome.images,
                       counts=dict(outcome.counts))
@@ -85,16 +90,18 @@ def run_preprocess_ray(cfg: PreprocessConfig, options: RayOptions | None = None)
         raise PreprocessError("--num-nodes/--node-rank split the shards between independent jobs; with "
                               "--engine ray the cluster schedules every shard itself: drop them")
     att, dataset = open_run(cfg, resolve_device("cpu"))
+    storage = CarriedStorage.here()
     with ray_session(options.address) as ray:
         plan = plan_actors(ray, cfg.device, options)
         probes = probe_nodes(ray)    # while the actors start
-        with network_actors(ray, plan, BuildAttention.of(cfg), options, att.digest) as (actors, reports):
+        with network_actors(ray, plan, BuildAttention.of(cfg), options, att.digest, storage) as (actors, reports):
             environment = check_same_environment(reports + ray.get(probes))
             run = plan_run(cfg, att, dataset, environment)
-            return _run_shards(ray, run, actors, options, task_slots(ray, plan, options))
+            return _run_shards(ray, run, actors, options, task_slots(ray, plan, options), storage)
 
 
-def _run_shards(ray, run: PreparedRun, actors, options: RayOptions, slots: int) -> Summary:
+def _run_shards(ray, run: PreparedRun, actors, options: RayOptions, slots: int,
+                storage: CarriedStorage) -> Summary:
     from ..shards.writer import done_shards
 
     outcomes: list[ShardOutcome] = []
@@ -114,7 +121,7 @@ def _run_shards(ray, run: PreparedRun, actors, options: RayOptions, slots: int) 
 
     def submit(unit):
         number, job = unit
-        return task.remote(job, ctx_ref, RemoteNetwork(actors, key=number), env_ref, options.task_threads)
+        return task.remote(job, ctx_ref, RemoteNetwork(actors, key=number), env_ref, options.task_threads, storage)
 
     def on_result(unit, result: UnitResult) -> None:
         outcomes.append(result.outcome)

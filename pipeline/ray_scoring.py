@@ -1,4 +1,4 @@
-"""Bulk scoring on a Ray cluster (``gpf predict --engine ray LIST --out DIR``; docs/evaluation.md).
+"""Bulk scoring on a Ray cluster (``gpf predict --engine ray LIST --out DIR|URL``; docs/evaluation.md).
 
 One chunk of the list is one Ray task calling :func:`gpf.pipeline.bulkscore.score_chunk`,
 the function the local engine calls, with a scorer detached from its networks
@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model.checkpoint import resolve_checkpoint_path
+from ..shards.storage import CarriedStorage, as_location, is_url, public_url
 from .bulkscore import (DEFAULT_CHUNK_SIZE, BulkSummary, Chunk, done_chunks, plan_chunks, prepare_out,
                         read_photo_list, run_identity, score_chunk)
 from .raycluster import (ClusterProgress, RayOptions, RemoteNetwork, UnitResult, check_same_environment,
-                         check_worker, network_actors, plan_actors, probe_nodes, ray_session, retried_exceptions,
+                         in_worker, network_actors, plan_actors, probe_nodes, ray_session, retried_exceptions,
                          run_units, task_slots, worker_environment)
 from .scoring import Scorer, load_stage2_checkpoint
 
@@ -46,6 +47,11 @@ class BuildScorer:
 
     @classmethod
     def of(cls, checkpoint, **options) -> "BuildScorer":
+        """A local checkpoint by its absolute path; a URL as it is (an actor reads it with the driver's
+        storage options), named by its public URL as the local engine names it."""
+        if is_url(checkpoint):
+            url = as_location(checkpoint).url
+            return cls(url, public_url(url), **options)
         path = resolve_checkpoint_path(checkpoint)
         return cls(str(path.resolve()), str(path), **options)
 
@@ -70,10 +76,11 @@ class _ActorNetwork:
 
 
 def chunk_task(chunk: Chunk, scorer: Scorer, out: str, batch_size: int, network: RemoteNetwork,
-               environment: dict) -> UnitResult:
-    """One chunk in a Ray task: :func:`score_chunk` with the networks in the actors."""
-    check_worker(environment)
-    counts = score_chunk(chunk, scorer.detached(_ActorNetwork(network)), out, batch_size)
+               environment: dict, storage: CarriedStorage) -> UnitResult:
+    """One chunk in a Ray task: :func:`score_chunk` with the networks in the actors, reading URL photos
+    and writing to ``out`` (a folder or URL) with the driver's storage options (``storage``, in memory)."""
+    with in_worker(environment, storage):
+        counts = score_chunk(chunk, scorer.detached(_ActorNetwork(network)), out, batch_size)
     return UnitResult(outcome=chunk.name, node=worker_environment()["node"], images=sum(counts.values()),
                       counts=dict(counts))
 
@@ -96,10 +103,11 @@ def run_bulk_ray(source, out, build: BuildScorer, device: str = "auto", *, optio
     scorer.workers = max(1, workers)
     out = prepare_out(out, run_identity(source, path_column, chunk_size, batch_size, scorer, len(photos)))
     todo, counts = done_chunks(out, chunks)
+    target, storage = as_location(out).url, CarriedStorage.here()
     with ray_session(options.address) as ray:
         plan = plan_actors(ray, device, options)
         probes = probe_nodes(ray)
-        with network_actors(ray, plan, build, options, digest) as (actors, reports):
+        with network_actors(ray, plan, build, options, digest, storage) as (actors, reports):
             environment = ray.put(check_same_environment(reports + ray.get(probes)))
             bar = ClusterProgress(len(photos), "predict[ray]", enabled=progress)
             bar.skip(len(photos) - sum(len(c.photos) for c in todo))
@@ -111,9 +119,12 @@ def run_bulk_ray(source, out, build: BuildScorer, device: str = "auto", *, optio
                 counts.update(result.counts)
                 bar.add(result)
 
-            failed = run_units(ray, todo, lambda chunk: task.remote(chunk, cpu_half, str(out), batch_size,
-                                                                     RemoteNetwork(actors, chunk.index), environment),
-                               lambda chunk: chunk.name, on_result, window=task_slots(ray, plan, options))
+            def submit(chunk: Chunk):
+                return task.remote(chunk, cpu_half, target, batch_size, RemoteNetwork(actors, chunk.index),
+                                   environment, storage)
+
+            failed = run_units(ray, todo, submit, lambda chunk: chunk.name, on_result,
+                               window=task_slots(ray, plan, options))
             bar.close()
     written = len(todo) - len(failed)
     return BulkSummary(counts, written, len(chunks) - len(todo), len(chunks), out,

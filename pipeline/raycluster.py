@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import GPFError
+from ..shards.storage import CarriedStorage
 from .progress import Progress
 
 #: What to install for ``--engine ray``.
@@ -236,6 +237,15 @@ def _values(report: dict, keys: Sequence[str]) -> str:
     return ", ".join(f"{k}={json.dumps(env.get(k), sort_keys=True)}" for k in keys)
 
 
+@contextmanager
+def in_worker(expected: dict, storage: CarriedStorage) -> Iterator[None]:
+    """A task's body: refuse another environment than the run's (:func:`check_worker`), then work with
+    the driver's storage options and credentials (:class:`gpf.shards.storage.CarriedStorage`)."""
+    check_worker(expected)
+    with storage.applied():
+        yield
+
+
 def check_worker(expected: dict) -> None:
     """In a task: refuse to work in another environment than the run's (a node that joined later)."""
     run = {k: v for k, v in expected.items() if k != "device"}
@@ -302,21 +312,23 @@ def task_slots(ray, plan: ActorPlan, options: RayOptions) -> int:
 class NetworkActor:
     """A network on one device, built in the actor by ``build(device)``; ``run(method, ...)`` calls it.
 
-    ``build`` is small (a config and file paths, not weights): each actor loads the network
-    itself, and reports its weights' ``digest`` so that the driver can check that every
+    ``build`` is small (a config and file paths or URLs, not weights): each actor loads the network
+    itself (a URL with the driver's storage options, ``storage``), and reports its weights' ``digest``
+    so that the driver can check that every
     node read the same files. Wrapped by :func:`network_actors` as a Ray actor (restarted
     when it dies; the calls in flight are retried, so every method must be a pure function
     of its arguments).
     """
 
-    def __init__(self, build: Callable, device: str, threads: int):
+    def __init__(self, build: Callable, device: str, threads: int, storage: CarriedStorage | None = None):
         import torch
 
         from ..model.device import resolve_device
 
         torch.set_num_threads(max(1, threads))
         self.device = resolve_device(device)
-        self.network = build(self.device)
+        with (storage or CarriedStorage()).applied():    # a checkpoint at a URL is read here
+            self.network = build(self.device)
 
     def environment(self) -> dict:
         return dict(worker_environment(self.device.type), digest=getattr(self.network, "digest", None))
@@ -331,15 +343,17 @@ class NetworkActor:
 
 
 @contextmanager
-def network_actors(ray, plan: ActorPlan, build: Callable, options: RayOptions,
-                   digest: str | None = None) -> Iterator[tuple[list, list[dict]]]:
+def network_actors(ray, plan: ActorPlan, build: Callable, options: RayOptions, digest: str | None = None,
+                   storage: CarriedStorage | None = None) -> Iterator[tuple[list, list[dict]]]:
     """``plan.count`` network actors running ``build(device)`` for the block: (actors, their environment
-    reports); refuses actors whose weights' digest is not ``digest`` (the driver's). The actors are
-    killed when the block ends."""
+    reports); refuses actors whose weights' digest is not ``digest`` (the driver's). ``storage`` goes to
+    each actor in its constructor's arguments (:class:`gpf.shards.storage.CarriedStorage`). The actors
+    are killed when the block ends."""
     actor_class = ray.remote(NetworkActor).options(
         num_gpus=plan.num_gpus, num_cpus=plan.num_cpus, max_restarts=options.actor_restarts,
         max_task_retries=options.actor_restarts)
-    handles = [actor_class.remote(build, plan.device, max(1, round(plan.num_cpus))) for _ in range(plan.count)]
+    handles = [actor_class.remote(build, plan.device, max(1, round(plan.num_cpus)), storage)
+               for _ in range(plan.count)]
     try:
         try:
             reports = ray.get([a.environment.remote() for a in handles], timeout=ACTOR_START_TIMEOUT_S)

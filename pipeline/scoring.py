@@ -137,9 +137,12 @@ class NamedImage:
 
 
 def load_source(source, max_pixels: int | None):
-    """``(upright RGB image, path or None)`` of a path or a PIL image; raises ImageError."""
+    """``(upright RGB image, path or None)`` of a path, a URL (read with this process's storage options,
+    :func:`gpf.shards.storage.using_options`) or a PIL image; raises ImageError."""
     from .images import load_image, upright_rgb
 
+    if isinstance(source, str) and is_url(source):
+        source = Location(source)
     if isinstance(source, Location) and source.remote:
         return _load_remote(source, max_pixels), str(source)
     if isinstance(source, (str, os.PathLike)):

@@ -150,6 +150,54 @@ def parse_options(text: str | None) -> dict:
     return value
 
 
+#: Environment variables with storage credentials or endpoints that a driver hands to its Ray workers
+#: (:class:`CarriedStorage`): what botocore/s3fs and adlfs read. Other providers' credentials (instance
+#: roles, config files) are the workers' own.
+CARRIED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+               "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY",
+               "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN")
+
+
+class CarriedStorage:
+    """This process's storage options and credential variables, carried in memory to another process
+    (a Ray task or actor, docs/preprocess.md "Ray and object storage") and applied there.
+
+    It travels in a task's or actor's arguments only (pickled into the call, never ``ray.put`` into
+    the object store, never an environment Ray records); its repr names no value, so a log line or
+    an error that prints it shows none. :meth:`applied` sets them for the block: the options as
+    :func:`using_options`, the variables in ``os.environ`` (restored after).
+    """
+
+    def __init__(self, options: Mapping | None = None, env: Mapping[str, str] | None = None):
+        self._options = dict(options or {})
+        self._env = dict(env or {})
+
+    @classmethod
+    def here(cls) -> "CarriedStorage":
+        """The options :func:`using_options` set (``--storage-options``) and the :data:`CARRIED_ENV` set here."""
+        return cls(default_options(), {k: os.environ[k] for k in CARRIED_ENV if k in os.environ})
+
+    def __repr__(self) -> str:
+        return f"CarriedStorage({len(self._options)} option(s), {len(self._env)} variable(s))"
+
+    def __bool__(self) -> bool:
+        return bool(self._options or self._env)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        saved = {name: os.environ.get(name) for name in self._env}
+        os.environ.update(self._env)
+        try:
+            with using_options(self._options):
+                yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
 # ----------------------------------------------------------------------------- filesystems
 
 _filesystems: dict[tuple, Any] = {}

@@ -235,6 +235,8 @@ def test_actors_load_the_checkpoint_by_its_absolute_path(tmp_path, monkeypatch):
     assert build.cfg.stage1 == str(tmp_path / "runs" / "s1")
     assert BuildAttention.of(_config(tmp_path, "o", weights="runs/w.pt")).cfg.weights == str(tmp_path / "runs/w.pt")
     assert BuildAttention.of(_config(tmp_path, "o")).cfg.weights == "none"
+    url = "s3://bucket/runs/s1/best.pt"                # a URL as it is: each actor reads it itself
+    assert BuildAttention.of(_config(tmp_path, "o", backbone=None, stage1=url)).cfg.stage1 == url
 
 
 def test_node_ranks_are_refused_with_the_ray_engine(ava_root, tmp_path):

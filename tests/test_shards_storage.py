@@ -246,3 +246,25 @@ def test_cli_names_the_extra_of_a_missing_filesystem_in_one_line(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "gcsfs", None)
     refused(["shards", "info", "gs://bucket/shards"], "gs://bucket/shards", "pip install 'gpf[gcs]'")
+
+
+def test_carried_storage_travels_pickled_shows_no_value_and_applies_for_the_block_only(monkeypatch):
+    import pickle
+
+    from gpf.shards.storage import CarriedStorage, default_options, using_options
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.setenv("UNRELATED_VARIABLE", "kept-home")
+    with using_options({"endpoint_url": "http://127.0.0.1:1", "secret": "opt-s3cr3t"}):
+        carried = CarriedStorage.here()
+    assert "s3cr3t" not in repr(carried) and "s3cr3t" not in str(carried)
+    twin = pickle.loads(pickle.dumps(carried))                      # as a Ray task argument travels
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-workers-own")
+    with twin.applied():
+        assert default_options() == {"endpoint_url": "http://127.0.0.1:1", "secret": "opt-s3cr3t"}
+        assert os.environ["AWS_SECRET_ACCESS_KEY"] == "s3cr3t-value"
+        assert Location("s3://bucket/x").options["secret"] == "opt-s3cr3t"
+    assert default_options() == {} and os.environ["AWS_SECRET_ACCESS_KEY"] == "the-workers-own"
+    assert "UNRELATED_VARIABLE" not in pickle.dumps(carried).decode("latin-1")
+    assert not CarriedStorage() and carried
