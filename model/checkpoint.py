@@ -3,7 +3,8 @@
 Payload (``format_version`` 2)::
 
     {'format': 'gpf-stage1' | 'gpf-stage2', 'format_version': 2,
-     'model_config': {'model', 'backbone', 'num_classes', ..., 'view_size', 'threshold', 'scores', ...},
+     'model_config': {'model', 'backbone', 'num_classes', ..., 'view_size', 'threshold', 'scores',
+                      'view_round', 'view_min_side', 'view_fit', ...},
      'state_dict': {name: tensor},
      'meta': {'gpf_version', 'torch_version', 'created', ...},
      # stage 2 only: the attention model that made the foveal crops
@@ -16,7 +17,11 @@ Payload (``format_version`` 2)::
 
 Format history: 1 (gpf 0.1.0) also kept a stage-1 model's split at the top
 level (``split_spec``); 2 keeps it in ``dataset`` only. Version 1 files are
-read; a newer version is refused naming both. :class:`Checkpoint` is the only
+read; a newer version is refused naming both. The optional ``model_config`` keys
+``view_round``, ``view_min_side`` (stage 1: how its peripheral views were made)
+and ``view_fit`` (both stages: how views below a network's minimum input are
+fitted) came later within version 2; a checkpoint without them reads as made
+before they existed (:attr:`Checkpoint.view_fit` gives the default). :class:`Checkpoint` is the only
 reader and writer of the payload: :meth:`Checkpoint.from_dict` and
 :meth:`Checkpoint.to_dict`. Files are written atomically and read with
 ``torch.load(weights_only=True)``; a file holding pickled Python objects is
@@ -226,6 +231,22 @@ class Checkpoint:
         return None if value is None else int(value)
 
     @property
+    def view_fit(self) -> str:
+        """How the model takes views below its networks' minimum input (``pad`` | ``enlarge``,
+        :func:`gpf.model.geometry.fit_to_backbone`); checkpoints written before gpf recorded it take the default
+        (their views never needed it)."""
+        from ..vocabulary import VIEW_FIT
+
+        return self.model_config.get("view_fit") or VIEW_FIT
+
+    @property
+    def view_geometry(self) -> dict:
+        """A stage-1 model's peripheral view rule as it recorded it: ``view_size``, ``view_round``,
+        ``view_min_side``, ``view_fit`` (absent keys: not recorded, i.e. made before gpf 0.3.0)."""
+        return {key: self.model_config[key] for key in ("view_size", "view_round", "view_min_side", "view_fit")
+                if self.model_config.get(key) is not None}
+
+    @property
     def split_spec(self) -> dict | None:
         """The train/val/test split a stage-1 model was trained with."""
         return (self.dataset or {}).get("split_spec") or self.model_config.get("split_spec")
@@ -288,7 +309,8 @@ class Checkpoint:
         _check_types(where, "model_config", payload["model_config"], {"num_classes": int},
                      required=fmt == FORMATS["stage2"])
         _check_types(where, "model_config", payload["model_config"],
-                     {"view_size": int, "threshold": "number", "scores": (list, tuple), "variant": str})
+                     {"view_size": int, "threshold": "number", "scores": (list, tuple), "variant": str,
+                      "view_round": int, "view_min_side": int, "view_fit": str})
         for key in ("meta", "dataset", "shards", "config", "train"):
             if payload.get(key) is not None and not isinstance(payload.get(key), Mapping):
                 raise CheckpointError(f"{where} ({fmt}): {key!r} is a {type(payload[key]).__name__}, not a dict; "

@@ -88,8 +88,8 @@ def check_images(images, spec: BackboneSpec, what: str) -> None:
         height, width = tensor.shape[-2:]
         if min(height, width) < spec.min_input:
             raise ModelError(f"{what}: a {width}x{height} view is smaller than {spec.name}'s minimum input "
-                             f"side {spec.min_input}; make views with gpf.model.geometry.peripheral_size"
-                             f"(..., stride={spec.stride}, min_side={spec.min_input})")
+                             f"side {spec.min_input}; fit views to it with "
+                             f"gpf.model.geometry.fit_to_backbone(views, model.spec)")
 
 
 def _as_backbone(backbone: str | Backbone, weights: str, download: bool = True) -> Backbone:
@@ -288,6 +288,17 @@ class GPFNet(nn.Module):
     def normalize(self, images):
         """uint8 (or [0, 1] float) images -> the backbone's normalised input."""
         return self.spec.normalize(images)
+
+    @property
+    def peripheral_spec(self) -> BackboneSpec:
+        """The spec of the network that sees the peripheral view (``gpf.model.geometry.fit_to_backbone`` fits
+        views to its ``min_input``)."""
+        return self.spec
+
+    @property
+    def foveal_spec(self) -> BackboneSpec:
+        """The spec of the network that sees the second view (foveal or random crop)."""
+        return self.spec
 
     def peripheral_descriptor(self, periph) -> torch.Tensor:
         """Pooled peripheral features ``[B, C]`` of a ``[B, 3, H, W]`` batch or a list of ``[3, H_i, W_i]``.

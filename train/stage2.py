@@ -13,9 +13,13 @@ with r = 2 (section III-C).
   (stage-1 weights whose digest must equal the manifest's, tau, EB layer,
   contrastive flag, view size) and the score scale, threshold and N, so
   ``gpf predict`` reproduces the crops.
-* When the shards hold the peripheral's pooled descriptors (``pfeat.npy``) and
+* When the shards hold the peripheral's pooled descriptors (``pfeat.npy``), computed
+  from the JPEG-decoded views (manifest format 3) with the same view fit, and
   the frozen peripheral equals the network that computed them, the peripheral
   forward is skipped and the shards' JPEG peripheral views are not even decoded.
+* Views below a column's minimum input side are fitted to it at load
+  (:func:`gpf.model.geometry.fit_to_backbone`, ``view_fit``, recorded in the
+  checkpoint), as ``gpf evaluate`` and ``gpf predict`` fit them.
 * ``random`` trains on one of the K stored random crops per image and epoch.
 """
 from __future__ import annotations
@@ -286,14 +290,18 @@ class Stage2Task(Task):
 
     # -- model
     def _forward(self, forward, batch):
-        device, normalize = self.ctx.device, self.model.normalize
+        from ..model.geometry import fit_to_backbone
+
+        device, normalize, fit = self.ctx.device, self.model.normalize, self.cfg.view_fit
         periph = feat = fovea = None
         if self.use_features:
             feat = batch["pfeat"].to(device, non_blocking=True)
         else:
-            periph = images_to_device(batch["periph"], device, normalize, self.channels_last)
+            periph = images_to_device(fit_to_backbone(batch["periph"], self.model.peripheral_spec, fit), device,
+                                      normalize, self.channels_last)
         if self.second is not None:
-            fovea = images_to_device(batch[self.second], device, normalize, self.channels_last)
+            fovea = images_to_device(fit_to_backbone(batch[self.second], self.model.foveal_spec, fit), device,
+                                     normalize, self.channels_last)
         logits = forward(periph=periph, fovea=fovea, periph_feat=feat)
         votes = batch["votes"].to(device, non_blocking=True)
         target = votes / votes.sum(dim=1, keepdim=True)
@@ -332,7 +340,7 @@ class Stage2Task(Task):
         facts = self.facts
         checkpoint = stage2_checkpoint(self.model, self.attention.block, view_size=facts.view_size,
                                        threshold=facts.threshold, scores=list(facts.scores),
-                                       extra_config={"dataset": facts.dataset})
+                                       extra_config={"dataset": facts.dataset, "view_fit": self.cfg.view_fit})
         checkpoint.dataset = {"name": facts.dataset, "scores": list(facts.scores), "threshold": facts.threshold,
                               "num_classes": facts.num_classes, "split_spec": facts.run.split_spec}
         checkpoint.shards = {"folder": str(Path(facts.folder).resolve()), **self.identity,
@@ -350,6 +358,13 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
         reasons.append("the shards hold no peripheral features (preprocess with --store-features)")
     elif cfg.train_peripheral:
         reasons.append("--train-peripheral changes the peripheral, so stored features go stale")
+    elif facts.run.features_from != "jpeg":
+        reasons.append("the stored features were computed from the peripheral views before their JPEG encode "
+                       f"(manifest format {facts.manifest.format}), not from the views `gpf evaluate` decodes; "
+                       "re-run `gpf preprocess --store-features` to store them from the decoded views")
+    elif facts.run.view_fit != cfg.view_fit:
+        reasons.append(f"the stored features were computed from views fitted by {facts.run.view_fit!r}, "
+                       f"this run fits by {cfg.view_fit!r}")
     elif facts.run.features_digest and facts.run.features_digest != attention.block.stage1_digest:
         reasons.append("the stored features were computed by another network than the shards' attention model")
     elif not features_match(model, attention):
