@@ -113,8 +113,9 @@ def probe_map_grid(model, layer: str, min_side: int, device) -> MapGrid | None:
     """The grid of ``layer``'s cells, from its output heights for two input heights (a forward hook, no EB).
 
     Returns :class:`MapGrid` for a same-padded trunk (``cells * stride`` equals
-    an input height that is a multiple of 256), None for a valid-padded stem or
-    an irregular stride: its map is stretched over the view (see the module doc).
+    an input height that is a multiple of 256), None for a valid-padded stem, an
+    irregular stride or a network that cannot run the probe: its map is
+    stretched over the view (see the module doc).
     """
     import torch
 
@@ -127,6 +128,8 @@ def probe_map_grid(model, layer: str, min_side: int, device) -> MapGrid | None:
         with torch.no_grad():
             for height in (side, 2 * side):
                 model(torch.zeros(1, 3, height, width, device=device))
+    except (RuntimeError, ValueError):          # e.g. a head that takes one input size only
+        return None
     finally:
         handle.remove()
     cells = heights[1] - heights[0]
