@@ -28,7 +28,8 @@ JPEG_CHROMA_SUBSAMPLING = "4:2:0"  # ... and this chroma subsampling (encode_jpe
 #: backbone's stride instead.
 VIEW_ROUND = 8
 #: How a view whose short side is below a network's minimum input side is fitted to it
-#: (gpf.model.geometry.fit_views): padded with the network's mean colour, or enlarged (aspect kept).
+#: (gpf.model.geometry.fit_views): padded with the network's mean colour (the default: as good as
+#: enlarging on the fine-detail task and cheaper, docs/images.md), or enlarged (aspect kept).
 VIEW_FITS = ("pad", "enlarge")
 VIEW_FIT = "pad"
 EMD_R_TRAIN = 2            # EMD loss exponent for training (section III-C)

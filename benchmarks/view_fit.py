@@ -18,8 +18,8 @@ per mode merge their seeds).
 
 Reported per mode: accuracy and SRCC of both variants and the pointing-game
 hit rate (mean ± sample std over seeds), and the cost: peripheral pixels per
-view and the time of a stage-2 training step (tiny ``gpf``, batch 64, CPU) on
-views fitted each way, the two modes interleaved in every round.
+view and the time of a stage-1 training step (the tiny peripheral network,
+batch 64, CPU) on views fitted each way, the two modes interleaved in every round.
 """
 from __future__ import annotations
 
@@ -91,24 +91,23 @@ def peripheral_pixels(width: int, height: int, view: int, min_input: int, mode: 
     return fitted_size(*ViewGeometry(view).size(width, height), min_input, mode)
 
 
-def step_seconds(sizes: dict[str, tuple[int, int]], rounds: int, batch: int = 64, view: int = 96) -> dict:
-    """Median (min, max) seconds of a stage-2 training step (tiny gpf, CPU) per mode, rounds interleaved."""
+def step_seconds(sizes: dict[str, tuple[int, int]], rounds: int, batch: int = 64) -> dict:
+    """Median (min, max) seconds of a stage-1 training step (the tiny peripheral net, high/low, CPU) on views
+    fitted each way, the modes interleaved in every round: the network whose input the fit decides."""
     import torch
+    import torch.nn.functional as F
 
-    from gpf.model.gpf import GPFNet
+    from gpf.model.gpf import PeripheralNet
 
     torch.manual_seed(0)
-    model = GPFNet("tiny", "gpf", 10, branch_width=256, fusion_width=256).train()
-    model.freeze_peripheral()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    fovea = torch.rand(batch, 3, view, view)
-    target = torch.softmax(torch.rand(batch, 10), dim=1)
+    model = PeripheralNet("tiny", num_classes=2).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    labels = torch.randint(0, 2, (batch,))
     inputs = {mode: torch.rand(batch, 3, h, w) for mode, (w, h) in sizes.items()}
 
     def step(periph):
         optimizer.zero_grad()
-        loss = (torch.softmax(model(periph=periph, fovea=fovea), dim=1) - target).square().sum()
-        loss.backward()
+        F.cross_entropy(model(periph), labels).backward()
         optimizer.step()
 
     for periph in inputs.values():            # warm-up
@@ -132,6 +131,7 @@ def cell(stats, percent: bool = False) -> str:
 def markdown(results: dict, sizes: dict, steps: dict, args, command: str, walls: dict, load: tuple) -> str:
     lines = ["# Benchmark: fitting views below a backbone's minimum input (pad vs enlarge)", "",
              f"Command (from the repository root): `{command}`", "",
+             *([f"Summaries made by: {'; '.join(f'`{run}`' for run in args.run)}.", ""] if args.run else []),
              f"Machine: {machine_line()}; load average before/after: {load[0]} / {load[1]}.", "",
              f"Fine-detail task `{TASK}` (benchmarks/fine_detail.py, quick mode: {args.images} synthetic "
              f"{args.width}x{args.height} photos per seed, {args.view} px views, backbone `tiny` declared with minimum "
@@ -139,7 +139,7 @@ def markdown(results: dict, sizes: dict, steps: dict, args, command: str, walls:
              "before fitting) is fitted, in stage 1, the attention pass, stage 2 and evaluation. Cells: mean ± "
              "sample std over the seeds.", "",
              "| fit | seeds | single acc % | single SRCC | gpf acc % | gpf SRCC | pointing game % "
-             f"| peripheral input | step ms (batch {args.step_batch}) | wall time |",
+             f"| peripheral input | stage-1 step ms (batch {args.step_batch}) | wall time |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for mode, agg in results.items():
         width, height = sizes[mode]
@@ -175,6 +175,8 @@ def parse_args(argv):
     parser.add_argument("--min-input", type=int, default=48, help="Declared minimum input of the backbone.")
     parser.add_argument("--from-json", nargs="+", default=None, metavar="MODE=FILE[,FILE]",
                         help="Assemble from fine_detail.py --json summaries instead of running.")
+    parser.add_argument("--run", action="append", default=[], metavar="COMMAND",
+                        help="With --from-json: a command that made the summaries, listed in the section.")
     parser.add_argument("--step-rounds", type=int, default=15, help="Timed training steps per mode.")
     parser.add_argument("--step-batch", type=int, default=64, help="Batch of the timed training steps.")
     parser.add_argument("--device", default="cpu")
@@ -213,7 +215,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    steps = step_seconds(sizes, args.step_rounds, batch=args.step_batch, view=args.view)
+    steps = step_seconds(sizes, args.step_rounds, batch=args.step_batch)
     sizes["stored"] = peripheral_pixels(args.width, args.height, args.view, 1, "pad")
     text = markdown(results, sizes, steps, args, command, walls, (load_before, load_average()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
