@@ -53,10 +53,16 @@ SPLITS = ("train", "val", "test")
 class Variant:
     """One model of the paper's Table I and what it needs.
 
-    ``columns``: 1 (peripheral only) or 2; ``second_view``: what the second
-    column sees — the stored attention crop (``fovea``), one of the stored random
-    crops (``random``) or nothing; ``gated``: GIF (Eq. 5-8) or plain
-    concatenation; ``member``: the shard member the second column reads.
+    ``columns``: 1 or 2. ``first_view``: what the first (global) column sees — the
+    aspect-kept peripheral view (``periph``) or the whole photo warped to a
+    view-size square (``warp``, section IV-C: "warp the original image to 224 x
+    224"). ``frozen``: the first column is the stage-1 network, frozen (paper
+    IV-B, the two-step training of PF/GPF-CNN); otherwise it is the backbone
+    fine-tuned from ``--weights``. ``second_view``: what the second column sees —
+    the stored attention crop (``fovea``), one of the K stored random crops
+    (``random``), a fresh view-size patch of the original-resolution photo each
+    time a sample is seen (``patch``, Random-VGG16 as the paper ran it) or
+    nothing. ``gated``: GIF (Eq. 5-8) or plain concatenation.
     """
     name: str
     table_name: str
@@ -64,10 +70,18 @@ class Variant:
     second_view: str | None
     gated: bool
     description: str
+    first_view: str = "periph"
+    frozen: bool = True
 
     @property
     def member(self) -> str | None:
-        return {"fovea": "fovea", "random": "rand", None: None}[self.second_view]
+        """The batch entry the second column reads (``fovea``, ``rand``, ``patch``; None for one column)."""
+        return {"fovea": "fovea", "random": "rand", "patch": "patch", None: None}[self.second_view]
+
+    @property
+    def first_member(self) -> str:
+        """The batch entry the first column reads: ``periph`` or ``warp``."""
+        return self.first_view
 
     @property
     def needs_attention(self) -> bool:
@@ -78,17 +92,42 @@ class Variant:
     def needs_random_crops(self) -> bool:
         return self.second_view == "random"
 
+    @property
+    def needs_warped(self) -> bool:
+        """Whether the shards must store the warped whole photo (``warp.jpg``, ``--store-warped``)."""
+        return self.first_view == "warp"
+
+    @property
+    def needs_original(self) -> bool:
+        """Whether the shards must store the original-resolution photo (``orig.jpg``, ``--store-original``)."""
+        return self.second_view == "patch"
+
 
 VARIANTS = {v.name: v for v in (
-    Variant("single", "VGG16", 1, None, False, "one column on the peripheral view (Table I 'VGG16')"),
-    Variant("random", "Random-VGG16", 2, "random", False,
-            "peripheral view + a random view-size crop, concatenated (Table I 'Random-VGG16')"),
+    Variant("single", "VGG16", 1, None, False,
+            "the backbone fine-tuned on the whole photo warped to a view-size square (Table I 'VGG16', "
+            "as the paper ran it)", first_view="warp", frozen=False),
+    Variant("single-periph", "VGG16", 1, None, False,
+            "the backbone fine-tuned on the aspect-kept peripheral view (Table I 'VGG16' without the warp)",
+            frozen=False),
+    Variant("single-frozen", "VGG16", 1, None, False,
+            "a head over the frozen stage-1 peripheral descriptor (gpf <= 0.2 'single')"),
+    Variant("random", "Random-VGG16", 2, "patch", False,
+            "warped whole photo + a fresh random view-size patch of the original-resolution photo, both "
+            "columns fine-tuned, concatenated (Table I 'Random-VGG16', as the paper ran it)",
+            first_view="warp", frozen=False),
+    Variant("random-frozen", "Random-VGG16", 2, "random", False,
+            "frozen stage-1 peripheral view + one of the K stored random crops, concatenated "
+            "(gpf <= 0.2 'random')"),
     Variant("pf", "PF-CNN", 2, "fovea", False,
             "peripheral view + attention crop, concatenated, no gates (Table I 'PF-CNN')"),
     Variant("gpf", "GPF-CNN", 2, "fovea", True,
             "peripheral view + attention crop with gated information fusion (Table I 'GPF-CNN')"),
 )}
-VARIANT_NAMES = tuple(VARIANTS)          # Table I order: single, random, pf, gpf
+#: What a variant name meant before the baselines were run as the paper ran them (gpf <= 0.2):
+#: a checkpoint that does not record its first view is read under the new name.
+LEGACY_VARIANT_NAMES = {"single": "single-frozen", "random": "random-frozen"}
+VARIANT_NAMES = tuple(VARIANTS)          # Table I order: single(s), random(s), pf, gpf
 DEFAULT_VARIANT = "gpf"
 
 
@@ -113,7 +152,8 @@ _CLI_OPTIONS = {
     **{name: "--" + name.replace("_", "-") for name in (
         # preprocess
         "view_size", "tau", "eb_layer", "contrastive", "samples_per_shard", "split", "limit", "batch_size",
-        "jpeg_quality", "random_crops", "store_features", "max_pixels", "max_failure_rate", "overwrite",
+        "jpeg_quality", "random_crops", "store_features", "store_warped", "store_original", "max_pixels",
+        "max_failure_rate", "overwrite",
         "num_nodes", "node_rank", "stage1", "backbone", "weights", "device", "seed", "out",
         # the dataset options of preprocess and train stage1
         "val_size", "test_size", "split_seed", "image_root", "threshold", "path_column", "id_column",
@@ -122,7 +162,8 @@ _CLI_OPTIONS = {
         "resume", "epochs", "lr", "lr_step", "lr_gamma", "momentum", "weight_decay", "patience",
         "limit_train_batches", "log_interval", "amp", "compile", "tensorboard", "branch_width", "fusion_width",
         "dropout",
-        "emd_r", "variant", "peripheral_weights", "use_features", "train_peripheral",
+        "emd_r", "variant", "peripheral_weights", "use_features", "train_peripheral", "peripheral_backbone",
+        "gif_width",
         # evaluate, predict, attention
         "checkpoint", "by_category", "allow_attention_mismatch")},
     # the option has another name
@@ -137,6 +178,7 @@ _CLI_OPTIONS = {
     "attention_model": "--stage1 or --backbone/--weights",
     "pixel_limit": "--max-pixels",
     "config_file": "--config",
+    "gif_hidden": "--gif-width",
 }
 
 

@@ -88,16 +88,22 @@ def interleaved_rates(paths: dict, repeat: int) -> dict:
             for name, t in times.items()}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def loader_arguments(doc: str, argv) -> argparse.Namespace:
+    """The options of the loader benchmarks (this one and bench_s3_loader.py); pins torch to one thread."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--per-shard", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None, help="append a Markdown section here")
+    parser.add_argument("--out", type=Path, default=None, help="write the Markdown section here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", DeprecationWarning)
+    return args
+
+
+def main(argv=None) -> None:
+    args = loader_arguments(__doc__, argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -160,11 +166,16 @@ def main(argv=None) -> None:
              "| path | samples/s | vs baseline |", "| --- | --- | --- |"]
     for name, stats in results.items():
         lines.append(f"| {name} | {fmt_range(stats, digits=0)} | {stats['median'] / base:.2f}× |")
+    emit(lines, args.out)
+
+
+def emit(lines: list[str], out: Path | None) -> None:
+    """Print a Markdown section and write it to ``out`` (when given)."""
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -164,10 +164,28 @@ def summarise_raw_vs_shards(text: str) -> list[SummaryRow]:
     return rows
 
 
+def summarise_s3_loader(text: str) -> list[SummaryRow]:
+    return [SummaryRow(f"loader from a loopback S3 server, {row['path']}", "— (a record)",
+                       f"{row['vs local disk']} of local disk ({row['samples/s']} samples/s); server CPU "
+                       f"{row['S3 server CPU (share of one core)']}", None)
+            for row in table_with(text, "vs local disk") if row["path"].startswith("s3")]
+
+
 def summarise_train(text: str) -> list[SummaryRow]:
     return [SummaryRow(f"stage-2 CPU step, {row['peripheral input']}", "—",
                        f"{row['samples/s']} samples/s, data-wait {row['data-wait']}, {row['speed-up']}", None)
             for row in table_with(text, "data-wait")]
+
+
+def summarise_ray(text: str) -> list[SummaryRow]:
+    rows = []
+    for row in table_with(text, "processing time vs local"):
+        if row["engine"].startswith("ray"):
+            ratio = first_number(row["processing time vs local"])
+            rows.append(SummaryRow(f"{row['engine']}: processing time / local engine's", "≤ 1.15×",
+                                   f"{row['processing time vs local']} ({row['processing (img/s)']} img/s; "
+                                   f"same bytes: {row['same bytes as local']})", ratio <= 1.15))
+    return rows
 
 
 # ----------------------------------------------------------------------------- the benchmarks
@@ -204,9 +222,13 @@ BENCHMARKS = (
     Benchmark("preprocess", "Whole preprocess", "bench_preprocess.py", summarise=summarise_preprocess),
     Benchmark("loader", "Shard loader", "bench_loader.py", full=("--samples", "512", "--repeat", "7"),
               quick=("--samples", "128", "--repeat", "2"), summarise=summarise_loader),
+    Benchmark("s3_loader", "Shard loader from object storage (loopback S3)", "bench_s3_loader.py",
+              full=("--samples", "512", "--repeat", "5"), quick=("--samples", "128", "--repeat", "2"),
+              summarise=summarise_s3_loader),
     Benchmark("raw_vs_shards", "Shard loader vs the raw-JPEG path", "bench_raw_vs_shards.py",
               summarise=summarise_raw_vs_shards),
     Benchmark("train", "Stage-2 training, data-wait", "bench_train.py", summarise=summarise_train),
+    Benchmark("ray", "Ray engine vs local engine (preprocess)", "bench_ray.py", summarise=summarise_ray),
     # `make bench` runs its 3-seed quick mode (~11 min on 2 cores); run_all --quick one seed of the detail task.
     Benchmark("fine_detail", "Fine-detail experiment (quick)", "fine_detail.py", full=("--quick",),
               quick=("--quick", "--seeds", "0", "--tasks", "detail")),

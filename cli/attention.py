@@ -38,10 +38,10 @@ def attention(image, checkpoint, out, device, tau, eb_layer, contrastive, view_s
         raise click.ClickException(scoring_error_text(exc)) from None
     path = save_attention_figure(explanation.view, out, explanation.title(image_id_of(image)), explanation.tau,
                                  variant=explanation.variant, crop_boxes=explanation.crop_boxes)
-    if explanation.variant == "single":
-        seen = "single variant: the whole photo only, no box"
-    elif explanation.variant == "random":
-        seen = f"random variant: {len(explanation.crop_boxes)} random crops, no attention box"
+    if explanation.variant is not None and explanation.variant.startswith("single"):
+        seen = f"{explanation.variant} variant: the whole photo only, no box"
+    elif explanation.variant is not None and explanation.variant.startswith("random"):
+        seen = f"{explanation.variant} variant: {len(explanation.crop_boxes)} random crops, no attention box"
     else:
         seen = "box " + ",".join(map(str, explanation.view.attended.box))
     score = "" if explanation.result is None else f", predicted mean {explanation.result.mean:.3f}"

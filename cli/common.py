@@ -88,6 +88,86 @@ def collect_dataset_options(kind: str, val_size, split_seed, image_root, thresho
     return opts
 
 
+class Location(click.ParamType):
+    """A local path (checked like ``click.Path``) or a URL fsspec opens (``s3://``, ``gs://`` ...), passed on as a
+    string; a URL is checked when it is opened (one line naming it)."""
+
+    name = "path|url"
+
+    def __init__(self, exists: bool = False, file_okay: bool = True, dir_okay: bool = True):
+        self._path = click.Path(exists=exists, file_okay=file_okay, dir_okay=dir_okay)
+
+    def convert(self, value, param, ctx):
+        from ..shards.storage import is_url
+
+        if is_url(value):
+            return value
+        return self._path.convert(value, param, ctx)
+
+
+def storage_options(fn):
+    """``--storage-options JSON`` for a command that takes locations: fsspec options (e.g. an S3 ``endpoint_url``)
+    for every URL of the command, kept in memory only (see docs/shards.md, Storage)."""
+    @click.option("--storage-options", "storage_options_json", default=None, metavar="JSON",
+                  help="fsspec storage options for the command's URLs as a JSON object, e.g. "
+                       "'{\"endpoint_url\": \"http://minio:9000\"}' (credentials also come from the environment "
+                       "and the provider's config files); never written to disk.")
+    @functools.wraps(fn)
+    def wrapper(*args, storage_options_json=None, **kwargs):
+        from ..errors import GPFError
+        from ..shards.storage import parse_options, using_options
+
+        try:
+            options = parse_options(storage_options_json)
+        except GPFError as exc:
+            raise click.BadParameter(str(exc), param_hint="--storage-options") from None
+        with using_options(options):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+ENGINES = ("local", "ray")
+
+
+def engine_options(fn):
+    """``--engine local|ray`` and how the Ray engine uses its cluster (docs/preprocess.md)."""
+    from ..pipeline.raycluster import RayOptions
+
+    options = [
+        click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+                     help="local: this process (and --num-nodes ranks); ray: a Ray cluster (pip install 'gpf[ray]')."),
+        click.option("--ray-address", default=None,
+                     help="--engine ray: the cluster's head (host:port) [default: $RAY_ADDRESS, else a local "
+                          "Ray on 127.0.0.1]."),
+        click.option("--ray-actors", type=int, default=None,
+                     help="--engine ray: network actors [default: one per GPU, else one per node]."),
+        click.option("--ray-actor-cpus", type=float, default=config_default(RayOptions, "actor_cpus"),
+                     show_default=True, help="--engine ray: CPUs each network actor reserves (its torch threads)."),
+        click.option("--ray-task-cpus", type=float, default=config_default(RayOptions, "task_cpus"),
+                     show_default=True, help="--engine ray: CPUs (= decode/encode threads) of each CPU task."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def pop_engine_options(kw: dict):
+    """``(engine, RayOptions)`` from a command's keyword arguments (removing them); the Ray options
+    given with ``--engine local`` are refused."""
+    from ..pipeline.raycluster import RayOptions
+
+    engine = kw.pop("engine")
+    options = RayOptions(address=kw.pop("ray_address"), actors=kw.pop("ray_actors"),
+                         actor_cpus=kw.pop("ray_actor_cpus"), task_cpus=kw.pop("ray_task_cpus"))
+    given = [name for name, value, default in (
+        ("--ray-address", options.address, None), ("--ray-actors", options.actors, None),
+        ("--ray-actor-cpus", options.actor_cpus, config_default(RayOptions, "actor_cpus")),
+        ("--ray-task-cpus", options.task_cpus, config_default(RayOptions, "task_cpus"))) if value != default]
+    if engine != "ray" and given:
+        raise click.UsageError(f"{', '.join(given)} apply to --engine ray only")
+    return engine, options
+
+
 def config_default(cls: type, name: str):
     """The default of field ``name`` of the library config dataclass ``cls``: the CLI never repeats one."""
     for item in dataclasses.fields(cls):

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from .common import echo_err, friendly_errors
+from .common import Location, echo_err, friendly_errors, storage_options
 from ..pipeline.evaluation import DEFAULT_BATCH_SIZE
 from ..vocabulary import DEVICE, DEVICE_CHOICES, SPLITS
 
 
 @click.command()
-@click.option("--checkpoint", required=True, type=click.Path(exists=True),
-              help="Stage-2 checkpoint file, or a run folder (best.pt, else last.pt).")
-@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Shard folder made by `gpf preprocess` (with manifest.json).")
+@click.option("--checkpoint", required=True, type=Location(exists=True),
+              help="Stage-2 checkpoint file, or a run folder (best.pt, else last.pt); local or a URL.")
+@click.option("--shards", required=True, type=Location(exists=True, file_okay=False),
+              help="Shard folder or URL (s3://bucket/prefix ...) made by `gpf preprocess` (with manifest.json).")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
               help="The split of the shards to score (the paper reports test).")
 @click.option("--by-category", is_flag=True,
@@ -32,6 +32,7 @@ from ..vocabulary import DEVICE, DEVICE_CHOICES, SPLITS
 @click.option("--allow-attention-mismatch", is_flag=True,
               help="Evaluate although the checkpoint's attention model did not make the shards' crops.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
+@storage_options
 @friendly_errors
 def evaluate(checkpoint, shards, split, by_category, json_out, plots_dir, batch_size, workers, device,
              allow_attention_mismatch, quiet):

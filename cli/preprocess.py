@@ -5,8 +5,9 @@ import sys
 
 import click
 
-from .common import (collect_dataset_options, command_line, config_default, dataset_options, error_text,
-                     friendly_errors, on_interrupt)
+from .common import (Location, collect_dataset_options, command_line, config_default, dataset_options,
+                     engine_options, error_text, friendly_errors, on_interrupt, pop_engine_options,
+                     storage_options)
 from .. import vocabulary
 from ..pipeline.preprocess import PreprocessConfig
 from ..vocabulary import DEVICE_CHOICES, SPLITS
@@ -23,13 +24,13 @@ def _preprocess_options_for(kind: str):
 
 def _preprocess_options(fn, folder: bool = True):
     options = [
-        click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-                     help="Folder for the shards, meta/ Parquet and manifest.json."),
-        click.option("--stage1", type=click.Path(exists=True),
-                     help="Stage-1 checkpoint (file or run folder) from `gpf train stage1`."),
+        click.option("--out", "out", required=True, type=Location(file_okay=False),
+                     help="Folder or URL (s3://bucket/prefix ...) for the shards, meta/ Parquet and manifest.json."),
+        click.option("--stage1", type=Location(exists=True),
+                     help="Stage-1 checkpoint (file or run folder, local or a URL) from `gpf train stage1`."),
         click.option("--backbone", help="Without --stage1: attention from this ImageNet classifier."),
         click.option("--weights", default=_default("weights"), show_default=True,
-                     help="With --backbone: imagenet | PATH | none."),
+                     help="With --backbone: imagenet | PATH | URL | none."),
         click.option("--tau", type=float, default=_default("tau"), show_default=True,
                      help="Share of the attention the crop must hold (paper Eq. 4)."),
         click.option("--view-size", type=int, default=None,
@@ -44,7 +45,7 @@ def _preprocess_options(fn, folder: bool = True):
                      show_default=True, help="Which split to preprocess (stage 2 needs train and val)."),
         click.option("--limit", type=int, default=None, help="At most this many images per split (a seeded sample)."),
         click.option("--workers", type=int, default=_default("workers"), show_default=True,
-                     help="Decode/encode threads (0 = one per core)."),
+                     help="Decode/encode threads (0 = one per core); with --engine ray see --ray-task-cpus."),
         click.option("--batch-size", type=int, default=_default("batch_size"), show_default=True,
                      help="Images per attention (EB) forward/backward pass."),
         click.option("--device", default=_default("device"), show_default=True, help=DEVICE_CHOICES),
@@ -54,6 +55,13 @@ def _preprocess_options(fn, folder: bool = True):
                      help="K seeded random crops per image for the `random` baseline."),
         click.option("--store-features", is_flag=True,
                      help="Store the peripheral's pooled descriptor so stage 2 can skip its forward."),
+        click.option("--store-warped", is_flag=True,
+                     help="Store the whole photo warped to --view-size squared (warp.jpg, about +23 KiB a photo "
+                          "at 224 px, +65 % shard size) for the `single` and `random` baselines (Table I, as the "
+                          "paper ran them)."),
+        click.option("--store-original", is_flag=True,
+                     help="Store the photo at original resolution (orig.jpg, about as large as the source JPEG: "
+                          "about 4x the shard size; docs/shards.md) for the `random` baseline's fresh patches."),
         click.option("--seed", type=int, default=_default("seed"), show_default=True,
                      help="Seed of --limit's sample, which shard each image goes to, the random crops and a "
                           "--weights none network (the split's seed is --split-seed)."),
@@ -63,10 +71,12 @@ def _preprocess_options(fn, folder: bool = True):
                      help="Exit non-zero when a larger share of images fails."),
         click.option("--overwrite", is_flag=True, help="Start afresh in a folder made with another config."),
         click.option("--num-nodes", type=int, default=None,
-                     help="Split the shards over this many independent jobs (default: torchrun's WORLD_SIZE)."),
+                     help="--engine local: split the shards over this many independent jobs "
+                          "(default: torchrun's WORLD_SIZE)."),
         click.option("--node-rank", type=int, default=None, help="This job's index with --num-nodes."),
         click.option("--quiet", is_flag=True, help="No progress line."),
     ]
+    fn = engine_options(fn)
     for option in reversed(options):
         fn = option(fn)
     return dataset_options(fn, folder=folder)
@@ -82,10 +92,16 @@ def _run(kind: str, root: str, **kw) -> None:
                                            count_columns=kw.pop("count_columns", None),
                                            test_size=kw.pop("test_size", None))
     quiet = kw.pop("quiet")
+    engine, ray_options = pop_engine_options(kw)
     cfg = PreprocessConfig(dataset=kind, root=str(root), dataset_options=dataset_opts,
                            progress=not quiet, **kw)
     try:
-        summary = run_preprocess(cfg)
+        if engine == "ray":
+            from ..pipeline.ray_preprocess import run_preprocess_ray
+
+            summary = run_preprocess_ray(cfg, ray_options)
+        else:
+            summary = run_preprocess(cfg)
     except TooManyFailuresError as exc:
         for line in exc.summary.lines():
             click.echo(line)
@@ -120,6 +136,7 @@ def _make_command(kind: str, root_help: str):
     @preprocess.command(name=kind, help=f"Preprocess {_NAMES[kind]}. ROOT: {root_help}")
     @click.argument("root", type=click.Path(exists=True))
     @_preprocess_options_for(kind)
+    @storage_options
     @on_interrupt(_interrupted)
     @friendly_errors
     def command(root, **kw):

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .common import friendly_errors
+from .common import Location, friendly_errors, storage_options
 
 
 @click.group()
@@ -14,15 +14,16 @@ def shards():
 
 
 @shards.command()
-@click.argument("folder", type=click.Path(file_okay=False, path_type=str))
+@click.argument("folder", type=Location(file_okay=False))
 @click.option("--quick", is_flag=True,
               help="Check sizes, sha256 sums and counts only; do not decode members.")
 @click.option("--write-manifest", is_flag=True,
               help="(Re)write manifest.json from the stats files when every tar matches its "
                    "stats (keeps the config of a readable old manifest).")
+@storage_options
 @friendly_errors
 def verify(folder, quick, write_manifest):
-    """Check every shard of FOLDER against its stats and the manifest.
+    """Check every shard of FOLDER (a folder or a URL such as s3://bucket/shards) against its stats and the manifest.
 
     Prints one line per problem and a summary; exits 1 when anything is wrong.
     """
@@ -39,8 +40,9 @@ def verify(folder, quick, write_manifest):
 
 
 @shards.command()
-@click.argument("folder", type=click.Path(file_okay=False, path_type=str))
+@click.argument("folder", type=Location(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@storage_options
 @friendly_errors
 def info(folder, as_json):
     """Counts per split and status, box statistics and the config of FOLDER."""

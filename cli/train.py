@@ -10,8 +10,8 @@ import os
 
 import click
 
-from .common import (DATASET_KINDS, collect_dataset_options, command_line, dataset_options, default_help,
-                     friendly_errors, on_interrupt)
+from .common import (DATASET_KINDS, Location, collect_dataset_options, command_line, dataset_options,
+                     default_help, friendly_errors, on_interrupt, storage_options)
 from ..train.config import DEVICE_HELP, USE_FEATURES_CHOICES, Stage1Config, Stage2Config, TrainConfig
 from ..vocabulary import VARIANT_NAMES
 
@@ -25,9 +25,11 @@ def _training_options(fn):
                      help="Continue the run in this folder (or from this last.pt) exactly where it stopped."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="YAML file of config keys (see docs/training.md); command-line options win."),
-        click.option("--backbone", default=None, help="Registered backbone (see `gpf models`)."),
+        click.option("--backbone", default=None,
+                     help="Backbone: a registered name or timm:NAME (see `gpf models`, `gpf models --timm PATTERN`); "
+                          "in stage 2 the foveal subnet (for --variant single, its one column)."),
         click.option("--weights", default=None,
-                     help=default_help("Initial weights of the trained subnet: imagenet | PATH | none", TrainConfig,
+                     help=default_help("Initial weights of the trained subnet: imagenet | PATH | URL | none", TrainConfig,
                                        "weights")),
         click.option("--epochs", type=int, default=None, help=default_help("At most this many epochs", TrainConfig, "epochs")),
         click.option("--lr", type=float, default=None, help=default_help("Initial learning rate", TrainConfig, "lr")),
@@ -126,6 +128,19 @@ def _interrupted(stage: str):
     return advice
 
 
+def _gif_width(ctx, param, value):
+    """``--gif-width 64`` -> 64; ``--gif-width 256,128`` -> [256, 128]."""
+    if value is None:
+        return None
+    try:
+        widths = [int(part) for part in str(value).split(",")]
+    except ValueError:
+        widths = []
+    if len(widths) not in (1, 2) or min(widths) < 1:
+        raise click.BadParameter(f"{value!r}: give a positive width W, or P,F for the peripheral and foveal branch")
+    return widths[0] if len(widths) == 1 else widths
+
+
 @click.group()
 def train():
     """Train stage 1 (peripheral high/low classifier on raw images) or stage 2 (shards)."""
@@ -139,6 +154,7 @@ def train():
 @click.option("--view-size", type=int, default=None, help=default_help("Longest side of the peripheral view", Stage1Config, "view_size"))
 @click.option("--max-pixels", type=int, default=None,
               help=default_help("Decompression-bomb limit (pixels)", Stage1Config, "max_pixels"))
+@storage_options
 @on_interrupt(_interrupted("stage1"))
 @friendly_errors
 def stage1(kind, root, val_size, split_seed, image_root, threshold, path_column, id_column, count_columns,
@@ -161,16 +177,23 @@ def stage1(kind, root, val_size, split_seed, image_root, threshold, path_column,
 
 
 @train.command()
-@click.option("--shards", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Shard folder made by `gpf preprocess`.")
+@click.option("--shards", type=Location(exists=True, file_okay=False), default=None,
+              help="Shard folder or URL (s3://bucket/prefix ...) made by `gpf preprocess`.")
 @click.option("--variant", type=click.Choice(VARIANT_NAMES), default=None,
-              help=default_help("gpf (gated fusion), pf (concat), random (random crops), single (peripheral only)",
+              help=default_help("gpf (gated fusion), pf (concat); Table I baselines as the paper ran them: single "
+                                "(warped photo, fine-tuned), single-periph, random (warped photo + fresh patches); "
+                                "with the frozen stage-1 column: single-frozen, random-frozen (stored crops)",
                                 Stage2Config, "variant"))
-@click.option("--stage1", "stage1_ckpt", type=click.Path(exists=True), default=None,
+@click.option("--stage1", "stage1_ckpt", type=Location(exists=True), default=None,
               help="Stage-1 checkpoint or run folder: the attention model that made the shards, and the "
                    "peripheral's initial weights [default: the one the manifest names].")
+@click.option("--peripheral-backbone", default=None,
+              help="The peripheral subnet's backbone (registered or timm:NAME) [default: the stage-1 model's].")
 @click.option("--peripheral-weights", default=None,
-              help="Start the peripheral from imagenet | PATH | none instead of the stage-1 model.")
+              help="Start the peripheral from imagenet | PATH | URL | none instead of the stage-1 model.")
+@click.option("--gif-width", callback=_gif_width, default=None, metavar="W|P,F",
+              help="GIF bottleneck width W1 for both branches, or P,F for the peripheral and foveal branch "
+                   "[default: each subnet's, paper Table II for its backbones].")
 @click.option("--use-features", type=click.Choice(USE_FEATURES_CHOICES), default=None,
               help=default_help("Use the shards' stored peripheral features when they match the frozen peripheral",
                                 Stage2Config, "use_features"))
@@ -184,7 +207,14 @@ def stage1(kind, root, val_size, split_seed, image_root, threshold, path_column,
               help=default_help("Width of the fusion's FC layer (FC of Table II)", Stage2Config, "fusion_width"))
 @click.option("--dropout", type=float, default=None,
               help=default_help("Dropout after each hidden FC layer", Stage2Config, "dropout"))
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Shards at a URL: keep the tars read (verified against their stats) in this local folder "
+                   "for later epochs.")
+@click.option("--cache-max-gb", type=float, default=None,
+              help=default_help("Size bound of --cache-dir in GiB (least recently used tars go first)", Stage2Config,
+                                "cache_max_gb"))
 @_training_options
+@storage_options
 @on_interrupt(_interrupted("stage2"))
 @friendly_errors
 def stage2(stage1_ckpt, **kw):

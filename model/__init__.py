@@ -12,7 +12,8 @@ _EXPORTS = {
     "Backbone": "backbones", "BackboneSpec": "backbones", "create_backbone": "backbones",
     "list_backbones": "backbones", "register_backbone": "backbones", "get_spec": "backbones",
     "normalize_images": "backbones", "IMAGENET_MEAN": "backbones", "IMAGENET_STD": "backbones",
-    "BackboneError": "backbones", "UnknownBackboneError": "backbones",
+    "BackboneError": "backbones", "UnknownBackboneError": "backbones", "pooled_descriptor": "backbones",
+    "is_timm_name": "backbones",
     # weights
     "WeightsError": "weights", "load_backbone_weights": "weights", "imagenet_cache_path": "weights",
     # GPF-CNN

@@ -22,10 +22,19 @@ Rules per module (see docs/attention.md for the why of each):
 * ReLU, Dropout, Identity, Flatten: the signal passes through (reshaped).
 * torchvision BasicBlock / Bottleneck: the residual sum ``conv'(h) + shortcut(x)``
   is one linear layer over its non-negative inputs ``[h, x]`` with weights
-  ``[W', I]`` (or ``[W', W_down']``); its denominator is ``W'+ h + x``.
+  ``[W', I]`` (or ``[W', W_down']``, after an average pool for ResNet-D); its
+  denominator is ``W'+ h + x``.
 * torchvision BasicConv2d (conv + folded bn + relu) and InceptionA..E: mirror
   torchvision's forward; each slice of a concatenation goes back to its branch,
   and a unit feeding several branches sums what it receives from all of them.
+* timm's ResNet / RegNetX blocks, ConvNormAct and BatchNormAct2d: reduced to the
+  rules above by gpf.model.eb_timm.
+
+Every rule checks its module's structure when the walk is planned and returns
+the runner that computes it, so a network EB cannot walk (GELU, LayerNorm, a
+squeeze-excite gate, a module without a rule) is refused before anything is
+computed, with :class:`EBUnsupportedError` naming the first such module and why
+(:func:`check_eb_supported`).
 
 The signal starts as a one-hot on the target logit (the softmax is not
 propagated). The contrastive variant subtracts the MWP of the target's *dual*
@@ -40,6 +49,9 @@ nothing to restore when it raises.
 from __future__ import annotations
 
 import difflib
+import functools
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -62,6 +74,9 @@ __all__ = [
     "resolve_eb_layer",
     "fold_batchnorm",
     "supported_module_names",
+    "check_eb_supported",
+    "why_eb_cannot_pass",
+    "EBUnsupportedError",
 ]
 
 UPSAMPLE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
@@ -174,6 +189,25 @@ class _AdaptiveAvgPool(_Operator):
 
     def transpose(self, s, x, weight):
         return torch.ops.aten._adaptive_avg_pool2d_backward(s, x)
+
+
+class _PoolThenConv(_Operator):
+    """``conv(avg_pool(x))``, a shortcut of ResNet-D / timm's ``avg_down``; W+ is the conv's.
+
+    The pooled units are hidden units with fixed positive weights, so EB through
+    the pooling and the conv in turn equals this one operator with the conv's W+
+    (docs/attention.md).
+    """
+
+    def __init__(self, pool: _AvgPool, conv: _Conv):
+        self.pool, self.conv, self.weight = pool, conv, conv.weight
+
+    def apply(self, x, weight):
+        return self.conv.apply(self.pool.apply(x, None), weight)
+
+    def transpose(self, s, x, weight):
+        pooled = self.pool.apply(x, None)
+        return self.pool.transpose(self.conv.transpose(s, pooled, weight), x, None)
 
 
 def _pair(value) -> tuple[int, int]:
@@ -334,8 +368,88 @@ class _Tape:
 
 
 # --------------------------------------------------------------------------- #
-# Batch-norm folding and the per-module forward rules.
+# Why a module cannot be walked (named in every refusal).
 # --------------------------------------------------------------------------- #
+
+class EBUnsupportedError(GPFError, NotImplementedError):
+    """A network Excitation Backprop cannot walk; the message names the first module it cannot
+    pass (its path and type) and why. Raised when the walk is planned, before any computation."""
+
+
+_SIGNED_ACTIVATIONS = frozenset({
+    "GELU", "GELUTanh", "QuickGELU", "SiLU", "Swish", "SwishMe", "Mish", "MishMe", "Hardswish",
+    "HardSwish", "HardSwishMe", "ELU", "SELU", "CELU", "LeakyReLU", "PReLU", "RReLU", "Tanh",
+    "Softplus", "Softsign", "Tanhshrink", "Softshrink", "Hardshrink", "StarReLU"})
+_NOT_RELU_ACTIVATIONS = frozenset({"ReLU6", "Hardtanh", "Sigmoid", "Hardsigmoid", "HardSigmoid",
+                                   "HardSigmoidMe", "Softmax", "GLU", "Threshold"})
+_PER_SAMPLE_NORM = re.compile(r"(Layer|Group|Rms|RMS|Instance|LocalResponse|Evo)Norm")
+_GATE = re.compile(r"Attn|Attention|Excit|^SE|SE$|SEModule|Eca|Cbam|SplitAttn|SelectiveKernel|GlobalContext")
+_REASONS = {
+    "signed": "a signed activation: it lets negative values through, so the units below it are not "
+              "non-negative and P(a_i|a_j) = Z a_i w_ij (Eq. 3) is not a probability; EB needs ReLU",
+    "not_relu": "an activation other than ReLU (it saturates or gates its input), so a unit is not the "
+                "positive part of its weighted input; EB needs ReLU",
+    "norm": "it normalises each sample by that sample's own statistics, so it is no fixed linear layer "
+            "that could be folded into the weights (as an eval-mode batch norm is) and its output is signed",
+    "gate": "an attention or excitation gate multiplies features by a function of themselves: a product "
+            "of units, not a weighted sum of non-negative inputs (Eq. 3)",
+}
+_SUPPORTED_HINT = ("EB walks networks of convolutions, linear layers, ReLU, eval-mode batch norm, "
+                   "pooling and residual sums (docs/attention.md)")
+
+
+def why_eb_cannot_pass(module: nn.Module) -> str | None:
+    """Why a module of this kind breaks Excitation Backprop (signed activation, per-sample norm,
+    gate), or None when its type says nothing (it may still have no rule)."""
+    name = type(module).__name__
+    if name in _SIGNED_ACTIVATIONS:
+        return _REASONS["signed"]
+    if name in _NOT_RELU_ACTIVATIONS:
+        return _REASONS["not_relu"]
+    if _PER_SAMPLE_NORM.search(name):
+        return _REASONS["norm"]
+    if _GATE.search(name):
+        return _REASONS["gate"]
+    return None
+
+
+def first_module_eb_cannot_pass(module: nn.Module, prefix: str) -> tuple[str, nn.Module, str | None]:
+    """(path, module, reason) of the first submodule, in definition order, whose type breaks EB;
+    the module itself (reason None) when none does."""
+    for name, sub in module.named_modules():
+        reason = why_eb_cannot_pass(sub)
+        if reason is not None:
+            return ".".join(part for part in (prefix, name) if part), sub, reason
+    return prefix, module, None
+
+
+def cannot_pass(module: nn.Module | None, path: str, why: str | None = None) -> EBUnsupportedError:
+    """The refusal for ``module`` at ``path``: its type, the reason, and what EB walks."""
+    why = why or (why_eb_cannot_pass(module) if module is not None else None) or (
+        "no Excitation Backprop rule for this module type")
+    return EBUnsupportedError(f"Excitation Backprop cannot pass {path!r} ({_type_name(module)}): {why}. "
+                              f"{_SUPPORTED_HINT}")
+
+
+def _no_rule(module: nn.Module, path: str) -> EBUnsupportedError:
+    """A module type without a rule: name the first submodule whose type says why, if any."""
+    inner_path, inner, reason = first_module_eb_cannot_pass(module, path)
+    if reason is not None:
+        return cannot_pass(inner, inner_path, reason)
+    return cannot_pass(module, path, "no Excitation Backprop rule for this module type; supported: "
+                       + ", ".join(supported_module_names()))
+
+
+# --------------------------------------------------------------------------- #
+# Batch-norm folding and the per-module rules. A rule checks a module's
+# structure when the walk is planned (so a network is refused before any
+# computation) and returns the runner that computes its forward on the tape.
+# --------------------------------------------------------------------------- #
+
+Runner = Callable[[_Tape, _Value], _Value]
+#: A checked linear part, built at run time: () -> (operator, bias).
+LinearPart = Callable[[], "tuple[_Operator, Tensor | None]"]
+
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, *,
                    name: str = "batch norm") -> tuple[Tensor, Tensor | None]:
@@ -357,12 +471,15 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, *,
     return weight * scale.view(-1, 1, 1, 1), folded_bias
 
 
+def check_running_stats(bn: nn.Module, path: str) -> None:
+    if bn.running_mean is None or bn.running_var is None:
+        raise cannot_pass(bn, path, "it keeps no running statistics (track_running_stats=False); "
+                                    "Excitation Backprop folds batch norm with its running statistics")
+
+
 def _batchnorm_affine(bn: nn.BatchNorm2d, path: str) -> tuple[Tensor, Tensor]:
     """(scale, shift) of an eval-mode batch norm: y = scale * x + shift."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise NotImplementedError(
-            f"batch norm {path!r} keeps no running statistics (track_running_stats=False); "
-            "Excitation Backprop folds batch norm with its running statistics")
+    check_running_stats(bn, path)
     mean = bn.running_mean.detach().float()
     scale = torch.rsqrt(bn.running_var.detach().float() + bn.eps)
     if bn.weight is not None:
@@ -375,9 +492,8 @@ def _batchnorm_affine(bn: nn.BatchNorm2d, path: str) -> tuple[Tensor, Tensor]:
 
 def _expect(module: nn.Module | None, kind: type, path: str) -> nn.Module:
     if type(module) is not kind:
-        raise NotImplementedError(
-            f"Excitation Backprop expected {path!r} to be {kind.__module__}.{kind.__name__}, "
-            f"found {_type_name(module)}")
+        raise cannot_pass(module, path, (why_eb_cannot_pass(module) if module is not None else None)
+                          or f"expected {kind.__module__}.{kind.__name__} here")
     return module
 
 
@@ -386,123 +502,197 @@ def _type_name(module) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _conv_bn(tape: _Tape, x: _Value, conv: nn.Conv2d, bn: nn.BatchNorm2d | None,
-             conv_path: str, bn_path: str | None = None) -> _Value:
+def norm_has_relu(norm: nn.Module, path: str) -> bool:
+    """Check a batch norm (or a norm + activation layer with a rule) and say whether it ends in a ReLU."""
+    if type(norm) is nn.BatchNorm2d:
+        check_running_stats(norm, path)
+        return False
+    check = _extension_rules()[1].get(type(norm))
+    if check is None:
+        raise cannot_pass(norm, path, why_eb_cannot_pass(norm) or "expected an eval-mode batch norm here")
+    return check(norm, path)
+
+
+def _checked_conv(conv: nn.Module, norm: nn.Module | None, conv_path: str,
+                  norm_path: str | None) -> tuple[bool, LinearPart]:
+    """(norm ends in ReLU, the folded conv as a linear part), checked now."""
     _expect(conv, nn.Conv2d, conv_path)
-    if bn is not None:
-        _expect(bn, nn.BatchNorm2d, bn_path)
-    weight, bias = fold_batchnorm(conv, bn, name=bn_path)
-    return tape.linear([(_Conv(weight, conv, conv_path), x)], bias)
+    _conv_padding(conv, conv_path)
+    relu = norm_has_relu(norm, norm_path) if norm is not None else False
+
+    def part():
+        weight, bias = fold_batchnorm(conv, norm, name=norm_path)
+        return _Conv(weight, conv, conv_path), bias
+    return relu, part
 
 
-def _conv_bn_relu(tape, x, conv, bn, conv_path, bn_path):
-    return tape.relu(_conv_bn(tape, x, conv, bn, conv_path, bn_path))
+def conv_norm(conv: nn.Module, norm: nn.Module | None, conv_path: str, norm_path: str | None = None,
+              relu: bool = False) -> Runner:
+    """conv -> [batch norm, folded] -> [ReLU] as one EB layer; ``relu`` adds a ReLU after it
+    (a norm + activation layer brings its own)."""
+    norm_relu, part = _checked_conv(conv, norm, conv_path, norm_path)
+
+    def run(tape, x):
+        y = _linear(tape, x, part)
+        return tape.relu(y) if relu or norm_relu else y
+    return run
 
 
-def _conv_step(tape, x, modules, paths):
-    conv, bn = modules if len(modules) == 2 else (modules[0], None)
-    return _conv_bn(tape, x, conv, bn, paths[0], paths[-1])
+def conv_part(conv: nn.Module, norm: nn.Module | None, conv_path: str, norm_path: str | None) -> LinearPart:
+    """The last conv (+ folded norm) of a residual branch: a linear part of the sum, no activation."""
+    relu, part = _checked_conv(conv, norm, conv_path, norm_path)
+    if relu:
+        raise cannot_pass(norm, norm_path, "the residual branch ends in an activation before the sum; "
+                                           "EB expects conv + norm, then the sum, then ReLU")
+    return part
 
 
-def _batchnorm_step(tape, x, modules, paths):
-    scale, shift = _batchnorm_affine(modules[0], paths[0])
-    return tape.linear([(_ChannelScale(scale), x)], shift)
+def _linear(tape: _Tape, x: _Value, part: LinearPart) -> _Value:
+    op, bias = part()
+    return tape.linear([(op, x)], bias)
 
 
-def _linear_step(tape, x, modules, paths):
+def shortcut_part(parts: Sequence[tuple[nn.Module, str]], path: str) -> LinearPart | None:
+    """A residual shortcut as a linear part: identity (no parts, returns None), or
+    ``[AvgPool2d] Conv2d [batch norm]`` (the downsample of torchvision / ResNet-D / timm)."""
+    parts = [(m, p) for m, p in parts if type(m) is not nn.Identity]
+    if not parts:
+        return None
+    pool = None
+    if type(parts[0][0]) is nn.AvgPool2d:
+        (pool, _), parts = parts[0], parts[1:]
+    if not 1 <= len(parts) <= 2 or type(parts[0][0]) is not nn.Conv2d:
+        module, where = parts[0] if parts else (pool, path)
+        raise cannot_pass(module, where, why_eb_cannot_pass(module) or
+                          "a residual shortcut must be [AvgPool2d] Conv2d [BatchNorm2d] or the identity")
+    (conv, conv_path), norm = parts[0], parts[1] if len(parts) == 2 else (None, None)
+    conv_linear = conv_part(conv, norm[0], conv_path, norm[1])
+    if pool is None:
+        return conv_linear
+
+    def pooled():
+        op, bias = conv_linear()
+        return _PoolThenConv(_avg_pool_operator(pool), op), bias
+    return pooled
+
+
+def residual(body: Sequence[Runner], last: LinearPart, shortcut: LinearPart | None | str) -> Runner:
+    """``relu(last(body(x)) + shortcut(x))``: the last linear part and the shortcut are one linear
+    layer over [h, x] (weights [W', I] or [W', W_down']), so no probability goes negative.
+    ``shortcut='none'`` is a block without a residual sum."""
+    def run(tape, x):
+        h = x
+        for step in body:
+            h = step(tape, h)
+        op, bias = last()
+        terms = [(op, h)]
+        if shortcut != "none":
+            short_op, short_bias = shortcut() if shortcut is not None else (_Identity(), None)
+            terms.append((short_op, x))
+            if short_bias is not None:
+                bias = short_bias if bias is None else bias + short_bias
+        return tape.relu(tape.linear(terms, bias))
+    return run
+
+
+def _conv_rule(modules, paths) -> Runner:
+    conv, norm = modules if len(modules) == 2 else (modules[0], None)
+    return conv_norm(conv, norm, paths[0], paths[-1] if norm is not None else None)
+
+
+def batchnorm_rule(modules, paths) -> Runner:
+    """A batch norm with no conv before it: a per-channel scale (+ its ReLU for a norm-act layer)."""
+    norm, path = modules[0], paths[0]
+    relu = norm_has_relu(norm, path)
+
+    def run(tape, x):
+        scale, shift = _batchnorm_affine(norm, path)
+        y = tape.linear([(_ChannelScale(scale), x)], shift)
+        return tape.relu(y) if relu else y
+    return run
+
+
+def _linear_rule(modules, paths) -> Runner:
     layer = modules[0]
-    bias = layer.bias.detach().float() if layer.bias is not None else None
-    return tape.linear([(_Dense(layer.weight.detach().float()), x)], bias)
+
+    def run(tape, x):
+        bias = layer.bias.detach().float() if layer.bias is not None else None
+        return tape.linear([(_Dense(layer.weight.detach().float()), x)], bias)
+    return run
 
 
-def _relu_step(tape, x, modules, paths):
-    return tape.relu(x)
+def _relu_rule(modules, paths) -> Runner:
+    return lambda tape, x: tape.relu(x)
 
 
-def _pass_step(tape, x, modules, paths):
-    return x  # dropout (inference) and identity: the same activation
+def _pass_rule(modules, paths) -> Runner:
+    return lambda tape, x: x  # dropout (inference) and identity: the same activation
 
 
-def _flatten_step(tape, x, modules, paths):
+def _flatten_rule(modules, paths) -> Runner:
     flatten = modules[0]
-    return tape.reshape(x, torch.flatten(x.tensor, flatten.start_dim, flatten.end_dim))
+    return lambda tape, x: tape.reshape(x, torch.flatten(x.tensor, flatten.start_dim, flatten.end_dim))
 
 
-def _max_pool_step(tape, x, modules, paths):
+def _max_pool_rule(modules, paths) -> Runner:
     pool = modules[0]
-    return tape.max_pool(x, F.max_pool2d, kernel_size=pool.kernel_size, stride=pool.stride,
-                         padding=pool.padding, dilation=pool.dilation, ceil_mode=pool.ceil_mode)
+    options = dict(kernel_size=pool.kernel_size, stride=pool.stride, padding=pool.padding,
+                   dilation=pool.dilation, ceil_mode=pool.ceil_mode)
+    return lambda tape, x: tape.max_pool(x, F.max_pool2d, **options)
 
 
-def _adaptive_max_pool_step(tape, x, modules, paths):
-    return tape.max_pool(x, F.adaptive_max_pool2d, output_size=modules[0].output_size)
+def _adaptive_max_pool_rule(modules, paths) -> Runner:
+    size = modules[0].output_size
+    return lambda tape, x: tape.max_pool(x, F.adaptive_max_pool2d, output_size=size)
 
 
-def _avg_pool_step(tape, x, modules, paths):
-    pool = modules[0]
-    op = _AvgPool(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,
-                  pool.count_include_pad, pool.divisor_override)
-    return tape.linear([(op, x)], None)
+def _avg_pool_operator(pool: nn.AvgPool2d) -> _AvgPool:
+    return _AvgPool(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,
+                    pool.count_include_pad, pool.divisor_override)
 
 
-def _adaptive_avg_pool_step(tape, x, modules, paths):
-    return tape.linear([(_AdaptiveAvgPool(modules[0].output_size), x)], None)
+def _avg_pool_rule(modules, paths) -> Runner:
+    op = _avg_pool_operator(modules[0])
+    return lambda tape, x: tape.linear([(op, x)], None)
 
 
-def _shortcut(block: nn.Module, path: str) -> tuple[_Operator, Tensor | None]:
-    """The residual shortcut as a linear operator: identity or the (folded) downsample conv."""
-    downsample = block.downsample
-    if downsample is None:
-        return _Identity(), None
-    parts = list(downsample.children()) if type(downsample) is nn.Sequential else [downsample]
-    if not 1 <= len(parts) <= 2 or (len(parts) == 2 and type(parts[1]) is not nn.BatchNorm2d):
-        raise NotImplementedError(
-            f"Excitation Backprop supports a residual downsample of Conv2d [+ BatchNorm2d] only; "
-            f"{path}.downsample is {[_type_name(p) for p in parts]}")
-    conv = _expect(parts[0], nn.Conv2d, f"{path}.downsample.0")
-    weight, bias = fold_batchnorm(conv, parts[1] if len(parts) == 2 else None, name=f"{path}.downsample.1")
-    return _Conv(weight, conv, f"{path}.downsample.0"), bias
+def _adaptive_avg_pool_rule(modules, paths) -> Runner:
+    op = _AdaptiveAvgPool(modules[0].output_size)
+    return lambda tape, x: tape.linear([(op, x)], None)
 
 
-def _residual(tape, x, block, body: Sequence[tuple[str, str]], path) -> _Value:
-    """``relu(bn_k(conv_k(... relu(bn_1(conv_1(x))))) + shortcut(x))`` as in torchvision.
-
-    The last conv and the shortcut form one linear layer over [h, x] (section
-    III-A's rule with weights [W', I] or [W', W_down']), so the sum never
-    produces negative probabilities.
-    """
-    _expect(block.relu, nn.ReLU, f"{path}.relu")
-    h = x
-    for conv_name, bn_name in body[:-1]:
-        h = _conv_bn_relu(tape, h, getattr(block, conv_name), getattr(block, bn_name),
-                          f"{path}.{conv_name}", f"{path}.{bn_name}")
-    conv_name, bn_name = body[-1]
-    conv = _expect(getattr(block, conv_name), nn.Conv2d, f"{path}.{conv_name}")
-    bn = _expect(getattr(block, bn_name), nn.BatchNorm2d, f"{path}.{bn_name}")
-    weight, bias = fold_batchnorm(conv, bn, name=f"{path}.{bn_name}")
-    shortcut_op, shortcut_bias = _shortcut(block, path)
-    if shortcut_bias is not None:
-        bias = shortcut_bias if bias is None else bias + shortcut_bias
-    summed = tape.linear([(_Conv(weight, conv, f"{path}.{conv_name}"), h), (shortcut_op, x)], bias)
-    return tape.relu(summed)
+def _torchvision_residual_rule(body: Sequence[tuple[str, str]]):
+    """torchvision's BasicBlock / Bottleneck: relu(bn_k(conv_k(... relu(bn_1(conv_1(x))))) + shortcut(x))."""
+    def rule(modules, paths) -> Runner:
+        block, path = modules[0], paths[0]
+        _expect(block.relu, nn.ReLU, f"{path}.relu")
+        steps = [conv_norm(getattr(block, c), getattr(block, b), f"{path}.{c}", f"{path}.{b}", relu=True)
+                 for c, b in body[:-1]]
+        (c, b) = body[-1]
+        last = conv_part(getattr(block, c), _expect(getattr(block, b), nn.BatchNorm2d, f"{path}.{b}"),
+                         f"{path}.{c}", f"{path}.{b}")
+        return residual(steps, last, shortcut_part(_sequence_parts(block.downsample, f"{path}.downsample"),
+                                                   f"{path}.downsample"))
+    return rule
 
 
-def _basic_block_step(tape, x, modules, paths):
-    return _residual(tape, x, modules[0], [("conv1", "bn1"), ("conv2", "bn2")], paths[0])
+def _sequence_parts(module: nn.Module | None, path: str) -> list[tuple[nn.Module, str]]:
+    """(module, path) of an optional module, or of each child of an nn.Sequential."""
+    if module is None:
+        return []
+    if type(module) is nn.Sequential:
+        return [(child, f"{path}.{name}") for name, child in module.named_children()]
+    return [(module, path)]
 
 
-def _bottleneck_step(tape, x, modules, paths):
-    return _residual(tape, x, modules[0], [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")],
-                     paths[0])
-
-
-def _basic_conv2d(tape, x, module, path):
+def _basic_conv2d(module, path) -> Runner:
     _expect(module, _torchvision_inception().BasicConv2d, path)
-    return _conv_bn_relu(tape, x, module.conv, module.bn, f"{path}.conv", f"{path}.bn")
+    return conv_norm(module.conv, _expect(module.bn, nn.BatchNorm2d, f"{path}.bn"),
+                     f"{path}.conv", f"{path}.bn", relu=True)
 
 
-def _basic_conv2d_step(tape, x, modules, paths):
-    return _basic_conv2d(tape, x, modules[0], paths[0])
+def _basic_conv2d_rule(modules, paths) -> Runner:
+    return _basic_conv2d(modules[0], paths[0])
 
 
 # Inception branches, in torchvision's forward order. A string is a BasicConv2d
@@ -529,23 +719,32 @@ _INCEPTION_BRANCHES = {
 }
 
 
-def _inception_step(tape, x, modules, paths):
+def _inception_stage(block, path, stage) -> Runner:
+    if isinstance(stage, str):
+        return _basic_conv2d(getattr(block, stage), f"{path}.{stage}")
+    if stage[0] == "avg_pool":
+        op = _AvgPool(**stage[1])
+        return lambda tape, h: tape.linear([(op, h)], None)
+    if stage[0] == "max_pool":
+        return lambda tape, h: tape.max_pool(h, F.max_pool2d, **stage[1])
+    split = [_basic_conv2d(getattr(block, name), f"{path}.{name}") for name in stage]  # InceptionE
+    return lambda tape, h: tape.concat([run(tape, h) for run in split])
+
+
+def _inception_rule(modules, paths) -> Runner:
     block, path = modules[0], paths[0]
-    outputs = []
-    for branch in _INCEPTION_BRANCHES[type(block).__name__]:
-        h = x
-        for stage in branch:
-            if isinstance(stage, str):
-                h = _basic_conv2d(tape, h, getattr(block, stage), f"{path}.{stage}")
-            elif stage[0] == "avg_pool":
-                h = tape.linear([(_AvgPool(**stage[1]), h)], None)
-            elif stage[0] == "max_pool":
-                h = tape.max_pool(h, F.max_pool2d, **stage[1])
-            else:  # InceptionE's split
-                h = tape.concat([_basic_conv2d(tape, h, getattr(block, name), f"{path}.{name}")
-                                 for name in stage])
-        outputs.append(h)
-    return tape.concat(outputs)
+    branches = [[_inception_stage(block, path, stage) for stage in branch]
+                for branch in _INCEPTION_BRANCHES[type(block).__name__]]
+
+    def run(tape, x):
+        outputs = []
+        for branch in branches:
+            h = x
+            for stage in branch:
+                h = stage(tape, h)
+            outputs.append(h)
+        return tape.concat(outputs)
+    return run
 
 
 def _torchvision_inception():
@@ -553,26 +752,44 @@ def _torchvision_inception():
     return inception
 
 
-def _step_rules() -> dict[type, Callable]:
-    """Module type -> forward rule; exact types (a subclass may change ``forward``)."""
+@functools.lru_cache(maxsize=None)
+def _builtin_rules() -> dict[type, Callable]:
+    """Module type -> rule; exact types (a subclass may change ``forward``)."""
     from torchvision.models import resnet
     inception = _torchvision_inception()
     rules = {
-        nn.Conv2d: _conv_step, nn.BatchNorm2d: _batchnorm_step, nn.Linear: _linear_step,
-        nn.ReLU: _relu_step, nn.Dropout: _pass_step, nn.Dropout2d: _pass_step,
-        nn.Identity: _pass_step, nn.Flatten: _flatten_step,
-        nn.MaxPool2d: _max_pool_step, nn.AdaptiveMaxPool2d: _adaptive_max_pool_step,
-        nn.AvgPool2d: _avg_pool_step, nn.AdaptiveAvgPool2d: _adaptive_avg_pool_step,
-        resnet.BasicBlock: _basic_block_step, resnet.Bottleneck: _bottleneck_step,
-        inception.BasicConv2d: _basic_conv2d_step,
+        nn.Conv2d: _conv_rule, nn.BatchNorm2d: batchnorm_rule, nn.Linear: _linear_rule,
+        nn.ReLU: _relu_rule, nn.Dropout: _pass_rule, nn.Dropout2d: _pass_rule,
+        nn.Identity: _pass_rule, nn.Flatten: _flatten_rule,
+        nn.MaxPool2d: _max_pool_rule, nn.AdaptiveMaxPool2d: _adaptive_max_pool_rule,
+        nn.AvgPool2d: _avg_pool_rule, nn.AdaptiveAvgPool2d: _adaptive_avg_pool_rule,
+        resnet.BasicBlock: _torchvision_residual_rule([("conv1", "bn1"), ("conv2", "bn2")]),
+        resnet.Bottleneck: _torchvision_residual_rule([("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]),
+        inception.BasicConv2d: _basic_conv2d_rule,
     }
     for name in _INCEPTION_BRANCHES:
-        rules[getattr(inception, name)] = _inception_step
+        rules[getattr(inception, name)] = _inception_rule
     return rules
 
 
+def _extension_rules() -> tuple[dict[type, Callable], dict[type, Callable]]:
+    """(step rules, norm-with-activation checks) for timm's blocks (gpf.model.eb_timm).
+
+    A timm module can only be in a model once timm is imported, so timm is never
+    imported here for a torchvision network.
+    """
+    if "timm" not in sys.modules:
+        return {}, {}
+    from . import eb_timm
+    return eb_timm.step_rules(), eb_timm.norm_rules()
+
+
+def _step_rules() -> dict[type, Callable]:
+    return {**_builtin_rules(), **_extension_rules()[0]}
+
+
 def supported_module_names() -> list[str]:
-    """Dotted names of the module types Excitation Backprop has a rule for."""
+    """Dotted names of the module types Excitation Backprop has a rule for (timm's once timm is imported)."""
     return sorted(f"{kind.__module__}.{kind.__qualname__}" for kind in _step_rules())
 
 
@@ -582,14 +799,12 @@ def supported_module_names() -> list[str]:
 
 @dataclass
 class _Step:
-    modules: tuple[nn.Module, ...]   # one module, or (Conv2d, BatchNorm2d) folded
+    modules: tuple[nn.Module, ...]   # one module, or (Conv2d, batch norm) folded
     paths: tuple[str, ...]           # their qualified names
-    rule: Callable
+    rule: Callable                   # (modules, paths) -> Runner, checking the structure
     in_features: bool
     names: list[str] = field(default_factory=list)  # read-out names of the output, in order
-
-    def run(self, tape: _Tape, x: _Value) -> _Value:
-        return self.rule(tape, x, self.modules, self.paths)
+    run: Runner | None = None
 
 
 def _model_parts(model: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
@@ -603,39 +818,54 @@ def _model_parts(model: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
 
 
 def _build_chain(model: nn.Module) -> list[_Step]:
+    """The steps of the walk, every module checked in forward order (the first one EB cannot
+    pass raises :class:`EBUnsupportedError`), before anything is computed."""
     features, head = _model_parts(model)
     rules = _step_rules()
+    norms = (nn.BatchNorm2d, *_extension_rules()[1])
     steps: list[_Step] = []
-    _append_steps(steps, features, "features", rules, in_features=True)
-    _append_steps(steps, head, "head", rules, in_features=False)
+    _append_steps(steps, features, "features", rules, norms, in_features=True)
+    _append_steps(steps, head, "head", rules, norms, in_features=False)
+    for step in steps:
+        step.run = step.rule(step.modules, step.paths)
     return steps
 
 
-def _append_steps(steps: list[_Step], container: nn.Sequential, prefix: str,
-                  rules: dict, in_features: bool) -> None:
-    """Flatten nested Sequentials; fold a BatchNorm2d into the Conv2d right before it."""
+def _refuse_rule(modules, paths):
+    raise _no_rule(modules[0], paths[0])
+
+
+def _append_steps(steps: list[_Step], container: nn.Sequential, prefix: str, rules: dict,
+                  norms: tuple[type, ...], in_features: bool) -> None:
+    """Flatten nested Sequentials; fold a batch norm into the Conv2d right before it (also
+    when that conv ends a nested Sequential, as timm's deep stems do)."""
     first = len(steps)
-    previous: _Step | None = None  # the step made of this container's previous child
     for name, module in container.named_children():
         path = f"{prefix}.{name}"
         if type(module) is nn.Sequential:
-            _append_steps(steps, module, path, rules, in_features)
-            previous = None
+            _append_steps(steps, module, path, rules, norms, in_features)
             continue
-        if type(module) not in rules:
-            raise NotImplementedError(
-                f"Excitation Backprop has no rule for module {path!r} of type "
-                f"{_type_name(module)}; supported: {', '.join(supported_module_names())}")
-        if (type(module) is nn.BatchNorm2d and previous is not None
+        previous = steps[-1] if steps else None
+        if (type(module) in norms and previous is not None and previous.in_features == in_features
                 and len(previous.modules) == 1 and type(previous.modules[0]) is nn.Conv2d):
-            previous.modules += (module,)  # the conv's output is read as the bn's
+            previous.modules += (module,)  # the conv's output is read as the norm's
             previous.paths += (path,)
             previous.names.append(path)
             continue
-        previous = _Step((module,), (path,), rules[type(module)], in_features, [path])
-        steps.append(previous)
+        steps.append(_Step((module,), (path,), rules.get(type(module), _refuse_rule), in_features, [path]))
     if len(steps) > first and in_features:
         steps[-1].names.append(prefix)
+
+
+def check_eb_supported(model: nn.Module) -> None:
+    """Refuse, before any computation, a model Excitation Backprop cannot walk.
+
+    Raises :class:`EBUnsupportedError` naming the first module (in forward order)
+    it cannot pass and why (a signed activation such as GELU or SiLU, a per-sample
+    norm such as LayerNorm, an attention gate, a module without a rule), or
+    ``TypeError`` for a model without ``.features``/``.head``.
+    """
+    _build_chain(model)
 
 
 def eb_layer_names(model: nn.Module) -> list[str]:

@@ -7,8 +7,12 @@ side, the default layer EB reads its map at, the ImageNet normalisation, and
 the GIF bottleneck width W1 of the paper's Table II.
 
 Built in: ``vgg16``, ``alexnet``, ``resnet18`` (the paper's "ResNet-16"),
-``inception_v3``, and the test-size ``tiny``, ``small``, ``tiny_inception``.
-Add your own with :func:`register_backbone`. ``python -m gpf.model.backbones``
+``inception_v3``, ``resnet50`` (not in the paper), and the test-size ``tiny``,
+``small``, ``tiny_inception``.
+Add your own with :func:`register_backbone`. Any timm model is a backbone as
+``timm:NAME`` (:mod:`gpf.model.arch_timm`): :func:`get_spec` and
+:func:`create_backbone` take those names too; its ``features`` is then the timm
+model itself, and :func:`pooled_descriptor` pools it through timm's head path. ``python -m gpf.model.backbones``
 prints the table that ``gpf models`` prints.
 """
 from __future__ import annotations
@@ -29,6 +33,7 @@ from . import arch_alexnet, arch_inception, arch_resnet, arch_small, arch_vgg
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_CLASSES = 1000
+TIMM_PREFIX = "timm:"
 
 
 class BackboneError(GPFError, ValueError):
@@ -60,10 +65,27 @@ class BackboneSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     torchvision_weights: str | None = None  # e.g. "VGG16_Weights.IMAGENET1K_V1"
     description: str = ""
+    provider: str = "gpf"                   # 'gpf' (registered) | 'timm'
+    input_multiple: int = 1                 # view sides are resized up to a multiple of this
+    fixed_input: tuple[int, int] | None = None   # every view is resized to this (H, W)
 
     def normalize(self, images):
         """uint8 (or [0, 1] float) images -> this backbone's normalised float input."""
         return normalize_images(images, self.mean, self.std)
+
+    @property
+    def is_timm(self) -> bool:
+        return self.provider == "timm"
+
+    def record(self) -> dict:
+        """Plain description a checkpoint keeps of a subnet (checked when the model is rebuilt)."""
+        out = {"backbone": self.name, "provider": self.provider, "channels": self.channels,
+               "min_input": self.min_input, "mean": list(self.mean), "std": list(self.std)}
+        if self.is_timm:
+            from .arch_timm import timm_module
+
+            out["timm_version"] = str(timm_module().__version__)
+        return out
 
 
 @dataclass(frozen=True)
@@ -100,7 +122,12 @@ class Backbone(nn.Module):
     std = property(lambda self: self.spec.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        """The feature map ``[B, C, h, w]`` (timm: what ``forward_features`` gives: a map, NHWC or tokens)."""
+        return feature_map(self.spec, self.features, x)
+
+    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled descriptor ``[B, C]`` (see :func:`pooled_descriptor`)."""
+        return pooled_descriptor(self.spec, self.features, x)
 
     def normalize(self, images):
         """uint8 ``[B, 3, H, W]`` (or float in [0, 1]) -> normalised float input."""
@@ -108,6 +135,40 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, stride={self.stride}"
+
+
+def record_differences(record: Mapping, spec: BackboneSpec) -> list[str]:
+    """How a subnet recorded by :meth:`BackboneSpec.record` differs from ``spec`` as built here now."""
+    diffs = []
+    if record.get("channels") not in (None, spec.channels):
+        diffs.append(f"C = {record['channels']} (here {spec.channels})")
+    for key in ("mean", "std"):
+        saved = record.get(key)
+        if saved is not None and (len(saved) != 3 or any(abs(float(a) - b) > 1e-6 for a, b in zip(saved, getattr(spec, key)))):
+            diffs.append(f"{key} {list(saved)} (here {list(getattr(spec, key))})")
+    if record.get("min_input") not in (None, spec.min_input):
+        diffs.append(f"minimum input {record['min_input']} (here {spec.min_input})")
+    return diffs
+
+
+def feature_map(spec: BackboneSpec, features: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of a backbone's ``features`` module on the normalised input ``x``."""
+    if spec.is_timm:
+        from .arch_timm import timm_features
+
+        return timm_features(features, x, spec)
+    return features(x)
+
+
+def pooled_descriptor(spec: BackboneSpec, features: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``[B, C]``: F_sq of Eq. 5, the global average over the feature map of a registered backbone;
+    a timm model's own pooling, ``forward_head(..., pre_logits=True)`` (tokens, NHWC maps and head norms
+    are handled the model's way)."""
+    if spec.is_timm:
+        from .arch_timm import timm_descriptor
+
+        return timm_descriptor(features, x, spec)
+    return features(x).mean(dim=(2, 3))
 
 
 def normalize_images(images, mean: Sequence[float], std: Sequence[float]):
@@ -195,7 +256,13 @@ def unknown_backbone_error(name: object) -> UnknownBackboneError:
     names = list(_REGISTRY)
     close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return UnknownBackboneError(f"unknown backbone {name!r}.{hint} Registered backbones: {', '.join(names)}.")
+    return UnknownBackboneError(f"unknown backbone {name!r}.{hint} Registered backbones: {', '.join(names)}; "
+                                "or any timm model as timm:NAME (`gpf models --timm PATTERN` lists them).")
+
+
+def is_timm_name(name: object) -> bool:
+    """True for ``'timm:NAME'`` (a timm model, see :mod:`gpf.model.arch_timm`)."""
+    return isinstance(name, str) and name.startswith(TIMM_PREFIX)
 
 
 def _registration(name: str) -> _Registration:
@@ -206,25 +273,39 @@ def _registration(name: str) -> _Registration:
 
 
 def get_spec(name: str) -> BackboneSpec:
-    """The :class:`BackboneSpec` of a registered backbone (no modules built)."""
+    """The :class:`BackboneSpec` of a registered backbone or of ``timm:NAME`` (no weights allocated)."""
+    if is_timm_name(name):
+        from .arch_timm import timm_spec
+
+        return timm_spec(name)
     return _registration(name).spec
 
 
 def torchvision_keys(name: str) -> dict[str, str | None]:
     """Prefix map from the torchvision state dict of ``name`` to gpf's ``features.*``/``head.*`` keys."""
+    if is_timm_name(name):
+        return {}
     return dict(_registration(name).torchvision_keys)
 
 
 def build_imagenet_head(name: str, num_classes: int = IMAGENET_CLASSES) -> nn.Sequential:
     """A fresh ImageNet classifier head for ``name`` (see ``imagenet_classifier``)."""
+    if is_timm_name(name):
+        raise BackboneError(f"backbone {name!r}: a timm model's ImageNet head is its own; build the classifier "
+                            f"with gpf.model.gpf.imagenet_classifier({name!r})")
     return _registration(name).build_imagenet_head(num_classes)
 
 
 def create_backbone(name: str, weights: str | os.PathLike = "none", *, download: bool = True) -> Backbone:
     """Build backbone ``name`` with ``weights``: ``'none'`` (random init),
-    ``'imagenet'`` (torchvision's weights via the torch hub cache) or a path to a
-    state dict / gpf checkpoint (see :func:`gpf.model.weights.load_backbone_weights`).
+    ``'imagenet'`` (torchvision's weights via the torch hub cache; timm's through
+    its hub cache) or a path to a state dict (``.safetensors`` too) / gpf
+    checkpoint (see :func:`gpf.model.weights.load_backbone_weights`).
     """
+    if is_timm_name(name):
+        from .arch_timm import create_timm_backbone
+
+        return create_timm_backbone(name, weights, download=download)
     reg = _registration(name)
     features = reg.build_features()
     if not isinstance(features, nn.Sequential):
@@ -255,8 +336,8 @@ def _register_builtins() -> None:
     register_backbone(
         "resnet18", arch_resnet.resnet18_features, channels=arch_resnet.RESNET18_CHANNELS, stride=32,
         min_input=32, default_eb_layer="features.layer2", gif_hidden=64,
-        imagenet_head=arch_resnet.resnet18_imagenet_head, torchvision_weights="ResNet18_Weights.IMAGENET1K_V1",
-        torchvision_keys=arch_resnet.resnet18_torchvision_keys(),
+        imagenet_head=arch_resnet.resnet_imagenet_head(arch_resnet.RESNET18_CHANNELS),
+        torchvision_weights="ResNet18_Weights.IMAGENET1K_V1", torchvision_keys=arch_resnet.resnet_torchvision_keys(),
         description='ResNet-18 conv1..layer4 (the paper\'s "ResNet-16")')
     register_backbone(
         "inception_v3", arch_inception.inception_v3_features, channels=arch_inception.INCEPTION_V3_CHANNELS,
@@ -266,6 +347,12 @@ def _register_builtins() -> None:
         torchvision_weights="Inception_V3_Weights.IMAGENET1K_V1",
         torchvision_keys=arch_inception.inception_v3_torchvision_keys(),
         description="Inception-v3 Conv2d_1a_3x3..Mixed_7c")
+    register_backbone(   # not in the paper; W1 = 512 for C = 2048, as Table II gives InceptionNet
+        "resnet50", arch_resnet.resnet50_features, channels=arch_resnet.RESNET50_CHANNELS, stride=32,
+        min_input=32, default_eb_layer="features.layer2", gif_hidden=512,
+        imagenet_head=arch_resnet.resnet_imagenet_head(arch_resnet.RESNET50_CHANNELS),
+        torchvision_weights="ResNet50_Weights.IMAGENET1K_V1", torchvision_keys=arch_resnet.resnet_torchvision_keys(),
+        description="ResNet-50 conv1..layer4 (Bottleneck blocks)")
     register_backbone(
         "tiny", arch_small.tiny_features, channels=arch_small.TINY_CHANNELS, stride=8, min_input=8,
         default_eb_layer="features.pool2", gif_hidden=16, description="3 x conv/bn/relu/pool, for tests")

@@ -1,10 +1,13 @@
 """gpf checkpoints: one ``torch.save`` file of tensors and plain types, read as a :class:`Checkpoint`.
 
-Payload (``format_version`` 2)::
+Payload (``format_version`` 3)::
 
-    {'format': 'gpf-stage1' | 'gpf-stage2', 'format_version': 2,
+    {'format': 'gpf-stage1' | 'gpf-stage2', 'format_version': 3,
      'model_config': {'model', 'backbone', 'num_classes', ..., 'view_size', 'threshold', 'scores',
-                      'view_round', 'view_min_side', 'view_fit', ...},
+                      'view_round', 'view_min_side', 'view_fit', ...,
+                      # stage 2: both subnets
+                      'peripheral_backbone', 'gif_hidden': [W1_p, W1_f] | None,
+                      'subnets': {'peripheral': {...}, 'foveal': {...}}},
      'state_dict': {name: tensor},
      'meta': {'gpf_version', 'torch_version', 'created', ...},
      # stage 2 only: the attention model that made the foveal crops
@@ -16,11 +19,17 @@ Payload (``format_version`` 2)::
      'config': {...}, 'train': {...}}   # resolved config and trainer state (resume)
 
 Format history: 1 (gpf 0.1.0) also kept a stage-1 model's split at the top
-level (``split_spec``); 2 keeps it in ``dataset`` only. Version 1 files are
-read; a newer version is refused naming both. The optional ``model_config`` keys
+level (``split_spec``); 2 keeps it in ``dataset`` only; 3 records both stage-2
+subnets, which may differ: ``backbone`` names the foveal subnet (``single``: its
+one column), ``peripheral_backbone`` the peripheral one, ``gif_hidden`` is the
+[peripheral, foveal] pair of W1, and ``subnets`` keeps each subnet's C,
+mean/std, minimum input and timm version (checked when the model is rebuilt).
+Versions 1 and 2 are read (a stage-2 model of theirs has one backbone for both
+subnets and one W1: read as ``peripheral_backbone = backbone``,
+``gif_hidden = [W1, W1]``); a newer version is refused naming both. The optional ``model_config`` keys
 ``view_round``, ``view_min_side`` (stage 1: how its peripheral views were made)
 and ``view_fit`` (both stages: how views below a network's minimum input are
-fitted) came later within version 2; a checkpoint without them reads as made
+fitted) came with gpf 0.3; a checkpoint without them reads as made
 before they existed (:attr:`Checkpoint.view_fit` gives the default). :class:`Checkpoint` is the only
 reader and writer of the payload: :meth:`Checkpoint.from_dict` and
 :meth:`Checkpoint.to_dict`. Files are written atomically and read with
@@ -44,8 +53,8 @@ from ..errors import GPFError
 from ..plaintypes import is_kind, kinds_text
 from ..fsutil import atomic_write
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 FORMATS = {"stage1": "gpf-stage1", "stage2": "gpf-stage2"}
 MADE_BY = {"gpf-stage1": "`gpf train stage1`", "gpf-stage2": "`gpf train stage2`"}
 # Exact types (not subclasses): torch.load(weights_only=True) refuses e.g. numpy.float64
@@ -310,7 +319,9 @@ class Checkpoint:
                      required=fmt == FORMATS["stage2"])
         _check_types(where, "model_config", payload["model_config"],
                      {"view_size": int, "threshold": "number", "scores": (list, tuple), "variant": str,
-                      "view_round": int, "view_min_side": int, "view_fit": str})
+                      "view_round": int, "view_min_side": int, "view_fit": str,
+                      "backbone": str, "peripheral_backbone": str, "gif_hidden": (int, list, tuple),
+                      "subnets": Mapping})
         for key in ("meta", "dataset", "shards", "config", "train"):
             if payload.get(key) is not None and not isinstance(payload.get(key), Mapping):
                 raise CheckpointError(f"{where} ({fmt}): {key!r} is a {type(payload[key]).__name__}, not a dict; "
@@ -329,9 +340,27 @@ class Checkpoint:
         meta = dict(payload["meta"]) if isinstance(payload.get("meta"), Mapping) else {}
         if optional["shards"] is not None and version == 1:
             optional["shards"].setdefault("run_format", 1)    # the record keeps the manifest format it copies
-        return cls(format=fmt, model_config=dict(payload["model_config"]), state_dict=dict(payload["state_dict"]),
+        model_config = dict(payload["model_config"])
+        if fmt == FORMATS["stage2"] and version < 3:
+            model_config = _two_subnets(model_config)
+        return cls(format=fmt, model_config=model_config, state_dict=dict(payload["state_dict"]),
                    meta=meta, attention=attention, dataset=dataset, extra=extra, format_version=version,
                    origin=str(where), **optional)
+
+
+def _two_subnets(model_config: dict) -> dict:
+    """A format-1/2 stage-2 model_config in format 3's terms: the one backbone is both subnets, W1 both branches'."""
+    from ..vocabulary import DEFAULT_VARIANT, VARIANTS
+
+    config = dict(model_config)
+    config.setdefault("peripheral_backbone", config.get("backbone"))
+    variant = VARIANTS.get(config.get("variant", DEFAULT_VARIANT))
+    width = config.get("gif_hidden")
+    if variant is not None and variant.columns == 1:
+        config["gif_hidden"] = None
+    elif isinstance(width, int):
+        config["gif_hidden"] = [width, width]
+    return config
 
 
 # ----------------------------------------------------------------------------- files

@@ -7,10 +7,13 @@
   once the file is cached.
 * a path: a state dict in torchvision's key names (whole model or a bare
   ``features`` dict), gpf's own names, or a gpf checkpoint (stage 1: its
-  ``features``; stage 2: its peripheral subnet).
+  ``features``; stage 2: its peripheral subnet); for a ``timm:NAME`` backbone a
+  timm state dict (its classifier's keys are ignored). ``.safetensors`` files
+  are read with safetensors.
 
-Every file is read with ``torch.load(..., weights_only=True)``: tensors and
-plain types only, never arbitrary pickled objects.
+Every other file is read with ``torch.load(..., weights_only=True)``: tensors and
+plain types only, never arbitrary pickled objects. timm's own ImageNet weights
+(``'imagenet'`` for ``timm:NAME``) are loaded by timm: see :mod:`gpf.model.arch_timm`.
 """
 from __future__ import annotations
 
@@ -117,13 +120,30 @@ def imagenet_weights_file(backbone_name: str, weights_name: str | None, *, downl
 
 # ----------------------------------------------------------------------------- reading
 
+def read_safetensors(path: Path) -> dict:
+    """The tensors of a ``.safetensors`` file, on CPU, with errors that name the file."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:        # pragma: no cover - safetensors is an install requirement
+        raise WeightsError(f"weights file {path} is a .safetensors file, which needs the safetensors package "
+                           f"({exc}): pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:          # safetensors raises its own SafetensorError (and OSError)
+        raise WeightsError(f"weights file {path} is not a readable .safetensors file (truncated or another "
+                           f"format): {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
 def read_state_dict(path: str | os.PathLike) -> dict:
-    """``torch.load(path, weights_only=True)`` on CPU, with errors that name the file."""
+    """The state dict in ``path``: ``.safetensors`` read by safetensors, anything else by
+    ``torch.load(path, weights_only=True)``; on CPU, with errors that name the file."""
     from .checkpoint import safe_torch_load
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist (weights must be 'none', 'imagenet' or a PATH)")
+    if path.suffix.lower() == ".safetensors":
+        return read_safetensors(path)
     obj = safe_torch_load(path, "weights file", WeightsError)
     if not isinstance(obj, dict):
         raise WeightsError(f"weights file {path} holds a {type(obj).__name__}, expected a state dict")
@@ -243,9 +263,12 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, keym
 
 def resolve_weights_state(backbone_name: str, weights: str | os.PathLike, *, download: bool = True) -> tuple[dict, str]:
     """(state dict, description of its source) for ``weights`` = ``'imagenet'`` or a PATH."""
-    from .backbones import get_spec
+    from .backbones import get_spec, is_timm_name
 
     if isinstance(weights, str) and weights == "imagenet":
+        if is_timm_name(backbone_name):
+            raise WeightsError(f"ImageNet weights of {backbone_name!r} are loaded by timm when the backbone is "
+                               f"built: create_backbone({backbone_name!r}, 'imagenet')", param="weights")
         path = imagenet_weights_file(backbone_name, get_spec(backbone_name).torchvision_weights,
                                      download=download)
         return read_state_dict(path), f"ImageNet weights {path}"
@@ -258,12 +281,18 @@ def resolve_weights_state(backbone_name: str, weights: str | os.PathLike, *, dow
 
 
 def load_backbone_weights(backbone: nn.Module, weights: str | os.PathLike, *, download: bool = True) -> None:
-    """Load ``'imagenet'`` or a PATH into a :class:`~gpf.model.backbones.Backbone` (head keys ignored)."""
-    from .backbones import torchvision_keys
+    """Load ``'imagenet'`` or a PATH into a :class:`~gpf.model.backbones.Backbone` (head and classifier keys
+    ignored)."""
+    from .backbones import is_timm_name, torchvision_keys
 
     name = backbone.spec.name
     state, source = resolve_weights_state(name, weights, download=download)
-    load_state_into(backbone, state, keymap=torchvision_keys(name), source=source, ignore_prefixes=("head.",))
+    ignore = ("head.",)
+    if is_timm_name(name):
+        from .arch_timm import classifier_prefixes
+
+        ignore = classifier_prefixes(name)
+    load_state_into(backbone, state, keymap=torchvision_keys(name), source=source, ignore_prefixes=ignore)
 
 
 def load_classifier_weights(model: nn.Module, weights: str | os.PathLike, *, download: bool = True) -> None:

@@ -36,6 +36,11 @@ class AttentionModelError(GPFError):
     """The attention model cannot be built or used as asked."""
 
 
+class NetworkLost(Exception):
+    """A network step could not run at all (the process or actor holding the network is gone; not the
+    batch at fault): the unit of work is redone, never written with its images marked as failures."""
+
+
 @dataclass
 class AttentionModel:
     """A network in ``features`` + ``head`` form, ready for EB on one device."""
@@ -237,6 +242,17 @@ def _cells_of_view(maps, fitted_hw: tuple[int, int], view_wh: tuple[int, int], a
     rows = slice(y0 * h // fitted_h, -(-y1 * h // fitted_h))
     cols = slice(x0 * w // fitted_w, -(-x1 * w // fitted_w))
     return maps[..., rows, cols]
+
+
+def attend_and_describe(att: AttentionModel, views: Sequence, original_sizes: Sequence[tuple[int, int]],
+                        feature_views: Sequence | None = None) -> tuple[list[Attended], list]:
+    """The stage-1 network's whole step in ``gpf preprocess``: :func:`attend_views` of the un-encoded
+    ``views`` and, when ``feature_views`` (the JPEG-decoded views) are given, their
+    :func:`peripheral_features` (else a None per view). One call, so an engine that keeps the
+    network elsewhere (a Ray actor) sends each batch once."""
+    attended = attend_views(att, views, original_sizes)
+    features = peripheral_features(att, feature_views) if feature_views is not None else [None] * len(attended)
+    return attended, features
 
 
 def peripheral_features(att: AttentionModel, views) -> list[np.ndarray]:

@@ -7,25 +7,34 @@ the same size, and — for the variants whose foveal view is the attention crop
 the same weights (digest), tau, EB layer and contrastive flag (paper Eq. 4: the
 crop is a function of all four). Other bucket scores or another threshold only
 change how predictions are read, so they are warnings, and the data's values win.
-The ``random`` variant needs stored random crops.
+The ``random-frozen`` variant needs stored random crops; ``single`` and ``random``
+need the warped photo (``warp.jpg``) and ``random`` the original-resolution photo
+(``orig.jpg``).
 
 ``gpf predict`` has no shards: it checks a checkpoint against the record of the
 shards it was trained on (kept in the checkpoint), which catches a checkpoint
 whose embedded attention model is not the one its crops came from, and takes
 from that record how the shards made their views (:func:`shard_geometry`,
 :func:`attention_fit`, :func:`shard_jpeg`), so it makes them the same way.
+
+All three also check that this installation rebuilds the checkpoint's two
+subnets as they were saved (format 3 records each one's backbone, C,
+mean/std and minimum input, and the timm version of a timm subnet): a backbone
+it does not know or builds otherwise is refused naming the timm version to
+install; another timm version that builds the same subnet is a warning.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from ..errors import GPFError
 from ..model.checkpoint import Checkpoint
 from ..model.geometry import ViewGeometry
+from ..model.gpf import variant_of
 from ..shards.manifest import RunFields
-from ..vocabulary import (DEFAULT_VARIANT, JPEG_CHROMA_SUBSAMPLING, JPEG_QUALITY, VIEW_FIT, VIEW_ROUND,
-                          get_variant)
+from ..vocabulary import (JPEG_CHROMA_SUBSAMPLING, JPEG_QUALITY, VARIANTS, VIEW_FIT, VIEW_ROUND, get_variant)
 
 
 class FitError(GPFError, ValueError):
@@ -59,6 +68,20 @@ def require_random_crops(variant: str, random_crops: int, data: str) -> None:
                        "--out folder")
 
 
+def require_baseline_members(variant: str, run: RunFields, data: str) -> None:
+    """Refuse a variant that reads ``warp.jpg`` / ``orig.jpg`` on shards without them, naming the
+    preprocess option that stores them (Table I baselines as the paper ran them)."""
+    table = get_variant(variant)
+    lacking = [option for needed, stored, option in
+               ((table.needs_warped, run.warped, "--store-warped"), (table.needs_original, run.original,
+                                                                      "--store-original")) if needed and not stored]
+    if lacking:
+        frozen = f"{variant}-frozen"
+        also = f" (or train {frozen!r}, the frozen-column variant these shards suit)" if frozen in VARIANTS else ""
+        raise FitError(f"the {variant!r} variant needs {' and '.join(lacking)} members that {data} do not store; "
+                       f"re-run `gpf preprocess ... {' '.join(lacking)}` into a new --out folder{also}")
+
+
 def attention_differences(checkpoint: Checkpoint, run: RunFields) -> list[str]:
     """How the checkpoint's embedded attention model differs from the one that made the crops of ``run``."""
     block = checkpoint.attention
@@ -77,6 +100,39 @@ def attention_differences(checkpoint: Checkpoint, run: RunFields) -> list[str]:
     return diffs
 
 
+def subnet_differences(checkpoint: Checkpoint) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of rebuilding the subnets recorded in a stage-2 ``checkpoint`` here."""
+    from ..model.backbones import get_spec, record_differences
+
+    problems, warnings = [], []
+    recorded = checkpoint.model_config.get("subnets")
+    for column, record in (recorded.items() if isinstance(recorded, Mapping) else ()):
+        if not isinstance(record, Mapping) or not isinstance(record.get("backbone"), str):
+            continue
+        name, version = record["backbone"], record.get("timm_version")
+        made_with = f" (made with timm {version}: install timm=={version})" if version else ""
+        try:
+            spec = get_spec(name)
+        except GPFError as exc:
+            problems.append(f"its {column} subnet {name} cannot be built here{made_with}: {exc}")
+            continue
+        diffs = record_differences(record, spec)
+        if diffs:
+            problems.append(f"its {column} subnet {name} was saved as {'; '.join(diffs)}{made_with}")
+        elif version and spec.record().get("timm_version") != version:
+            warnings.append(f"its {column} subnet {name} was made with timm {version}, this is timm "
+                            f"{spec.record().get('timm_version')} (it builds the same C, mean/std and minimum input)")
+    return problems, warnings
+
+
+def _refuse_subnets(checkpoint: Checkpoint, model: str) -> list[str]:
+    """Raise :class:`FitError` for subnets this installation cannot rebuild; return the warnings."""
+    problems, warnings = subnet_differences(checkpoint)
+    if problems:
+        raise FitError(f"{model}: {'; '.join(problems)}")
+    return warnings
+
+
 def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, random_crops: int | None = None,
               allow_attention_mismatch: bool = False, mismatch_option: str | None = "--allow-attention-mismatch") -> Fit:
     """Refuse (:class:`FitError`) a stage-2 ``checkpoint`` that cannot use data made with ``run``.
@@ -89,7 +145,7 @@ def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, 
     Attention settings the data does not record cannot be checked: a warning says which.
     """
     require_scale(run, data)
-    fit = Fit()
+    fit = Fit(warnings=_refuse_subnets(checkpoint, model))
     if checkpoint.num_classes != len(run.scores):
         raise FitError(f"{model} predicts N = {checkpoint.num_classes} score buckets, but {data} has "
                        f"N = {len(run.scores)} (scores {list(run.scores)}); use shards of the dataset the "
@@ -104,7 +160,7 @@ def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, 
     if checkpoint.threshold is not None and not math.isclose(checkpoint.threshold, run.threshold):
         fit.warnings.append(f"the checkpoint's threshold {checkpoint.threshold:g} differs from {run.threshold:g} "
                             f"of {data}; the data's is used")
-    variant = get_variant(checkpoint.model_config.get("variant", DEFAULT_VARIANT))
+    variant = get_variant(variant_of(checkpoint.model_config))
     if variant.needs_attention:
         unrecorded = run.attention_unrecorded
         if unrecorded:
@@ -121,6 +177,7 @@ def check_fit(checkpoint: Checkpoint, run: RunFields, *, model: str, data: str, 
             fit.warnings.append(text)
     if random_crops is not None:
         require_random_crops(variant.name, random_crops, data)
+    require_baseline_members(variant.name, run, data)
     return fit
 
 
@@ -136,9 +193,11 @@ def trained_on(checkpoint: Checkpoint) -> RunFields | None:
 
 def check_self_consistent(checkpoint: Checkpoint, source: str) -> None:
     """``gpf predict``: refuse a checkpoint whose embedded attention model is not the one that made the crops
-    it was trained on (per its own record of those shards): its scores would come from other crops."""
+    it was trained on (per its own record of those shards): its scores would come from other crops;
+    and one whose subnets this installation cannot rebuild as they were saved."""
+    _refuse_subnets(checkpoint, source)
     run = trained_on(checkpoint)
-    if run is None or not get_variant(checkpoint.model_config.get("variant", DEFAULT_VARIANT)).needs_attention:
+    if run is None or not get_variant(variant_of(checkpoint.model_config)).needs_attention:
         return
     diffs = attention_differences(checkpoint, run)
     if diffs:
@@ -175,3 +234,15 @@ def shard_jpeg(run: RunFields | None) -> tuple[int, str]:
     if run is None:
         return JPEG_QUALITY, JPEG_CHROMA_SUBSAMPLING
     return run.jpeg_quality or JPEG_QUALITY, run.jpeg_subsampling or JPEG_CHROMA_SUBSAMPLING
+
+
+def checkpoint_location(where, prefer: str = "best"):
+    """The local file of a checkpoint given as a file or run folder, local or at a URL (a URL is fetched
+    once per process by :func:`gpf.shards.storage.local_file`); see
+    :func:`gpf.model.checkpoint.resolve_checkpoint_path`. Name it in messages and records with
+    :func:`gpf.shards.storage.public_url` of ``where``, not this path."""
+    from ..model.checkpoint import resolve_checkpoint_path
+    from ..shards.storage import local_file
+
+    names = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+    return resolve_checkpoint_path(local_file(where, within=names), prefer)

@@ -22,15 +22,18 @@ and predict use too); a mismatch is refused with one line saying what to do:
 * bucket scores or threshold that differ from the checkpoint's with the same N:
   a warning; the shards' (the dataset's) values are used.
 
-The ``random`` variant is scored with every random crop the shards store for an
-image and the predicted distributions averaged, the same estimator that
-:class:`gpf.pipeline.scoring.Scorer` uses on new photos.
+The ``random-frozen`` variant is scored with every random crop the shards store
+for an image and the predicted distributions averaged, the same estimator that
+:class:`gpf.pipeline.scoring.Scorer` uses on new photos. The ``random`` variant
+(Random-VGG16 as the paper ran it) is scored on the same fixed, seeded patches
+of the original-resolution photo as ``gpf predict`` (``DEFAULT_RANDOM_CROPS``
+of them, seeded by the shards' preprocess seed; :mod:`gpf.shards.patches`), its
+first column on the warped photo (``warp.jpg``), as is ``single``'s.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
@@ -164,14 +167,23 @@ def format_table(rows: Sequence[tuple[str, int, dict]], first: str) -> list[str]
 # ----------------------------------------------------------------------------- streaming
 
 def _loader_batches(shard_dir, split: str, batch_size: int, workers: int | None, members: tuple,
-                    pin_memory: bool) -> Iterator[dict]:
-    """Batches of ``make_loader`` in evaluation mode: every sample exactly once."""
+                    pin_memory: bool, patches: int = 0, seed: int = 0) -> Iterator[dict]:
+    """Batches of ``make_loader`` in evaluation mode: every sample exactly once.
+
+    ``periph`` is what the first column sees (the peripheral view, or ``warp``
+    when asked for); ``second`` the second column's views: the foveal view, or the
+    ``patches`` fixed test patches seeded by ``seed`` (:mod:`gpf.shards.patches`).
+    """
     from ..shards.reader import make_loader
 
     loader = make_loader(shard_dir, split, batch_size, shuffle=False, num_workers=workers,
-                         members=members, pin_memory=pin_memory)
+                         members=members, pin_memory=pin_memory, patches=patches, seed=seed)
     for batch in loader:
+        if "warp" in batch:
+            batch["periph"] = batch.pop("warp")
         batch["second"] = [batch["fovea"]] if "fovea" in batch else []
+        if patches:
+            batch["second"] = [batch["patch"][:, t] for t in range(patches)]
         yield batch
 
 
@@ -187,7 +199,7 @@ def _random_crop_batches(shard_dir, split: str, batch_size: int) -> Iterator[dic
     import torch
 
     from ..shards.layout import JSON, PERIPH, jpeg_size, rand_index
-    from ..shards.reader import decode_jpegs_uint8, iter_samples, list_shards, stack_decoded
+    from ..shards.reader import decode_jpegs_uint8, iter_shard, list_shards, stack_decoded
 
     def keep(_key: str, member: str) -> bool:
         return member in (JSON, PERIPH) or rand_index(member) is not None
@@ -208,7 +220,7 @@ def _random_crop_batches(shard_dir, split: str, batch_size: int) -> Iterator[dic
 
     buckets: dict[tuple[int, int], list[dict]] = {}
     for spec in list_shards(shard_dir, split):
-        for sample in iter_samples(spec.path, keep):
+        for sample in iter_shard(spec, keep):
             if PERIPH not in sample or JSON not in sample:
                 raise EvaluationError(f"{spec.path}, key {sample['__key__']!r}: no periph.jpg or json member; "
                                       "run `gpf shards verify` on the folder")
@@ -235,14 +247,15 @@ def predict_batch(model, batch: dict, device, view_fit: str = VIEW_FIT) -> np.nd
     from ..model.geometry import fit_to_backbone
 
     with torch.inference_mode():
-        periph = model.normalize(fit_to_backbone(batch["periph"], model.peripheral_spec, view_fit)
-                                 .to(device, non_blocking=True))
+        periph = model.normalize_peripheral(fit_to_backbone(batch["periph"], model.peripheral_spec, view_fit)
+                                            .to(device, non_blocking=True))
         if not model.needs_fovea:
             return torch.softmax(model(periph).float(), dim=1).cpu().double().numpy()
         feat = model.peripheral_descriptor(periph)
         total = 0
         for view in batch["second"]:
-            fovea = model.normalize(fit_to_backbone(view, model.foveal_spec, view_fit).to(device, non_blocking=True))
+            fovea = model.normalize_foveal(fit_to_backbone(view, model.foveal_spec, view_fit)
+                                           .to(device, non_blocking=True))
             total = total + torch.softmax(model(periph_feat=feat, fovea=fovea).float(), dim=1)
         return (total / len(batch["second"])).cpu().double().numpy()
 
@@ -251,13 +264,15 @@ def predict_batch(model, batch: dict, device, view_fit: str = VIEW_FIT) -> np.nd
 
 def _group_labels(shard_dir, manifest: Manifest, split: str) -> dict[str, tuple[str | None, tuple[str, ...]]]:
     """id -> (category, tags) of the split's images, from the shards' Parquet metadata."""
-    import pyarrow.parquet as pq
+    from ..shards.storage import StorageError, read_parquet
 
     labels = {}
     for entry in manifest.entries(split):
-        path = Path(shard_dir) / entry.parquet
+        path = shard_dir / entry.parquet
         try:
-            table = pq.read_table(path, columns=["id", "category", "tags", "status"])
+            table = read_parquet(path, columns=["id", "category", "tags", "status"])
+        except StorageError:
+            raise
         except (OSError, KeyError, ValueError) as exc:
             raise EvaluationError(f"{path}: cannot read the category and tags of the images ({exc}); run "
                                   "`gpf shards verify` on the folder") from None
@@ -305,8 +320,11 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
 
     ``workers``: loader processes (None: up to 4). Every sample of the split is
     read exactly once. See the module doc for the checks and the ``random`` variant.
+    Checkpoint and shards may be URLs (:mod:`gpf.shards.storage`).
     """
-    from ..model.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
+    from ..model.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..shards.storage import as_location, is_url, public_url
+    from .compat import checkpoint_location
     from ..model.metrics import evaluate, normalize
     from .compat import check_fit
     from ..model.device import resolve_device
@@ -317,8 +335,11 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
         raise EvaluationError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise EvaluationError(f"batch size must be a positive int, got {batch_size!r}")
-    path = resolve_checkpoint_path(checkpoint)
+    path = checkpoint_location(checkpoint)
     ckpt = load_checkpoint(path, expect="stage2")
+    path = public_url(checkpoint) if is_url(checkpoint) else path
+    shard_dir = as_location(shard_dir)
+    shard_dir = shard_dir.local if shard_dir.local is not None else shard_dir
     manifest = read_manifest(shard_dir)
     _refuse_damaged_shards(shard_dir, manifest, split)
     fit = check_fit(ckpt, manifest.run, model=str(path), data=f"the shards in {shard_dir}",
@@ -337,8 +358,12 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
     if model.fovea_source == "random":
         batches = _random_crop_batches(shard_dir, split, batch_size)
     else:
-        members = ("periph", "fovea") if model.needs_fovea else ("periph",)
-        batches = _loader_batches(shard_dir, split, batch_size, workers, members, device.type == "cuda")
+        from .scoring import DEFAULT_RANDOM_CROPS
+
+        members = (model.first_view, "fovea") if model.fovea_source == "attention" else (model.first_view,)
+        patches = DEFAULT_RANDOM_CROPS if model.fovea_source == "patch" else 0
+        batches = _loader_batches(shard_dir, split, batch_size, workers, members, device.type == "cuda",
+                                  patches=patches, seed=ckpt.shards_seed)
 
     ids: list[str] = []
     preds, trues = [], []

@@ -454,6 +454,37 @@ def random_crops(img: Image.Image, k: int, view_size: int, seed: int, image_id) 
     return [_resize(img, (view_size, view_size), box) for box in boxes]
 
 
+def warped_view(img: Image.Image, view_size: int) -> Image.Image:
+    """The whole photo warped to a ``view_size`` square, aspect ignored (``warp.jpg``).
+
+    Paper, section IV-C: for the VGG16 baseline and Random-VGG16's global column
+    "we warp the original image to 224 x 224". Made from the full-resolution photo
+    (Lanczos down, bicubic up), never from the <= view-size peripheral view.
+    """
+    _check_view_size(view_size)
+    return _resize(img, (view_size, view_size))
+
+
+def original_view(img: Image.Image, view_size: int) -> Image.Image:
+    """The photo at its own resolution (``orig.jpg``, Random-VGG16's patches are cut from it).
+
+    A photo whose short side is under ``view_size`` is enlarged (bicubic, aspect
+    kept) until it is ``view_size``, so every photo holds a view-size patch;
+    others are returned unchanged (a copy).
+    """
+    _check_view_size(view_size)
+    return _resize(img, original_view_size(img.size, view_size))
+
+
+def original_view_size(size: tuple[int, int], view_size: int) -> tuple[int, int]:
+    """(width, height) of :func:`original_view` for a photo of ``size``."""
+    width, height = size
+    scale = max(1.0, view_size / min(width, height))
+    if scale == 1.0:
+        return width, height
+    return max(view_size, round(width * scale)), max(view_size, round(height * scale))
+
+
 def _check_view_size(view_size: int) -> None:
     if isinstance(view_size, bool) or not isinstance(view_size, (int, np.integer)) or view_size < 1:
         raise OptionError(f"view_size must be a positive integer, got {view_size!r}", param="view_size")

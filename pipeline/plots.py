@@ -201,14 +201,17 @@ def variant_note(variant: str | None, crop_boxes: Sequence = (), view_size: int 
 
     if variant is None or get_variant(variant).needs_attention:
         return None
+    table = get_variant(variant)
     periph = f" ({periph_size[0]}x{periph_size[1]} peripheral view)" if periph_size else ""
-    if variant == "single":
-        return (f"single variant: the model sees only the whole photo{periph}. The attention shown is the "
-                "embedded stage-1 model's and is not used by the single variant: no tau box, no foveal view.")
+    if table.first_view == "warp":
+        periph = f" (warped to {view_size}x{view_size})" if view_size else " (warped to a square)"
+    if table.columns == 1:
+        return (f"{variant} variant: the model sees only the whole photo{periph}. The attention shown is the "
+                f"embedded stage-1 model's and is not used by the {variant} variant: no tau box, no foveal view.")
     size = f"{view_size}x{view_size} " if view_size else ""
-    return (f"random variant: the second column sees {len(crop_boxes)} seeded random {size}crops (dashed boxes "
+    return (f"{variant} variant: the second column sees {len(crop_boxes)} seeded random {size}crops (dashed boxes "
             "on the photo; the score averages them), not the tau box. The attention shown is the embedded "
-            "stage-1 model's and is not used by the random variant.")
+            f"stage-1 model's and is not used by the {variant} variant.")
 
 
 def _wrap(text: str, width_in: float, points: float) -> str:

@@ -27,23 +27,22 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import functools
 import hashlib
 import json
 import os
-import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .. import vocabulary
 from ..errors import GPFError
-from ..fsutil import atomic_write_bytes
-from ..model.checkpoint import resolve_checkpoint_path
 from ..model.device import resolve_device
-from .attend import AttentionModel, attend_views
+from ..shards.storage import Location, as_location, public_location_text
+from .attend import AttentionModel, NetworkLost, attend_and_describe
 from .progress import Progress
 
 # Config keys that decide the bytes of the shards: a rerun with a different
@@ -53,10 +52,14 @@ IDENTITY_KEYS = (
     "tau", "view_size", "eb_layer", "contrastive", "samples_per_shard", "split", "limit",
     "batch_size", "jpeg_quality", "random_crops", "store_features", "seed", "max_pixels",
     "view_round", "view_fit", "jpeg_subsampling",
+    "store_warped", "store_original",
 )
 #: The view settings a stage-1 checkpoint records and preprocess takes from it (another value is refused).
 STAGE1_VIEW_KEYS = ("view_size", "view_round", "view_fit")
 
+
+#: Identity keys that may hold a URL: written without credentials or a signed URL's query.
+_LOCATION_KEYS = ("root", "stage1", "weights")
 
 #: Label problems the summary shows as ``file:line: problem``; the rest are in meta/.
 LABEL_PROBLEMS_SHOWN = 5
@@ -77,6 +80,13 @@ class TooManyFailuresError(PreprocessError):
     def __init__(self, message: str, summary: "Summary"):
         super().__init__(message)
         self.summary = summary
+
+
+class IncompleteRunError(TooManyFailuresError):
+    """Shards failed after their retries (Ray engine); the others are written, a rerun redoes the failed ones.
+
+    ``summary.failed_shards`` names them.
+    """
 
 
 @dataclass
@@ -100,6 +110,8 @@ class PreprocessConfig:
     jpeg_quality: int = vocabulary.JPEG_QUALITY
     random_crops: int = 0
     store_features: bool = False
+    store_warped: bool = False        # warp.jpg: the whole photo warped to view_size^2 (Table I baselines)
+    store_original: bool = False      # orig.jpg: the photo at original resolution (Random-VGG16's patches)
     seed: int = vocabulary.SEED
     max_pixels: int = vocabulary.DEFAULT_MAX_PIXELS
     max_failure_rate: float = vocabulary.MAX_FAILURE_RATE
@@ -116,8 +128,10 @@ class PreprocessConfig:
     jpeg_subsampling: str = vocabulary.JPEG_CHROMA_SUBSAMPLING
 
     def identity(self) -> dict:
+        """The keys that decide the shards' bytes, as written to preprocess.json and the manifest: a URL
+        without its credentials or signed-URL query (:func:`gpf.shards.storage.public_url`)."""
         data = dataclasses.asdict(self)
-        return {k: data[k] for k in IDENTITY_KEYS}
+        return {k: public_location_text(data[k]) if k in _LOCATION_KEYS else data[k] for k in IDENTITY_KEYS}
 
     def geometry(self):
         """The stored peripheral view's rule (:class:`gpf.model.geometry.ViewGeometry`)."""
@@ -133,10 +147,11 @@ class Summary:
     skipped_shards: int
     total_shards: int
     zero_attention: int
-    out: Path
+    out: Path | Location
     notes: list[str] = field(default_factory=list)   # the dataset's notes (absent test-list ids, ...)
     label_problems: list[str] = field(default_factory=list)  # the first few as 'file:line: problem'
     label_problem_count: int = 0                     # unusable label rows recorded in meta/
+    failed_shards: list[str] = field(default_factory=list)  # shards that failed after their retries
 
     @property
     def total(self) -> int:
@@ -154,7 +169,13 @@ class Summary:
             f"{self.total_shards} in this run's share",
             f"all-zero attention maps (whole image used): {self.zero_attention}",
             f"output: {self.out}",
-        ] + self._problem_lines() + [f"note: {note}" for note in self.notes]
+        ] + self._failed_lines() + self._problem_lines() + [f"note: {note}" for note in self.notes]
+
+    def _failed_lines(self) -> list[str]:
+        if not self.failed_shards:
+            return []
+        return [f"shards failed after their retries: {len(self.failed_shards)} "
+                f"({', '.join(self.failed_shards)}); rerun the same command to redo them"]
 
     def _problem_lines(self) -> list[str]:
         if not self.label_problem_count:
@@ -214,8 +235,12 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
     if cfg.stage1 and cfg.backbone:
         raise PreprocessError("give either --stage1 (a trained peripheral subnet) or --backbone/--weights, not both")
     if cfg.stage1:
-        path = resolve_checkpoint_path(cfg.stage1)
+        from ..shards.storage import is_url, public_url
+        from .compat import checkpoint_location
+
+        path = checkpoint_location(cfg.stage1)
         ckpt = ckpt_mod.load_checkpoint(path, expect="stage1")
+        path = public_url(cfg.stage1) if is_url(cfg.stage1) else path
         take_view_settings(cfg, ckpt.view_geometry, path)
         model = ckpt_mod.model_from_checkpoint(ckpt)
         digest = ckpt.digest
@@ -231,10 +256,12 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
         take_view_settings(cfg, {}, None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # --weights none: the same random network in every process
-            model = imagenet_classifier(cfg.backbone, weights=cfg.weights)
+            from ..shards.storage import localize
+
+            model = imagenet_classifier(cfg.backbone, weights=localize(cfg.weights))
         digest = ckpt_mod.state_dict_digest(model.state_dict())
         split_spec = trained_scale = None
-        description = {"kind": "imagenet", "backbone": model.spec.name, "weights": cfg.weights,
+        description = {"kind": "imagenet", "backbone": model.spec.name, "weights": public_location_text(cfg.weights),
                        "digest": digest}
     else:
         raise PreprocessError(
@@ -351,9 +378,9 @@ def _hash_rank(image_id: str, seed: int) -> bytes:
 class _Worker:
     """The CPU work on one image, run in the thread pool."""
 
-    def __init__(self, cfg: PreprocessConfig, att: AttentionModel):
-        self.cfg = cfg
-        self.geometry = cfg.geometry()
+    def __init__(self, ctx: "ShardContext"):
+        self.cfg = ctx.cfg
+        self.geometry = ctx.cfg.geometry()
 
     def encode(self, view) -> bytes:
         """JPEG bytes of a view at the run's quality and chroma subsampling."""
@@ -419,6 +446,7 @@ class _Worker:
                     sample[f"rand{k}.jpg"] = self.encode(crop)
             if item.feature is not None:
                 sample["pfeat.npy"] = item.feature
+            sample.update(baseline_members(item.image, cfg))
             item.sample = sample
         except Exception as exc:
             item.status, item.error = "crop_error", f"{item.record.path}: {type(exc).__name__}: {exc}"
@@ -428,14 +456,31 @@ class _Worker:
         return item
 
 
-def attend(items: Sequence[_Item], att: AttentionModel, cfg: PreprocessConfig) -> int:
+def baseline_members(image, cfg: PreprocessConfig) -> dict[str, bytes]:
+    """``warp.jpg`` and ``orig.jpg`` of a full-resolution photo, as ``cfg`` asks (Table I baselines)."""
+    from .images import encode_jpeg, original_view, warped_view
+
+    members = {}
+    if cfg.store_warped:
+        members["warp.jpg"] = encode_jpeg(warped_view(image, cfg.view_size), cfg.jpeg_quality)
+    if cfg.store_original:
+        members["orig.jpg"] = encode_jpeg(original_view(image, cfg.view_size), cfg.jpeg_quality)
+    return members
+
+
+#: The stage-1 network's step: ``attend_fn(views, original_sizes, feature_views) -> (list[Attended], features)``
+#: (:func:`gpf.pipeline.attend.attend_and_describe` bound to a model, here or in a Ray actor).
+AttendFn = Callable[..., list]
+
+
+def attend(items: Sequence[_Item], attend_fn: AttendFn, cfg: PreprocessConfig) -> int:
     """EB maps and optimal boxes for the decoded items (on the un-encoded views), and with
     ``store_features`` the pooled descriptors of the JPEG-decoded views; returns how many maps were all zero."""
-    from .attend import peripheral_features
-
     ok = [it for it in items if it.status == "ok"]
-    results = attend_views(att, [it.periph for it in ok], [(it.width, it.height) for it in ok])
-    features = peripheral_features(att, [it.periph_decoded for it in ok]) if cfg.store_features else [None] * len(ok)
+    if not ok:
+        return 0
+    decoded = [it.periph_decoded for it in ok] if cfg.store_features else None
+    results, features = attend_fn([it.periph for it in ok], [(it.width, it.height) for it in ok], decoded)
     for item, res, feature in zip(ok, results, features):
         item.attn, item.box, item.attn_fraction, item.feature = res.attn, res.box, res.attn_fraction, feature
     return sum(res.zero for res in results)
@@ -512,18 +557,28 @@ def plan_shards(items_by_split: dict[str, list[_Item]], cfg: PreprocessConfig) -
     return jobs
 
 
-def _prepare_out_dir(cfg: PreprocessConfig, environment: dict, out: Path) -> None:
-    """Refuse to mix runs: a folder made with another config or environment needs --overwrite."""
+def _prepare_out_dir(cfg: PreprocessConfig, environment: dict, out: Location) -> None:
+    """Refuse to mix runs: a folder (or URL prefix) made with another config or environment needs --overwrite."""
+    from ..shards.storage import StorageError
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.makedirs()
     except OSError as exc:  # a file in the way, no permission, read-only disk ...
         raise PreprocessError(f"cannot create the output folder --out {out}: {exc.strerror or exc}; "
                               "choose another --out") from None
     run_file = out / "preprocess.json"
     current = {"config": cfg.identity(), "environment": environment}
-    if run_file.exists():
+    try:
+        text = run_file.read_bytes()
+    except FileNotFoundError:
+        text = None
+    except StorageError:
+        if out.remote:
+            raise
+        text = b""
+    if text is not None:
         try:
-            previous = json.loads(run_file.read_text())
+            previous = json.loads(text)
         except ValueError:
             previous = None
         if previous != current and not cfg.overwrite:
@@ -541,7 +596,7 @@ def _prepare_out_dir(cfg: PreprocessConfig, environment: dict, out: Path) -> Non
             return
     if cfg.overwrite:
         _remove_outputs(out)
-    atomic_write_bytes(run_file, json.dumps(current, sort_keys=True, indent=1).encode())
+    run_file.write_bytes(json.dumps(current, sort_keys=True, indent=1).encode())
 
 
 def _diff_lines(old: dict, new: dict) -> list[str]:
@@ -549,78 +604,207 @@ def _diff_lines(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def _remove_outputs(out: Path) -> None:
-    for pattern in ("*.tar", "*.stats.json", "manifest.json", "*.tmp*", "preprocess.json"):
-        for path in out.glob(pattern):
-            path.unlink()
-    if (out / "meta").exists():
-        shutil.rmtree(out / "meta")
+def _remove_outputs(out: Location) -> None:
+    """Delete the files (or keys) gpf names in ``out`` — shard tars, stats, meta/ Parquets, temp files,
+    manifest.json, preprocess.json — and no other; abort unfinished uploads below it."""
+    from ..shards.layout import MANIFEST_NAME, META_DIR, PARQUET_SUFFIX, STATS_SUFFIX, TAR_SUFFIX, TEMP_SUFFIX, \
+        TEMP_PREFIX, parse_shard_name
+
+    def named_by_gpf(name: str, suffixes: tuple[str, ...]) -> bool:
+        if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+            name = name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)]
+        return any(name.endswith(s) and parse_shard_name(name[:-len(s)]) is not None for s in suffixes)
+
+    for name in out.list():
+        if name in (MANIFEST_NAME, "preprocess.json") or named_by_gpf(name, (TAR_SUFFIX, STATS_SUFFIX)) or \
+                name.startswith(f"{TEMP_PREFIX}{MANIFEST_NAME}"):
+            (out / name).delete()
+    meta = out / META_DIR
+    for name in meta.list():
+        if named_by_gpf(name, (PARQUET_SUFFIX,)):
+            (meta / name).delete()
+    out.abort_unfinished_uploads(lambda key: named_by_gpf(key.rpartition("/")[2], (TAR_SUFFIX, STATS_SUFFIX,
+                                                                                PARQUET_SUFFIX)))
 
 
-def run_preprocess(cfg: PreprocessConfig) -> Summary:
-    """Run (or resume) the stage-1 pass described by ``cfg``; returns the summary of this rank."""
+@dataclass(frozen=True)
+class ShardContext:
+    """What every shard of a run needs besides its images; plain and picklable, so an engine can
+    send it to the processes or machines that do the work."""
+    cfg: PreprocessConfig
+    out: str
+    scores: tuple[float, ...]
+    parquet_metadata: dict[str, str] | None
+
+
+@dataclass
+class ShardOutcome:
+    """What one shard's processing gave: its name, the images per status, how many maps were all zero."""
+    name: str
+    counts: Counter
+    zero: int = 0
+
+    @property
+    def images(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class PreparedRun:
+    """A run ready to go: the output folder claimed for this config and environment, every shard planned."""
+    cfg: PreprocessConfig
+    att: AttentionModel
+    dataset: Any
+    environment: dict
+    out: Location
+    jobs: list[_ShardJob]
+    context: ShardContext
+
+
+def local_environment(device) -> dict:
+    """The environment a run records (preprocess.json, the manifest): library versions, PIL, device type."""
     from ..env_info import environment_summary
-    from ..shards.writer import is_shard_done, read_stats, write_shard
 
+    return dict(environment_summary(), device=device.type, cuda=None)
+
+
+def open_run(cfg: PreprocessConfig, device) -> tuple[AttentionModel, Any]:
+    """Check the config, load the attention model onto ``device`` and open the dataset; nothing is written."""
     _validate(cfg)
     cfg.root = str(Path(cfg.root).resolve())
-    rank, world = resolve_world(cfg)
-    device = resolve_device(cfg.device)
     att = load_attention_model(cfg, device)
     cfg.stage1_digest = att.digest if cfg.stage1 else None
     cfg.attention_digest = att.digest
-    dataset = load_inputs(cfg, att)
-    environment = dict(environment_summary(), device=device.type, cuda=None)
-    out = Path(cfg.out)
-    _prepare_out_dir(cfg, environment, out)
+    return att, load_inputs(cfg, att)
 
-    items = select_items(cfg, dataset)
-    jobs = plan_shards(items, cfg)
+
+def plan_run(cfg: PreprocessConfig, att: AttentionModel, dataset, environment: dict) -> PreparedRun:
+    """Claim the output folder for this config and ``environment`` and plan every shard of the job."""
+    out = as_location(cfg.out)
+    _prepare_out_dir(cfg, environment, out)
+    jobs = plan_shards(select_items(cfg, dataset), cfg)
     if not jobs:
         raise PreprocessError(f"no images to preprocess in split {cfg.split!r} of {cfg.root}")
-    mine = [job for n, job in enumerate(jobs) if n % world == rank]
-    scores = tuple(dataset.scores)
-    parquet_metadata = shard_metadata(dataset)
+    context = ShardContext(cfg=cfg, out=out.url,
+                           scores=tuple(dataset.scores), parquet_metadata=shard_metadata(dataset))
+    return PreparedRun(cfg, att, dataset, environment, out, jobs, context)
 
-    workers = cfg.workers or os.cpu_count() or 1
-    worker = _Worker(cfg, att)
-    progress = Progress(sum(len(j.items) for j in mine), f"preprocess[rank {rank}/{world}]"
-                        if world > 1 else "preprocess", enabled=cfg.progress)
-    counts: Counter = Counter()
-    zero = written = skipped = 0
-    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpf-decode") as pool, \
-            cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpf-write") as writer:
-        pending_write: cf.Future | None = None
-        for job in mine:
-            if is_shard_done(out, job.split, job.index):
-                skipped += 1
-                counts.update(read_stats(out, job.split, job.index).get("status_counts", {}))
-                progress.skip(len(job.items))
-                continue
-            done_items, z = _process_shard(job, worker, att, cfg, pool, progress)
-            zero += z
-            rows = [metadata_row(it, job.name, scores) for it in done_items]
-            samples = [it.sample for it in done_items if it.status == "ok"]
-            counts.update(it.status for it in done_items)
-            if pending_write is not None:
-                pending_write.result()
-            pending_write = writer.submit(write_shard, out, job.split, job.index, samples, rows,
-                                          metadata=parquet_metadata)
-            written += 1
-        if pending_write is not None:
-            pending_write.result()
-    progress.close()
 
-    _maybe_write_manifest(out, jobs, cfg, environment, att, dataset)
+def done_shard(done: Mapping[tuple[str, int], dict], job: _ShardJob) -> ShardOutcome | None:
+    """The outcome recorded by an earlier run when ``job``'s shard is done, else None; ``done`` is
+    :func:`gpf.shards.writer.done_shards` of the output (one listing, not a request per shard)."""
+    stats = done.get((job.split, job.index))
+    if stats is None:
+        return None
+    return ShardOutcome(job.name, Counter(stats.get("status_counts", {})))
+
+
+def process_shard(job: _ShardJob, ctx: ShardContext, attend_fn: AttendFn, pool: cf.Executor,
+                  progress: Progress | None = None, write: Callable | None = None) -> ShardOutcome:
+    """Shard ``job`` of the plan, start to finish: decode, attention, views, encodes, then its files.
+
+    Every engine calls this one function per shard, so their outputs are the same bytes: the
+    local engine with the network in this process, the Ray engine in a task with the network
+    in an actor (``attend_fn``). ``write`` (default :func:`gpf.shards.writer.write_shard`)
+    writes the tar, the Parquet rows and the stats file; the local engine passes one that
+    writes in a background thread while the next shard is computed.
+    """
+    from ..shards.writer import write_shard
+
+    items, zero = _compute_shard(job, _Worker(ctx), attend_fn, ctx.cfg, pool, progress)
+    rows = [metadata_row(it, job.name, ctx.scores) for it in items]
+    samples = [it.sample for it in items if it.status == "ok"]
+    (write or write_shard)(ctx.out, job.split, job.index, samples, rows, metadata=ctx.parquet_metadata)
+    return ShardOutcome(job.name, Counter(it.status for it in items), zero)
+
+
+def finish_run(run: PreparedRun, outcomes: Sequence[ShardOutcome], written: int, total_shards: int,
+               failed_shards: Sequence[str] = ()) -> Summary:
+    """Write the manifest once every shard of the job exists; the run's summary (raises on too many failures)."""
     from .sources import problem_lines
 
+    _maybe_write_manifest(run.out, run.jobs, run.cfg, run.environment, run.att, run.dataset)
+    cfg, dataset = run.cfg, run.dataset
+    counts: Counter = Counter()
+    for outcome in outcomes:
+        counts.update(outcome.counts)
     recorded = [p for p in dataset.problems if cfg.split == "all" or p.split == cfg.split]
-    summary = Summary(counts=counts, written_shards=written, skipped_shards=skipped,
-                      total_shards=len(mine), zero_attention=zero, out=out, notes=list(dataset.notes),
-                      label_problems=problem_lines(recorded, LABEL_PROBLEMS_SHOWN),
-                      label_problem_count=len(recorded))
+    summary = Summary(counts=counts, written_shards=written, skipped_shards=len(outcomes) - written,
+                      total_shards=total_shards, zero_attention=sum(o.zero for o in outcomes), out=run.out.local or run.out,
+                      notes=list(dataset.notes), label_problems=problem_lines(recorded, LABEL_PROBLEMS_SHOWN),
+                      label_problem_count=len(recorded), failed_shards=list(failed_shards))
+    if failed_shards:
+        raise IncompleteRunError(
+            f"{len(failed_shards)} shard(s) failed after their retries: {', '.join(failed_shards[:10])}"
+            + (" ..." if len(failed_shards) > 10 else "")
+            + "; the other shards are written. Rerun the same command to redo the failed ones", summary)
     check_failure_rate(summary, cfg.max_failure_rate)
     return summary
+
+
+def run_preprocess(cfg: PreprocessConfig) -> Summary:
+    """Run (or resume) the stage-1 pass described by ``cfg`` in this process; returns the summary of this rank.
+
+    The local engine: this rank's shards (every ``world``-th of the plan, :func:`resolve_world`)
+    one after the other, decode/encode in a thread pool, the network in this thread.
+    ``gpf.pipeline.ray_preprocess.run_preprocess_ray`` runs the same shards on a Ray cluster.
+    """
+    from ..shards.writer import done_shards
+
+    _validate(cfg)
+    rank, world = resolve_world(cfg)
+    device = resolve_device(cfg.device)
+    att, dataset = open_run(cfg, device)
+    run = plan_run(cfg, att, dataset, local_environment(device))
+    mine = [job for n, job in enumerate(run.jobs) if n % world == rank]
+
+    attend_fn = functools.partial(attend_and_describe, att)
+    progress = Progress(sum(len(j.items) for j in mine), f"preprocess[rank {rank}/{world}]"
+                        if world > 1 else "preprocess", enabled=cfg.progress)
+    outcomes: list[ShardOutcome] = []
+    written = 0
+    done_before = done_shards(run.out)
+    with cf.ThreadPoolExecutor(max_workers=cfg.workers or os.cpu_count() or 1,
+                               thread_name_prefix="gpf-decode") as pool, \
+            _BackgroundWriter() as write:
+        for job in mine:
+            done = done_shard(done_before, job)
+            if done is not None:
+                outcomes.append(done)
+                progress.skip(len(job.items))
+                continue
+            outcomes.append(process_shard(job, run.context, attend_fn, pool, progress, write=write))
+            written += 1
+    progress.close()
+    return finish_run(run, outcomes, written, len(mine))
+
+
+class _BackgroundWriter:
+    """``write_shard`` in one background thread: a shard is written while the next is computed
+    (at most one write waits); leaving the ``with`` block waits for the last write."""
+
+    def __enter__(self) -> "_BackgroundWriter":
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpf-write")
+        self._pending: cf.Future | None = None
+        return self
+
+    def __call__(self, *args, **kwargs) -> None:
+        from ..shards.writer import write_shard
+
+        self._wait()
+        self._pending = self._pool.submit(write_shard, *args, **kwargs)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def check_failure_rate(summary: Summary, max_failure_rate: float) -> None:
@@ -637,9 +821,12 @@ def check_failure_rate(summary: Summary, max_failure_rate: float) -> None:
             "written are kept", summary)
 
 
-def _process_shard(job: _ShardJob, worker: _Worker, att: AttentionModel, cfg: PreprocessConfig,
-                   pool: cf.Executor, progress: Progress) -> tuple[list[_Item], int]:
-    """Decode (prefetching the next batch), attend, finish: the items of one shard, in order."""
+def _compute_shard(job: _ShardJob, worker: _Worker, attend_fn: AttendFn, cfg: PreprocessConfig,
+                   pool: cf.Executor, progress: Progress | None) -> tuple[list[_Item], int]:
+    """Decode (prefetching the next batch), attend, finish: the items of one shard, in order.
+
+    Batches are ``cfg.batch_size`` consecutive items of the shard, whichever engine runs it.
+    """
     batches = [job.items[i:i + cfg.batch_size] for i in range(0, len(job.items), cfg.batch_size)]
     finished: list[cf.Future] = []
     zero = 0
@@ -649,14 +836,17 @@ def _process_shard(job: _ShardJob, worker: _Worker, att: AttentionModel, cfg: Pr
         if b + 1 < len(batches):
             decoding = [pool.submit(worker.decode, it) for it in batches[b + 1]]
         try:
-            zero += attend(decoded, att, cfg)
+            zero += attend(decoded, attend_fn, cfg)
+        except NetworkLost:
+            raise
         except Exception as exc:  # the model failed on this batch: record, don't lose the shard
             for it in decoded:
                 if it.status == "ok":
                     it.status, it.error = "attention_error", f"{type(exc).__name__}: {exc}"
                     it.image = it.periph = it.periph_jpg = it.periph_decoded = None
         finished += [pool.submit(worker.finish, it) for it in decoded]
-        progress.update(len(decoded), failed=sum(it.status != "ok" for it in decoded))
+        if progress is not None:
+            progress.update(len(decoded), failed=sum(it.status != "ok" for it in decoded))
     return [f.result() for f in finished], zero
 
 
@@ -705,16 +895,17 @@ def shard_metadata(dataset) -> dict[str, str] | None:
     return {SCORE_COLUMNS_KEY: json.dumps(dataset.score_columns, sort_keys=True)}
 
 
-def _maybe_write_manifest(out: Path, jobs: Sequence[_ShardJob], cfg: PreprocessConfig,
+def _maybe_write_manifest(out: Location, jobs: Sequence[_ShardJob], cfg: PreprocessConfig,
                           environment: dict, att: AttentionModel, dataset) -> bool:
     """Write manifest.json once every shard of the job (all ranks) is done: complete when the
     shards hold at least one sample, else incomplete (a run that wrote nothing is not usable)."""
     from ..shards.manifest import RunFields, write_manifest
-    from ..shards.writer import is_shard_done, read_stats
+    from ..shards.writer import done_shards
 
-    if not all(is_shard_done(out, j.split, j.index) for j in jobs):
+    done = done_shards(out)
+    if not all((j.split, j.index) in done for j in jobs):
         return False
-    wrote = sum(int(read_stats(out, j.split, j.index).get("count", 0)) for j in jobs) > 0
+    wrote = sum(int(done[(j.split, j.index)].get("count", 0)) for j in jobs) > 0
     geometry = cfg.geometry()
     run = RunFields(dataset=dataset.name, scores=tuple(dataset.scores), threshold=dataset.threshold,
                     view_size=cfg.view_size, tau=cfg.tau, eb_layer=att.eb_layer, contrastive=cfg.contrastive,
@@ -724,6 +915,7 @@ def _maybe_write_manifest(out: Path, jobs: Sequence[_ShardJob], cfg: PreprocessC
                     score_columns=getattr(dataset, "score_columns", None), view_round=geometry.round_to,
                     view_min_side=geometry.min_side, view_fit=att.fit,
                     features_from="jpeg" if cfg.store_features else None, jpeg_quality=cfg.jpeg_quality,
-                    jpeg_subsampling=cfg.jpeg_subsampling)
+                    jpeg_subsampling=cfg.jpeg_subsampling,
+                    warped=bool(cfg.store_warped), original=bool(cfg.store_original))
     write_manifest(out, run, complete=wrote)
     return wrote

@@ -40,9 +40,10 @@ import numpy as np
 from ..errors import GPFError
 from ..fsutil import commit, temp_path
 from ..vocabulary import JPEG_CHROMA_SUBSAMPLING, JPEG_QUALITY, TAU, VIEW_FIT, VIEW_ROUND
-from ..model.checkpoint import Checkpoint, resolve_checkpoint_path
+from ..model.checkpoint import Checkpoint
 from ..model.geometry import ViewGeometry
-from .attend import AttentionModel, Attended, attend_views
+from ..shards.storage import Location, as_location, is_url, public_url
+from .attend import AttentionModel, Attended, NetworkLost, attend_views
 
 DEFAULT_BATCH_SIZE = 32
 #: Random crops averaged per photo by the ``random`` variant (see :class:`Scorer`).
@@ -122,6 +123,8 @@ def image_id_of(source, index: int = 0) -> str:
     ``gpf preprocess`` seeds them with the dataset id), whatever id a result is
     reported under, and the id of a result when no other is given.
     """
+    if isinstance(source, Location):
+        return Path(source.name).stem
     if isinstance(source, (str, os.PathLike)):
         return Path(source).stem
     filename = getattr(source, "filename", None)
@@ -140,6 +143,8 @@ def load_source(source, max_pixels: int | None):
     """``(upright RGB image, path or None)`` of a path or a PIL image; raises ImageError."""
     from .images import load_image, upright_rgb
 
+    if isinstance(source, Location) and source.remote:
+        return _load_remote(source, max_pixels), str(source)
     if isinstance(source, (str, os.PathLike)):
         return load_image(source, max_pixels=max_pixels), str(source)
     if hasattr(source, "size") and hasattr(source, "mode"):
@@ -148,9 +153,48 @@ def load_source(source, max_pixels: int | None):
     raise TypeError(f"expected an image path or a PIL.Image, got {type(source).__name__}")
 
 
+def _load_remote(location: Location, max_pixels: int | None):
+    """An image at a URL, decoded exactly as :func:`gpf.pipeline.images.load_image` decodes a file (from a temp
+    copy); errors name the URL."""
+    import tempfile
+
+    from ..shards.storage import StorageError, StorageNotFoundError
+    from .images import ImageError, load_image
+
+    try:
+        data = location.read_bytes()
+    except StorageNotFoundError:
+        raise ImageError(str(location), "missing", "no such object") from None
+    except StorageError as exc:
+        raise ImageError(str(location), "unreadable", str(exc).partition(": ")[2] or str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="gpf-image-") as folder:
+        copy = Path(folder) / (Path(location.name).name or "image")
+        copy.write_bytes(data)
+        try:
+            return load_image(copy, max_pixels=max_pixels)
+        except ImageError as exc:
+            raise ImageError(str(location), exc.status, exc.reason.replace(str(copy), str(location))) from None
+
+
+def _walk_url(location: Location, recursive: bool) -> Iterator[tuple[Location, str]]:
+    """The image objects below a URL prefix (sorted by key, hidden names skipped), or the URL itself."""
+    below = location.find(recursive)
+    if not below:
+        yield location, location.name
+        return
+    for relative in below:
+        parts = relative.split("/")
+        if not any(p.startswith(".") for p in parts) and Path(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS:
+            yield location.join(relative), relative
+
+
 def _walk_inputs(paths: Iterable[str | os.PathLike], recursive: bool) -> Iterator[tuple[Path, str]]:
-    """``(file, id before de-duplication)`` of :func:`iter_image_files`; the id rule is :func:`named_image_files`'s."""
+    """``(file, id before de-duplication)`` of :func:`iter_image_files`; the id rule is :func:`named_image_files`'s.
+    A URL gives :class:`~gpf.shards.storage.Location` files."""
     for given in paths:
+        if is_url(given):
+            yield from _walk_url(as_location(given), recursive)
+            continue
         path = Path(given)
         if not path.is_dir():
             yield path, path.name
@@ -209,7 +253,7 @@ def named_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True
     """
     found, seen = [], set()
     for file, image_id in _walk_inputs(paths, recursive):
-        key = os.path.realpath(file)
+        key = file.url if isinstance(file, Location) else os.path.realpath(file)
         if key not in seen:
             seen.add(key)
             found.append((file, image_id))
@@ -268,10 +312,11 @@ def load_stage2_checkpoint(checkpoint) -> tuple[Checkpoint, Path]:
     Refuses, with one line saying what to pass instead, a stage-1 checkpoint.
     """
     from ..model.checkpoint import load_checkpoint
-    from .compat import check_self_consistent
+    from .compat import check_self_consistent, checkpoint_location
 
-    path = resolve_checkpoint_path(checkpoint)
+    path = checkpoint_location(checkpoint)
     ckpt = load_checkpoint(path)
+    path = public_url(checkpoint) if is_url(checkpoint) else path
     if ckpt.kind == "stage1":
         raise ScoringError(
             f"{path} is a stage-1 checkpoint (the peripheral attention model only): it predicts no score "
@@ -294,6 +339,7 @@ class _Work:
     error: str | None = None
     image: Any = None
     periph: Any = None                # PIL view; once attended, its JPEG round trip (uint8 [3, H, W])
+    first: Any = None                            # the first column's input when not ``periph`` (``warp``)
     second: list = field(default_factory=list)   # foveal view, or the K random crops (then as periph)
     size: tuple[int, int] | None = None
     box: tuple[int, int, int, int] | None = None
@@ -302,8 +348,17 @@ class _Work:
 
     def fail(self, status: str, error: str) -> None:
         self.status, self.error = status, error
-        self.image = self.periph = None
+        self.image = self.periph = self.first = None
         self.second = []
+
+
+def _uint8(view):
+    """``uint8 [3, H, W]`` of a view: a PIL image, or a tensor already (the baselines' JPEG round trips)."""
+    import torch
+
+    from .images import to_uint8_tensor
+
+    return view if isinstance(view, torch.Tensor) else to_uint8_tensor(view)
 
 
 def _new_work(item, index: int = 0) -> _Work:
@@ -364,7 +419,13 @@ class Scorer:
             raise ScoringError(f"view geometry for {self.geometry.view_size} px views, but view_size is "
                                f"{self.view_size}")
         self.jpeg = (int(jpeg[0]), str(jpeg[1]))
+        self.jpeg_quality = self.jpeg[0]         # warp.jpg / orig.jpg round trips (the baselines' members)
         self.view_fit = view_fit
+        self.fovea_source = model.fovea_source
+        self._variant, self._backbone, self._tau = model.variant, model.spec.name, attention.tau
+        self._peripheral_backbone = model.peripheral_spec.name
+        self._first_view = model.first_view
+        self._network = self   # the network steps (attend_batch, predict_batch): here, or elsewhere (detached)
 
     @classmethod
     def from_checkpoint(cls, checkpoint, device="auto", *, random_crops: int | None = None,
@@ -402,20 +463,40 @@ class Scorer:
     # -- properties
     @property
     def variant(self) -> str:
-        return self.model.variant
+        return self._variant
 
     @property
     def uses_attention(self) -> bool:
-        return self.model.fovea_source == "attention"
+        return self.fovea_source == "attention"
 
     def describe(self) -> dict:
         """Plain description for output metadata."""
-        return {"checkpoint": self.source, "variant": self.variant, "backbone": self.model.spec.name,
+        return {"checkpoint": self.source, "variant": self.variant, "backbone": self._backbone,
+                "peripheral_backbone": self._peripheral_backbone,
                 "scores": list(self.scores), "threshold": self.threshold, "view_size": self.view_size,
-                "tau": self.attention.tau,
-                "random_crops": self.random_crops if self.model.fovea_source == "random" else None,
+                "tau": self._tau,
+                "random_crops": self.random_crops if self.fovea_source in ("random", "patch") else None,
                 "view_round": self.geometry.round_to, "view_min_side": self.geometry.min_side,
                 "view_fit": self.view_fit, "jpeg_quality": self.jpeg[0], "jpeg_subsampling": self.jpeg[1]}
+
+    def detached(self, network=None) -> "Scorer":
+        """A copy without the networks (light to send to another process) whose two network steps
+        are ``network.attend_batch`` and ``network.predict_batch``, e.g. a Ray actor holding this
+        scorer (``gpf predict --engine ray``): decoding, views and results stay with the copy, and
+        the batches are formed as here, so the scores are the same. ``network=None``: set it later
+        with another call."""
+        import copy
+
+        twin = copy.copy(self)
+        twin.model = twin.attention = None
+        twin._network = network
+        return twin
+
+    # -- the network steps (what a detached copy asks its network for)
+    def attend_batch(self, periphs: list, sizes: list[tuple[int, int]]) -> list[Attended]:
+        """EB maps and tau boxes of a batch of peripheral views (:func:`attend_views`)."""
+        return attend_views(self.attention, periphs, sizes)
+
 
     # -- public scoring
     def score(self, image, image_id: str | None = None) -> ScoreResult:
@@ -482,6 +563,10 @@ class Scorer:
             work.path = work.path or path
             work.size = work.image.size
             work.periph = peripheral_of(work.image, self.geometry)
+            if self._first_view == "warp":
+                from .baselines import warped_input
+
+                work.first = warped_input(work.image, self.view_size, self.jpeg_quality)
         except ImageError as exc:
             if keep_error:
                 raise
@@ -499,6 +584,8 @@ class Scorer:
         if ok:
             try:
                 self._score_batch(ok, pool)
+            except NetworkLost:
+                raise
             except Exception as exc:  # the network failed on this batch: report, go on
                 for work in ok:
                     work.fail(SCORE_ERROR, f"{work.path or work.id}: scoring failed "
@@ -510,16 +597,17 @@ class Scorer:
         """Attention boxes, second views and the predicted distributions of decoded photos."""
         if self.uses_attention:
             if attended is None:
-                attended = attend_views(self.attention, [w.periph for w in works], [w.size for w in works])
+                attended = self._network.attend_batch([w.periph for w in works], [w.size for w in works])
             for work, res in zip(works, attended):
                 work.box, work.attn_fraction = res.box, res.attn_fraction
         mapper = pool.map if pool is not None else map
         for work, views in zip(works, mapper(self._network_views, works)):
             work.periph, work.second = views
-        dists = self._predict(works)
+        dists = self._network.predict_batch([w.periph if w.first is None else w.first for w in works],
+                                            [w.second for w in works])
         for work, dist in zip(works, dists):
             work.dist = dist
-            work.image = work.periph = None
+            work.image = work.periph = work.first = None
             work.second = []
 
     def _network_views(self, work: _Work):
@@ -529,37 +617,46 @@ class Scorer:
         from .images import encode_jpeg
 
         quality, subsampling = self.jpeg
-        views = [work.periph, *self._second_views(work)]
-        names = [f"{work.path or work.id} (view {k})" for k in range(len(views))]
-        decoded = decode_jpegs_uint8([encode_jpeg(v, quality, subsampling) for v in views], names)
-        return decoded[0], decoded[1:]
+        seconds = self._second_views(work)
+        if self.fovea_source == "patch":         # cut from orig.jpg's round trip already, as the reader cuts them
+            encoded, ready = [work.periph], seconds
+        else:
+            encoded, ready = [work.periph, *seconds], []
+        names = [f"{work.path or work.id} (view {k})" for k in range(len(encoded))]
+        decoded = decode_jpegs_uint8([encode_jpeg(v, quality, subsampling) for v in encoded], names)
+        return decoded[0], decoded[1:] + list(ready)
 
     def _second_views(self, work: _Work) -> list:
         """The foveal view (attention variants), K random crops (``random``) or nothing (``single``)."""
         from .images import foveal_view, random_crops
 
-        source = self.model.fovea_source
+        source = self.fovea_source
         if source == "attention":
             return [foveal_view(work.image, work.box, self.view_size)]
         if source == "random":
             return random_crops(work.image, self.random_crops, self.view_size, self.seed, work.key)
+        if source == "patch":
+            from .baselines import test_patches
+
+            return test_patches(work.image, self.view_size, self.jpeg_quality, self.seed, work.key,
+                                self.random_crops)[0]
         return []
 
-    def _predict(self, works: list[_Work]) -> np.ndarray:
-        """Softmax distributions ``[B, N]`` (float64) of decoded views, batched by peripheral shape and scored
-        by ``gpf evaluate``'s :func:`~gpf.pipeline.evaluation.predict_batch` (the ``random`` variant's averaged
-        over its crops)."""
+    def predict_batch(self, firsts: list, seconds: list[list]) -> np.ndarray:
+        """Softmax distributions ``[B, N]`` (float64) of decoded uint8 views (the first column's and the
+        second views of each photo), batched by first-view shape and scored by ``gpf evaluate``'s
+        :func:`~gpf.pipeline.evaluation.predict_batch` (the ``random`` variants' averaged over their crops)."""
         from ..shards.reader import stack_decoded
         from .evaluation import predict_batch
 
         groups: dict[tuple, list[int]] = {}
-        for index, work in enumerate(works):
-            groups.setdefault(tuple(work.periph.shape), []).append(index)
-        dists = np.zeros((len(works), self.model.num_classes))
+        for index, view in enumerate(firsts):
+            groups.setdefault(tuple(view.shape), []).append(index)
+        dists = np.zeros((len(firsts), self.model.num_classes))
         for members in groups.values():
-            seconds = len(works[members[0]].second)
-            batch = {"periph": stack_decoded([works[i].periph for i in members]),
-                     "second": [stack_decoded([works[i].second[k] for i in members]) for k in range(seconds)]}
+            count = len(seconds[members[0]])
+            batch = {"periph": stack_decoded([firsts[i] for i in members]),
+                     "second": [stack_decoded([seconds[i][k] for i in members]) for k in range(count)]}
             dists[members] = predict_batch(self.model, batch, self.device, self.view_fit)
         return dists
 
@@ -597,6 +694,19 @@ class Explanation:
         return f"{image_id}: predicted mean score {r.mean:.2f} (std {r.std:.2f}{verdict}); {self.model}"
 
 
+def _patch_boxes_on_photo(size: tuple[int, int], scorer: "Scorer", image_id: str) -> tuple:
+    """The ``random`` variant's test patches (:func:`gpf.pipeline.baselines.test_patches`) as boxes on a
+    photo of ``size`` (scaled back where ``orig.jpg`` enlarges a photo smaller than the view)."""
+    from ..shards.layout import safe_key
+    from ..shards.patches import test_patch_boxes
+    from .images import original_view_size
+
+    stored = original_view_size(size, scorer.view_size)
+    boxes = test_patch_boxes(stored, scorer.view_size, scorer.seed, safe_key(image_id), scorer.random_crops)
+    scale = (stored[0] / size[0], stored[1] / size[1], stored[0] / size[0], stored[1] / size[1])
+    return tuple(tuple(round(v / f) for v, f in zip(box, scale)) for box in boxes)
+
+
 def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None, eb_layer: str | None = None,
                   contrastive: bool | None = None, view_size: int | None = None,
                   max_pixels: int | None = None) -> Explanation:
@@ -619,7 +729,9 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
         raise ScoringError(f"tau must be in (0, 1] (the paper uses {TAU}), got {tau}")
     if view_size is not None and view_size < 8:
         raise ScoringError(f"view size must be at least 8 pixels, got {view_size}")
-    path = resolve_checkpoint_path(checkpoint)
+    from .compat import checkpoint_location
+
+    path = checkpoint_location(checkpoint)
     ckpt = load_checkpoint(path)
     device = resolve_device(device)
     if ckpt.kind == "stage2":
@@ -637,6 +749,8 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
 
             crop_boxes = tuple(random_crop_boxes(view.image.size, scorer.random_crops, scorer.view_size,
                                                  scorer.seed, image_id_of(image)))
+        elif scorer.model.fovea_source == "patch":      # its test patches, in the photo's pixels
+            crop_boxes = _patch_boxes_on_photo(view.image.size, scorer, image_id_of(image))
         return Explanation(view, scorer.attention.tau, result, "stage2",
                            f"{scorer.variant} {scorer.model.spec.name}", scorer.variant, crop_boxes)
     model = model_from_checkpoint(ckpt)
@@ -670,17 +784,26 @@ class ParquetResultWriter:
     for any number of photos; the file appears under its name only when
     :meth:`close` succeeds (temp file + rename), so a crash never leaves a
     half-written file that looks complete. ``metadata`` (plain JSON) is stored
-    in the file's schema metadata under ``gpf``.
+    in the file's schema metadata under ``gpf``. ``path`` may be a URL: the file
+    is then written locally and uploaded on :meth:`close`.
     """
 
     def __init__(self, path, metadata: dict | None = None, rows_per_group: int = 1024):
         import json
+        import tempfile
 
         import pyarrow.parquet as pq
 
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temp_path(self.path)
+        self.location = as_location(path)
+        if self.location.remote:
+            self.path = self.location
+            handle, tmp = tempfile.mkstemp(prefix="gpf-predict-", suffix=".parquet")
+            os.close(handle)
+            self._tmp = Path(tmp)
+        else:
+            self.path = self.location.local
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = temp_path(self.path)
         schema = _parquet_schema()
         if metadata:
             schema = schema.with_metadata({"gpf": json.dumps(metadata, sort_keys=True)})
@@ -703,9 +826,15 @@ class ParquetResultWriter:
             self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
             self._rows = []
 
-    def close(self) -> Path:
+    def close(self) -> Path | Location:
         self._flush()
         self._writer.close()
+        if self.location.remote:
+            try:
+                self.location.put_file(self._tmp)
+            finally:
+                self._tmp.unlink(missing_ok=True)
+            return self.location
         return commit(self._tmp, self.path)
 
     def abort(self) -> None:

@@ -18,6 +18,8 @@ _EXPORTS = {
     "ShardReadError": "layout", "JpegHeaderError": "layout", "DuplicateIdError": "layout",
     "ShardDataset": "reader", "make_loader": "reader", "list_shards": "reader",
     "verify_shards": "verify", "info": "verify",
+    "Location": "storage", "StorageError": "storage", "using_options": "storage", "public_url": "storage",
+    "webdataset_pipeline": "webdataset",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -87,6 +87,9 @@ FOVEA = "fovea.jpg"
 ATTN = "attn.npy"
 JSON = "json"
 FEATURES = "pfeat.npy"
+WARP = "warp.jpg"      # the whole photo warped to view_size x view_size (``--store-warped``; Table I baselines)
+ORIG = "orig.jpg"      # the photo at original resolution (``--store-original``; Random-VGG16's patches)
+BASELINE_MEMBERS = (WARP, ORIG)
 REQUIRED_MEMBERS = (PERIPH, FOVEA, ATTN, JSON)
 _RAND = re.compile(r"^rand(0|[1-9]\d{0,2})\.jpg$")
 MAX_RANDOM_CROPS = 1000
@@ -106,15 +109,16 @@ def rand_index(member: str) -> int | None:
 
 
 def is_contract_member(member: str) -> bool:
-    return member in REQUIRED_MEMBERS or member == FEATURES or rand_index(member) is not None
+    return (member in REQUIRED_MEMBERS or member == FEATURES or member in BASELINE_MEMBERS
+            or rand_index(member) is not None)
 
 
 def member_order(member: str) -> tuple[int, int]:
     """Sort key giving the fixed order of members inside a sample.
 
-    json, periph.jpg, fovea.jpg, attn.npy, rand0.jpg, rand1.jpg, ..., pfeat.npy.
+    json, periph.jpg, fovea.jpg, attn.npy, rand0.jpg, rand1.jpg, ..., pfeat.npy, warp.jpg, orig.jpg.
     """
-    fixed = {JSON: 0, PERIPH: 1, FOVEA: 2, ATTN: 3}
+    fixed = {JSON: 0, PERIPH: 1, FOVEA: 2, ATTN: 3, WARP: 6, ORIG: 7}
     if member in fixed:
         return (fixed[member], 0)
     k = rand_index(member)
@@ -123,7 +127,7 @@ def member_order(member: str) -> tuple[int, int]:
     if member == FEATURES:
         return (5, 0)
     raise ValueError(f"{member!r} is not a shard member; allowed: {', '.join(REQUIRED_MEMBERS)}, "
-                     f"rand{{k}}.jpg, {FEATURES}")
+                     f"rand{{k}}.jpg, {FEATURES}, {', '.join(BASELINE_MEMBERS)}")
 
 
 def split_member_name(name: str) -> tuple[str, str]:

@@ -18,6 +18,8 @@ Format history (``format``):
   taken from ``config``); a newer format is refused naming both versions.
   The optional run field ``score_columns`` (folder CSV: column -> score bucket)
   came later within format 2: a manifest without it reads it as None.
+  So did ``warped`` and ``original`` (whether the samples store ``warp.jpg`` and
+  ``orig.jpg``, the Table I baselines' views): absent reads as None, "not stored".
 * 3 — gpf 0.3.0: backbone-neutral views. New run fields: ``view_round`` and
   ``view_min_side`` (the peripheral view's short side is rounded to a multiple
   of ``view_round`` = 8 and is at least ``max(view_min_side, view_round)``),
@@ -37,14 +39,14 @@ import json
 import os
 from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 from ..errors import GPFError
 from ..plaintypes import is_kind, kinds_text
 from ..vocabulary import VIEW_FITS
-from .layout import (MANIFEST_NAME, STATS_SUFFIX, TEMP_PREFIX, parse_shard_name,
+from .layout import (MANIFEST_NAME, STATS_SUFFIX, TAR_SUFFIX, TEMP_PREFIX, parse_shard_name,
                                parquet_relpath, tar_filename)
+from .storage import Location, StorageError, as_location
 from .writer import atomic_write_bytes, dump_json, read_stats
 
 MANIFEST_FORMAT = 3
@@ -128,7 +130,8 @@ _RUN_FIELD_TYPES = {"dataset": (str,), "scores": (list, tuple), "threshold": ("n
                     "attention_model": (dict,), "features_digest": (str,), "split_spec": (dict,),
                     "config": (dict,), "environment": (dict,), "score_columns": (list,), "view_round": (int,),
                     "view_min_side": (int,), "view_fit": (str,), "features_from": (str,), "jpeg_quality": (int,),
-                    "jpeg_subsampling": (str,)}
+                    "jpeg_subsampling": (str,),
+                    "warped": (bool,), "original": (bool,)}
 _ENTRY_FIELD_TYPES = {"name": (str,), "split": (str,), "index": (int,), "tar": (str,), "parquet": (str,),
                       "count": (int,), "bytes": (int,), "sha256": (str,), "parquet_sha256": (str,),
                       "status_counts": (dict,), "rows": (int,), "parquet_bytes": (int,),
@@ -150,6 +153,8 @@ class RunFields:
     ``view_round``, ``view_min_side``, ``view_fit``, ``features_from``,
     ``jpeg_quality`` and ``jpeg_subsampling``: how the stored views were made
     (format 3; see the module doc for what older formats read as).
+    ``warped`` / ``original``: every sample stores ``warp.jpg`` / ``orig.jpg``
+    (``--store-warped`` / ``--store-original``); None (older manifests) means not stored.
     """
     dataset: str | None = None
     scores: tuple[float, ...] | None = None
@@ -171,6 +176,8 @@ class RunFields:
     features_from: str | None = None
     jpeg_quality: int | None = None
     jpeg_subsampling: str | None = None
+    warped: bool | None = None
+    original: bool | None = None
 
     def __post_init__(self):
         for name, kinds in _RUN_FIELD_TYPES.items():
@@ -301,19 +308,21 @@ class Manifest:
 
 # ----------------------------------------------------------------------------- files
 
-def find_stats_files(out_dir: str | os.PathLike) -> list[tuple[str, int]]:
-    """``(split, index)`` of every ``{split}-{index}.stats.json`` in ``out_dir``, sorted."""
+def find_stats_files(out_dir: str | os.PathLike | Location,
+                     listing: dict | None = None) -> list[tuple[str, int]]:
+    """``(split, index)`` of every ``{split}-{index}.stats.json`` in ``out_dir`` (one listing), sorted."""
+    names = listing if listing is not None else as_location(out_dir).list()
     found = []
-    for path in Path(out_dir).glob("*" + STATS_SUFFIX):
-        if path.name.startswith(TEMP_PREFIX):
+    for name in names:
+        if name.startswith(TEMP_PREFIX) or not name.endswith(STATS_SUFFIX):
             continue
-        parsed = parse_shard_name(path.name[: -len(STATS_SUFFIX)])
+        parsed = parse_shard_name(name[: -len(STATS_SUFFIX)])
         if parsed is not None:
             found.append(parsed)
     return sorted(found)
 
 
-def build_manifest(out_dir: str | os.PathLike, run: RunFields, *, complete: bool = True,
+def build_manifest(out_dir: str | os.PathLike | Location, run: RunFields, *, complete: bool = True,
                    gpf_version: str | None = None) -> Manifest:
     """The manifest of ``out_dir``: the shards from the stats files found there, and ``run``."""
     if gpf_version is None:
@@ -323,28 +332,35 @@ def build_manifest(out_dir: str | os.PathLike, run: RunFields, *, complete: bool
     return Manifest(run=run, shards=shards, complete=bool(complete), gpf_version=gpf_version)
 
 
-def write_manifest(out_dir: str | os.PathLike, run: RunFields, *, complete: bool = True,
+def write_manifest(out_dir: str | os.PathLike | Location, run: RunFields, *, complete: bool = True,
                    gpf_version: str | None = None) -> Manifest:
     """Write ``out_dir/manifest.json`` atomically (from the stats files and ``run``) and return it."""
     manifest = build_manifest(out_dir, run, complete=complete, gpf_version=gpf_version)
-    atomic_write_bytes(Path(out_dir) / MANIFEST_NAME, dump_json(manifest.to_dict(), what="manifest") + b"\n")
+    atomic_write_bytes(as_location(out_dir).join(MANIFEST_NAME), dump_json(manifest.to_dict(), what="manifest") + b"\n")
     return manifest
 
 
-def read_manifest(out_dir: str | os.PathLike) -> Manifest:
-    """The manifest of ``out_dir``; :class:`ManifestError` saying what to do otherwise."""
-    path = Path(out_dir) / MANIFEST_NAME
+def read_manifest(out_dir: str | os.PathLike | Location) -> Manifest:
+    """The manifest of ``out_dir`` (a folder or a URL prefix); :class:`ManifestError` saying what to do otherwise."""
+    out_dir = as_location(out_dir)
+    path = out_dir.join(MANIFEST_NAME)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        if not Path(out_dir).is_dir():
+        listing = out_dir.list()
+        if not listing and not out_dir.is_dir():
             raise ManifestError(f"{out_dir}: no such shard folder") from None
-        if not find_stats_files(out_dir) and not any(Path(out_dir).glob("*.tar")):
+        if not find_stats_files(out_dir, listing) and not any(n.endswith(TAR_SUFFIX) for n in listing):
             raise ManifestError(f"{out_dir} is not a shard folder: it holds no {MANIFEST_NAME}, no shard stats "
                                 "files and no shard tars. Shard folders are made by `gpf preprocess KIND ROOT "
                                 "--out DIR`") from None
         raise ManifestError(f"{path}: missing — preprocessing has not finished here. Rerun "
                             "`gpf preprocess` to finish, or, if every shard is done, "
+                            f"`gpf shards verify {out_dir} --write-manifest`") from None
+    except StorageError as exc:
+        if out_dir.remote:
+            raise
+        raise ManifestError(f"{path}: unreadable ({exc}); rewrite it with "
                             f"`gpf shards verify {out_dir} --write-manifest`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: unreadable ({exc}); rewrite it with "
@@ -352,7 +368,7 @@ def read_manifest(out_dir: str | os.PathLike) -> Manifest:
     return Manifest.from_dict(data, str(path))
 
 
-def read_run_fields(out_dir: str | os.PathLike) -> RunFields | None:
+def read_run_fields(out_dir: str | os.PathLike | Location) -> RunFields | None:
     """The run fields of a readable manifest in ``out_dir`` (any complete state); None otherwise."""
     try:
         return read_manifest(out_dir).run
@@ -395,6 +411,19 @@ def compare_config(old: dict, new: dict) -> list[str]:
         elif flat_old[key] != flat_new[key]:
             lines.append(f"{key or '(root)'}: {flat_old[key]!r} -> {flat_new[key]!r}")
     return lines
+
+
+def recorded_differences(path: str | os.PathLike, current: dict) -> list[str] | None:
+    """How the config recorded in the JSON file ``path`` differs from ``current`` (:func:`compare_config`
+    lines; one line saying so when the file is unreadable); None when there is no such file."""
+    where = as_location(path)
+    try:
+        previous = json.loads(where.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, StorageError, ValueError):
+        return [f"{where} is unreadable"]
+    return compare_config(previous, current)
 
 
 def _plain(value):

@@ -25,9 +25,16 @@ shape bucket fills and the partly filled buckets at the end, so batch sizes vary
 and ranks may see different numbers of batches (gather results after the loop).
 
 The order of an epoch is a function of (seed, epoch, rank, world_size, num_workers).
+
+Shards at a URL (:mod:`gpf.shards.storage`) stream: each tar is read front to
+back in ranged reads with bounded read-ahead and retries, by the worker's own
+filesystem instance, hashed as it streams and refused at its end when the hash
+differs from its stats; ``cache_dir`` keeps verified tars for later epochs
+(:mod:`gpf.shards.cache`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -44,12 +51,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from ..errors import OptionError
-from .layout import (ShardReadError, ATTN, FEATURES, FOVEA, JSON, PERIPH, jpeg_size, rand_index,
+from .cache import DEFAULT_MAX_BYTES, ShardCache
+from .layout import (ShardReadError, ATTN, FEATURES, FOVEA, JSON, ORIG, PERIPH, WARP, jpeg_size, rand_index,
                                split_member_name)
 from .manifest import read_manifest
+from .storage import Location, StorageError, as_location
 
-IMAGE_MEMBERS = {"periph": PERIPH, "fovea": FOVEA}
-ALLOWED_MEMBERS = ("periph", "fovea", "attn")
+IMAGE_MEMBERS = {"periph": PERIPH, "fovea": FOVEA, "warp": WARP}
+ALLOWED_MEMBERS = ("periph", "fovea", "attn", "warp")
+#: The preprocess option that stores each optional image member (named when shards lack it).
+MEMBER_OPTIONS = {WARP: "--store-warped", ORIG: "--store-original"}
 DEFAULT_SHUFFLE_BUFFER = 1000
 _READ_BUFFER = 1 << 20
 
@@ -58,23 +69,30 @@ _READ_BUFFER = 1 << 20
 class ShardSpec:
     """One shard as the manifest describes it."""
     name: str
-    path: Path
+    path: Path | Location     # a local Path, or the Location of a tar at a URL
     split: str
     index: int
     count: int
     periph_shapes: tuple[tuple[int, int, int], ...] = ()  # (height, width, samples)
     random_crops: int = 0                                  # K stored in every sample
+    bytes: int | None = None                               # size and sha256 from the stats
+    sha256: str | None = None
 
 
-def list_shards(shard_dir: str | os.PathLike, split: str) -> list[ShardSpec]:
+def list_shards(shard_dir: str | os.PathLike | Location, split: str) -> list[ShardSpec]:
     """Shards of ``split`` listed in ``shard_dir/manifest.json``, by index."""
-    shard_dir = Path(shard_dir)
+    shard_dir = as_location(shard_dir)
     manifest = read_manifest(shard_dir)
     if not manifest.complete:
         raise ShardReadError(f"{shard_dir}: preprocessing has not finished (manifest.json says "
                              "complete: false); rerun `gpf preprocess` to finish it")
-    specs = [ShardSpec(name=e.name, path=shard_dir / e.tar, split=e.split, index=int(e.index), count=int(e.count),
-                       periph_shapes=tuple(tuple(s) for s in e.periph_shapes), random_crops=int(e.random_crops))
+
+    def where(tar: str) -> Path | Location:
+        location = shard_dir.join(tar)
+        return location.local if location.local is not None else location
+    specs = [ShardSpec(name=e.name, path=where(e.tar), split=e.split, index=int(e.index), count=int(e.count),
+                       periph_shapes=tuple(tuple(s) for s in e.periph_shapes), random_crops=int(e.random_crops),
+                       bytes=e.bytes, sha256=e.sha256)
              for e in manifest.entries(split)]
     if not specs:
         splits = sorted({e.split for e in manifest.shards})
@@ -196,15 +214,25 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
-def iter_tar_members(path: Path, keep) -> Iterator[tuple[str, bytes | None]]:
+@contextlib.contextmanager
+def _opened(source):
+    """``(file, size)`` of a local tar path, or of an already open stream with a ``size``."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb", buffering=_READ_BUFFER) as f:
+            yield f, os.fstat(f.fileno()).st_size
+    else:
+        yield source, source.size
+
+
+def iter_tar_members(path, keep) -> Iterator[tuple[str, bytes | None]]:
     """``(name, data)`` of each regular file in a tar, ``data`` None unless ``keep(name)``.
 
     A small reader for the USTAR files :class:`gpf.shards.writer.ShardWriter` writes
     (also PAX and GNU long names), about 5x faster than :mod:`tarfile` for many
-    small members; members that are not kept are skipped with a seek.
+    small members; members that are not kept are skipped with a seek. ``path`` is a
+    local file or a stream (:class:`gpf.shards.storage.ObjectStream`, which skips by reading).
     """
-    with open(path, "rb", buffering=_READ_BUFFER) as f:
-        file_size = os.fstat(f.fileno()).st_size
+    with _opened(path) as (f, file_size):
         long_name: str | None = None
         pax: dict[str, str] = {}
         while True:
@@ -254,9 +282,49 @@ def iter_tar_members(path: Path, keep) -> Iterator[tuple[str, bytes | None]]:
                     yield name, None
 
 
-def iter_samples(path: Path, keep) -> Iterator[dict]:
+@contextlib.contextmanager
+def _shard_source(path, size: int | None, sha256: str | None, cache: ShardCache | None):
+    """What :func:`iter_tar_members` reads for one shard: a local file as it is; a tar at a URL (or a
+    cached copy) as a stream hashed to its end and refused when the hash differs from ``sha256``."""
+    location = path if isinstance(path, Location) else None
+    if location is None:
+        yield path
+        return
+    cached = cache.get(sha256, size) if cache is not None else None
+    etag = None
+    if cached is not None:
+        stream = Location(cached).stream(size)
+        sink = None
+    else:
+        if cache is not None and sha256:
+            etag = location.info().etag
+        sink = cache.writer(sha256) if cache is not None and sha256 else None
+        stream = location.stream(size, sink=sink.write if sink else None)
+    try:
+        yield stream
+        stream.drain()
+        if sha256 and stream.hexdigest() != sha256:
+            if cached is not None:
+                cached.unlink(missing_ok=True)
+            raise ShardReadError(f"{cached or location}: the sha256 of the bytes read differs from the shard's "
+                                 "stats file (the object changed after it was written); not using it: run "
+                                 "`gpf shards verify` on the folder and rewrite the shard")
+        if sink is not None:
+            sink.commit()
+            cache.remember_etag(str(location), etag, sha256)
+    finally:
+        stream.close()
+        if sink is not None:
+            sink.abort()
+
+
+def iter_samples(path, keep, *, size: int | None = None, sha256: str | None = None,
+                 cache: ShardCache | None = None) -> Iterator[dict]:
     """Raw samples of a tar: ``{'__key__', '__shard__', member: bytes}`` for members
-    where ``keep(key, member)`` holds; consecutive members sharing a key form a sample."""
+    where ``keep(key, member)`` holds; consecutive members sharing a key form a sample.
+
+    ``path``: a local file, or the :class:`~gpf.shards.storage.Location` of a tar at a URL, which is
+    streamed and checked against ``sha256`` at its end (``cache``: keep a verified copy)."""
     shard = path.name
     sample: dict | None = None
 
@@ -264,22 +332,30 @@ def iter_samples(path: Path, keep) -> Iterator[dict]:
         return keep(*split_member_name(name))
 
     try:
-        for name, data in iter_tar_members(path, keep_name):
-            key, member = split_member_name(name)
-            if sample is None or sample["__key__"] != key:
-                if sample is not None:
-                    yield sample
-                sample = {"__key__": key, "__shard__": shard}
-            if data is not None:
-                sample[member] = data
+        with _shard_source(path, size, sha256, cache) as source:
+            for name, data in iter_tar_members(source, keep_name):
+                key, member = split_member_name(name)
+                if sample is None or sample["__key__"] != key:
+                    if sample is not None:
+                        yield sample
+                    sample = {"__key__": key, "__shard__": shard}
+                if data is not None:
+                    sample[member] = data
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: shard listed in the manifest is missing; "
                                 "run `gpf shards verify` on the folder") from None
     except (TarFormatError, OSError, ValueError) as exc:
+        if isinstance(exc, (StorageError, ShardReadError)) and not isinstance(exc, TarFormatError):
+            raise
         raise ShardReadError(f"{path}: corrupt or truncated tar ({exc}); run `gpf shards verify` "
                          "on the folder and rewrite the shard") from None
     if sample is not None:
         yield sample
+
+
+def iter_shard(spec: ShardSpec, keep, cache: ShardCache | None = None) -> Iterator[dict]:
+    """:func:`iter_samples` of one listed shard, checked against its stats when it streams from a URL."""
+    return iter_samples(spec.path, keep, size=spec.bytes, sha256=spec.sha256, cache=cache)
 
 
 def _missing(sample: dict, member: str, hint: str = "") -> ShardReadError:
@@ -356,7 +432,11 @@ class ShardDataset(IterableDataset):
     Each batch: ``key``, ``id`` (lists of str), ``votes`` float32 [B, N], and as
     asked ``periph`` uint8 [B, 3, H, W], ``fovea`` uint8 [B, 3, S, S], ``attn``
     float32 [B, h, w], ``rand`` uint8 [B, 3, S, S] (one stored random crop per
-    image, chosen by (seed, epoch, key)), ``pfeat`` float32 [B, C]. All images of
+    image, chosen by (seed, epoch, key)), ``pfeat`` float32 [B, C], ``warp`` uint8
+    [B, 3, S, S] (the warped whole photo), and with ``patches=T`` ``patch`` uint8
+    [B, T, 3, S, S] with ``patch_box`` int64 [B, T, 4] (view-size patches cut from
+    ``orig.jpg``; :mod:`gpf.shards.patches`: training, T = 1, a fresh patch per
+    epoch; evaluation, T fixed patches). All images of
     a batch share their shapes. Image tensors are in ``torch.channels_last`` memory
     format (the decoder's layout; ``.to(device)`` keeps it, convolutions accept
     it, and cuDNN is often faster with it); ``.contiguous()`` gives NCHW memory.
@@ -367,7 +447,8 @@ class ShardDataset(IterableDataset):
                  rank: int = 0, world_size: int = 1,
                  members: Sequence[str] = ("periph", "fovea"), random_crop_member: bool = False,
                  with_features: bool = False, drop_last: bool | None = None,
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, patches: int = 0,
+                 cache_dir: str | os.PathLike | None = None, cache_bytes: int = DEFAULT_MAX_BYTES):
         super().__init__()
         _check_int("batch_size", batch_size, 1)
         _check_int("num_workers", num_workers, 0)
@@ -386,7 +467,8 @@ class ShardDataset(IterableDataset):
         if not shuffle and drop_last:
             raise OptionError("evaluation (shuffle=False) reads every sample exactly once; "
                               "drop_last must be False or None", param="drop_last")
-        self.shard_dir, self.split = Path(shard_dir), split
+        self.shard_dir, self.split = as_location(shard_dir), split
+        self.cache_dir, self.cache_bytes = cache_dir, cache_bytes
         self.batch_size, self.shuffle = batch_size, shuffle
         self.seed, self.epoch = seed, epoch
         self.num_workers, self.rank, self.world_size = num_workers, rank, world_size
@@ -402,7 +484,24 @@ class ShardDataset(IterableDataset):
                 raise ShardReadError(f"random_crop_member=True but shard(s) {', '.join(without[:5])} "
                                  "store no random crops; preprocess with random crops for the "
                                  "'random' variant")
+        self.patches, self.patch_side = patches, self._check_baseline_members(patches)
         self._plans(max(1, num_workers))  # fail now, not inside a worker
+
+    def _check_baseline_members(self, patches: int) -> int:
+        """Refuse members the shards do not store, naming the preprocess option; the patch side."""
+        _check_int("patches", patches, 0)
+        if self.shuffle and patches > 1:
+            raise OptionError(f"training shows one fresh patch per sample and epoch; patches must be 0 or 1, "
+                              f"got {patches}", param="patches")
+        run = read_manifest(self.shard_dir).run
+        needed = ([WARP] if "warp" in self.members else []) + ([ORIG] if patches else [])
+        stored = {WARP: run.warped, ORIG: run.original}
+        for member in needed:
+            if not stored[member]:
+                raise ShardReadError(f"the shards in {self.shard_dir} store no {member} (preprocessed without "
+                                     f"{MEMBER_OPTIONS[member]}); re-run `gpf preprocess ... "
+                                     f"{MEMBER_OPTIONS[member]}` into a new --out folder")
+        return int(run.view_size or 0)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration produces."""
@@ -438,7 +537,7 @@ class ShardDataset(IterableDataset):
             samples = self._train_samples(plan.shards, worker)
         else:
             samples = (s for spec in plan.shards
-                       for s in iter_samples(spec.path, self._keeper(spec)))
+                       for s in iter_shard(spec, self._keeper(spec), self._cache()))
         produced = 0
         for raw_batch in self._bucketed(samples, flush=not self.shuffle):
             yield self._collate(raw_batch)
@@ -447,6 +546,12 @@ class ShardDataset(IterableDataset):
                 return
 
     # -- sample stream
+    def _cache(self) -> ShardCache | None:
+        """The local cache of streamed shards (only for shards at a URL and a ``cache_dir``)."""
+        if self.cache_dir is None or self.shard_dir.local is not None:
+            return None
+        return ShardCache(self.cache_dir, self.cache_bytes)
+
     def _keeper(self, spec: ShardSpec):
         """Which members of ``spec`` to read: the asked ones, and of the random crops
         only the one this epoch shows (the others are skipped unread)."""
@@ -455,6 +560,8 @@ class ShardDataset(IterableDataset):
             wanted.add(ATTN)
         if self.with_features:
             wanted.add(FEATURES)
+        if self.patches:
+            wanted.add(ORIG)
         crops = spec.random_crops if self.random_crop_member else 0
 
         def keep(key: str, member: str) -> bool:
@@ -470,7 +577,8 @@ class ShardDataset(IterableDataset):
         each pass after the first over the shards in a new order."""
         order, passes = list(shards), 0
         while True:
-            stream = (s for spec in order for s in iter_samples(spec.path, self._keeper(spec)))
+            cache = self._cache()
+            stream = (s for spec in order for s in iter_shard(spec, self._keeper(spec), cache))
             rng = _rng(self.seed, self.epoch, self.rank, worker, "buffer", passes)
             produced = 0
             for sample in self._shuffled(stream, rng):
@@ -498,6 +606,7 @@ class ShardDataset(IterableDataset):
         buckets: dict[tuple, list[dict]] = {}
         for sample in samples:
             self._select_random_crop(sample)
+            self._cut_patches(sample)
             shape = self._shape_key(sample)
             bucket = buckets.setdefault(shape, [])
             bucket.append(sample)
@@ -515,6 +624,22 @@ class ShardDataset(IterableDataset):
             raise _missing(sample, "rand{k}.jpg", " (preprocess with random crops for the "
                                                   "'random' variant)")
         sample["__rand__"] = sample.pop(crops[0])
+
+    def _cut_patches(self, sample: dict) -> None:
+        """Decode ``orig.jpg`` and keep only the view-size patches this pass shows (see the class doc)."""
+        if not self.patches:
+            return
+        from .patches import cut, test_patch_boxes, train_patch_box
+
+        if ORIG not in sample:
+            raise _missing(sample, ORIG, " (preprocess with --store-original)")
+        name = f"{sample['__shard__']}, key {sample['__key__']!r}, {ORIG}"
+        photo = decode_jpegs_uint8([sample.pop(ORIG)], [name])[0]
+        size, key, side = (int(photo.shape[2]), int(photo.shape[1])), sample["__key__"], self.patch_side
+        boxes = ([train_patch_box(size, side, self.seed, self.epoch, key)] if self.shuffle
+                 else test_patch_boxes(size, side, self.seed, key, self.patches))
+        sample["__patch__"] = torch.stack([cut(photo, box) for box in boxes])
+        sample["__patch_box__"] = boxes
 
     def _shape_key(self, sample: dict) -> tuple:
         where = f"{sample['__shard__']}, key {sample['__key__']!r}"
@@ -552,6 +677,9 @@ class ShardDataset(IterableDataset):
                 batch[name] = self._stack_jpegs(samples, IMAGE_MEMBERS[name])
         if self.random_crop_member:
             batch["rand"] = self._stack_jpegs(samples, "__rand__")
+        if self.patches:
+            batch["patch"] = torch.stack([s["__patch__"] for s in samples])
+            batch["patch_box"] = torch.tensor([s["__patch_box__"] for s in samples], dtype=torch.int64)
         if self.with_features:
             for s in samples:
                 if FEATURES not in s:
@@ -621,11 +749,14 @@ def make_loader(shard_dir: str | os.PathLike, split: str, batch_size: int, *,
                 members: Sequence[str] = ("periph", "fovea"), random_crop_member: bool = False,
                 with_features: bool = False, drop_last: bool | None = None,
                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, pin_memory: bool = False,
-                prefetch_factor: int = 2) -> ShardLoader:
+                prefetch_factor: int = 2, patches: int = 0, cache_dir: str | os.PathLike | None = None,
+                cache_bytes: int = DEFAULT_MAX_BYTES) -> ShardLoader:
     """Loader of ``split`` for ``rank`` of ``world_size``; call ``set_epoch`` each epoch.
 
     ``num_workers=None`` picks :func:`default_num_workers`. See :class:`ShardDataset`
-    for the batch contents and the module doc for the sampling rules.
+    for the batch contents and the module doc for the sampling rules. ``shard_dir`` may be a
+    URL (:class:`gpf.shards.storage.Location`); ``cache_dir`` then keeps up to ``cache_bytes`` of
+    verified tars on local disk for later epochs.
     """
     if num_workers is None:
         shards = [s for s in list_shards(shard_dir, split) if s.count > 0]
@@ -634,6 +765,7 @@ def make_loader(shard_dir: str | os.PathLike, split: str, batch_size: int, *,
                            num_workers=num_workers, rank=rank, world_size=world_size,
                            members=members, random_crop_member=random_crop_member,
                            with_features=with_features, drop_last=drop_last,
-                           shuffle_buffer=shuffle_buffer)
+                           shuffle_buffer=shuffle_buffer, patches=patches, cache_dir=cache_dir,
+                           cache_bytes=cache_bytes)
     return ShardLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                        prefetch_factor=prefetch_factor if num_workers else None)

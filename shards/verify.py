@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from .layout import (ShardReadError, ATTN, FEATURES, JSON, MANIFEST_NAME, META_DIR, PARQUET_COLUMNS,
                                PARQUET_SUFFIX, REQUIRED_MEMBERS, STATUS_OK, STATS_SUFFIX,
                                TAR_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX, is_contract_member,
-                               is_safe_key, parse_shard_name, safe_key,
+                               is_safe_key, parse_shard_name, safe_key, ORIG, WARP,
                                split_member_name)
 from .manifest import (MANIFEST_FORMAT, Manifest, ManifestError, RunFields, ShardEntry, read_manifest,
                                  write_manifest)
+from .storage import Location, StorageError, StorageNotFoundError, as_location, read_parquet
 from .writer import StatsError, file_sha256, read_stats
 from ..fsutil import atomic_write_bytes
 
@@ -44,7 +44,7 @@ class Problem:
 
 @dataclass
 class Report:
-    folder: Path
+    folder: Path | Location
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     shards: int = 0
@@ -76,62 +76,71 @@ class _Disk:
     stats: set[str]
     parquets: set[str]
     leftovers: list[str]
+    sizes: dict[str, int] = field(default_factory=dict)   # 'name.tar' / 'meta/name.parquet' -> bytes
 
 
-def _scan(folder: Path) -> _Disk:
-    def stems(directory: Path, suffix: str) -> set[str]:
-        if not directory.is_dir():
-            return set()
-        return {p.name[: -len(suffix)] for p in directory.iterdir()
-                if p.name.endswith(suffix) and not p.name.startswith(TEMP_PREFIX)
-                and parse_shard_name(p.name[: -len(suffix)]) is not None}
+def _scan(folder: Location) -> _Disk:
+    """What the folder (or URL prefix) holds, from one listing of it and one of ``meta/``."""
+    top, meta = folder.list(), folder.join(META_DIR).list()
 
-    leftovers = sorted(str(p.relative_to(folder)) for d in (folder, folder / META_DIR)
-                       if d.is_dir() for p in d.iterdir()
-                       if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX))
-    return _Disk(tars=stems(folder, TAR_SUFFIX), stats=stems(folder, STATS_SUFFIX),
-                 parquets=stems(folder / META_DIR, PARQUET_SUFFIX), leftovers=leftovers)
+    def stems(names, suffix: str) -> set[str]:
+        return {n[: -len(suffix)] for n in names if n.endswith(suffix) and not n.startswith(TEMP_PREFIX)
+                and parse_shard_name(n[: -len(suffix)]) is not None}
+
+    leftovers = sorted(f"{prefix}{n}" for prefix, names in (("", top), (f"{META_DIR}/", meta))
+                       for n in names if n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX))
+    sizes = {**{n: i.size for n, i in top.items()}, **{f"{META_DIR}/{n}": i.size for n, i in meta.items()}}
+    return _Disk(tars=stems(top, TAR_SUFFIX), stats=stems(top, STATS_SUFFIX),
+                 parquets=stems(meta, PARQUET_SUFFIX), leftovers=leftovers, sizes=sizes)
 
 
 class _Checksums:
     """sha256 of files, each read at most once per verification."""
 
     def __init__(self):
-        self._cache: dict[Path, str] = {}
+        self._cache: dict[Location, str] = {}
 
-    def __call__(self, path: Path) -> str:
+    def __call__(self, path: Location) -> str:
         if path not in self._cache:
             self._cache[path] = file_sha256(path)
         return self._cache[path]
 
 
+def _size(location: Location) -> int | None:
+    try:
+        return location.info().size
+    except StorageNotFoundError:
+        return None
+
+
 # ---------------------------------------------------------------- files vs stats
-def _check_files_against_stats(folder: Path, name: str, stats: dict, report: Report,
+def _check_files_against_stats(folder: Location, name: str, stats: dict, report: Report,
                                sha: _Checksums, missing_reported: bool = False) -> bool:
     """Tar and Parquet of ``name`` against its stats; True when the tar is intact."""
-    tar = folder / f"{name}{TAR_SUFFIX}"
+    tar = folder.join(f"{name}{TAR_SUFFIX}")
+    size = _size(tar)
     intact = True
-    if not tar.exists():
+    if size is None:
         if not missing_reported:
             report.add(name, "tar file missing (stats file without its tar)")
         intact = False
-    elif tar.stat().st_size != stats["bytes"]:
-        report.add(name, f"tar is {tar.stat().st_size} bytes, stats say {stats['bytes']} "
+    elif size != stats["bytes"]:
+        report.add(name, f"tar is {size} bytes, stats say {stats['bytes']} "
                          "(truncated or overwritten); rewrite the shard")
         intact = False
     elif sha(tar) != stats["sha256"]:
         report.add(name, "tar sha256 differs from its stats file (content changed on disk); "
                          "rewrite the shard")
         intact = False
-    parquet = folder / META_DIR / f"{name}{PARQUET_SUFFIX}"
-    if not parquet.exists():
+    parquet = folder.join(META_DIR, f"{name}{PARQUET_SUFFIX}")
+    if _size(parquet) is None:
         report.add(name, f"Parquet file {META_DIR}/{parquet.name} missing")
     elif sha(parquet) != stats["parquet_sha256"]:
         report.add(name, f"Parquet {META_DIR}/{parquet.name} sha256 differs from its stats file")
     return intact
 
 
-def _stats_or_problem(folder: Path, name: str, report: Report) -> dict | None:
+def _stats_or_problem(folder: Location, name: str, report: Report) -> dict | None:
     split, index = parse_shard_name(name)
     try:
         return read_stats(folder, split, index)
@@ -177,14 +186,23 @@ def _check_json(data: bytes, key: str) -> str | None:
     return None
 
 
-def _check_tar_members(path: Path, name: str, report: Report) -> list[str] | None:
-    """Decode every member; the sample keys in order, None when the tar cannot be read."""
+def baseline_members(manifest: Manifest | None) -> tuple[str, ...]:
+    """The optional members the manifest says every sample stores (``warp.jpg``, ``orig.jpg``)."""
+    if manifest is None:
+        return ()
+    return tuple(m for m, stored in ((WARP, manifest.run.warped), (ORIG, manifest.run.original)) if stored)
+
+
+def _check_tar_members(path: Location, name: str, report: Report,
+                       expected: tuple[str, ...] = ()) -> list[str] | None:
+    """Decode every member; the sample keys in order, None when the tar cannot be read.
+    ``expected``: members every sample must hold besides the required ones."""
     import tarfile
 
     keys: list[str] = []
     members: dict[str, set[str]] = {}
     try:
-        with tarfile.open(path, mode="r|") as tar:
+        with path.stream() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for info in tar:
                 if not info.isfile():
                     report.add(name, f"unexpected non-file tar entry ({info.type!r})", info.name)
@@ -208,24 +226,28 @@ def _check_tar_members(path: Path, name: str, report: Report) -> list[str] | Non
                 why = _check_json(data, key) if member == JSON else _check_member(data, member)
                 if why:
                     report.add(name, why, f"{key}.{member}")
+    except StorageError:
+        raise               # the store failed, not the shard
     except (tarfile.TarError, EOFError, OSError) as exc:
         report.add(name, f"tar cannot be read to the end ({exc}): truncated or corrupt")
         return None
     for key in keys:
-        missing = [m for m in REQUIRED_MEMBERS if m not in members[key]]
+        missing = [m for m in (*REQUIRED_MEMBERS, *expected) if m not in members[key]]
         if missing:
             report.add(name, f"missing member(s) {', '.join(missing)}", key)
     return keys
 
 
-def _check_parquet(folder: Path, name: str, stats: dict | None, keys: list[str] | None,
-                   report: Report) -> None:
+def _check_parquet(folder: Location, name: str, stats: dict | None, keys: list[str] | None,
+                   report: Report, disk: _Disk) -> None:
     """Rows of the shard's Parquet against the tar's keys and the stats counts."""
-    path = folder / META_DIR / f"{name}{PARQUET_SUFFIX}"
-    if not path.exists():
+    path = folder.join(META_DIR, f"{name}{PARQUET_SUFFIX}")
+    if f"{META_DIR}/{path.name}" not in disk.sizes:
         return
     try:
-        table = pq.read_table(path)
+        table = read_parquet(path)
+    except StorageError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
         report.add(name, f"Parquet {META_DIR}/{path.name} unreadable ({exc})")
         return
@@ -284,7 +306,7 @@ def _compare_with_manifest(name: str, entry: ShardEntry, stats: dict, report: Re
                              f"{stats.get(key)!r}")
 
 
-def _rebuild_manifest(folder: Path, disk: _Disk, report: Report, sha: _Checksums) -> None:
+def _rebuild_manifest(folder: Location, disk: _Disk, report: Report, sha: _Checksums) -> None:
     """Write the manifest from the stats files when every tar matches its stats."""
     check = Report(folder)
     for name in sorted(disk.tars - disk.stats):
@@ -312,10 +334,10 @@ def _rebuild_manifest(folder: Path, disk: _Disk, report: Report, sha: _Checksums
     report.notes.append(f"wrote {MANIFEST_NAME} from {len(disk.stats)} stats file(s)")
 
 
-def _written_by_newer_gpf(folder: Path) -> bool:
+def _written_by_newer_gpf(folder: Location) -> bool:
     """Whether ``manifest.json`` declares a format newer than this gpf writes (never rewrite it: that loses data)."""
     try:
-        version = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("format")
+        version = json.loads(folder.join(MANIFEST_NAME).read_bytes().decode("utf-8")).get("format")
     except (OSError, ValueError, AttributeError):
         return False
     return type(version) is int and version > MANIFEST_FORMAT
@@ -331,20 +353,21 @@ def _check_run_fields(manifest: Manifest, report: Report) -> None:
 
 
 # ---------------------------------------------------------------- entry point
-def verify_shards(folder: str | os.PathLike, deep: bool = True,
+def verify_shards(folder: str | os.PathLike | Location, deep: bool = True,
                   write_manifest: bool = False) -> Report:
-    """Check every shard of ``folder``; see the module doc.
+    """Check every shard of ``folder`` (a folder or a URL prefix); see the module doc.
 
     ``deep=False`` checks existence, sizes, sha256 sums and counts only.
     ``write_manifest=True`` (re)writes ``manifest.json`` from the stats files
     first, when every tar has a stats file whose size and sha256 it matches
     (the run fields of a readable old manifest are kept).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such shard folder")
-    report = Report(folder, deep=deep)
-    disk = _scan(folder)
+    location = as_location(folder)
+    disk = _scan(location)
+    if location.local is not None and not location.local.is_dir() or location.remote and not disk.sizes:
+        raise StorageNotFoundError(f"{location}: no such shard folder")
+    report = Report(location.local if location.local is not None else location, deep=deep)
+    folder = location
     _refuse_other_folder(folder, disk)
     sha = _Checksums()
     for leftover in disk.leftovers:
@@ -374,11 +397,12 @@ def verify_shards(folder: str | os.PathLike, deep: bool = True,
         intact = _check_files_against_stats(folder, name, stats, report, sha,
                                             missing_reported=name in listed)
         keys = None
-        if deep and (folder / f"{name}{TAR_SUFFIX}").exists():
-            keys = _check_tar_members(folder / f"{name}{TAR_SUFFIX}", name, report)
+        if deep and f"{name}{TAR_SUFFIX}" in disk.sizes:
+            keys = _check_tar_members(folder.join(f"{name}{TAR_SUFFIX}"), name, report,
+                                      baseline_members(manifest))
             if keys is not None and len(keys) != stats["count"]:
                 report.add(name, f"tar holds {len(keys)} samples, stats count {stats['count']}")
-        _check_parquet(folder, name, stats, keys, report)
+        _check_parquet(folder, name, stats, keys, report, disk)
         report.samples += len(keys) if keys is not None else (stats["count"] if intact else 0)
     for name in sorted(disk.parquets - set(listed) - disk.tars - disk.stats):
         report.add(name, f"{META_DIR}/{name}{PARQUET_SUFFIX} belongs to no shard")
@@ -387,21 +411,21 @@ def verify_shards(folder: str | os.PathLike, deep: bool = True,
     return report
 
 
-def _refuse_other_folder(folder: Path, disk: _Disk) -> None:
+def _refuse_other_folder(folder: Location, disk: _Disk) -> None:
     """A folder with none of a shard folder's files is not one: say so, not "preprocessing has not finished"."""
-    if (folder / MANIFEST_NAME).exists() or disk.tars or disk.stats or disk.parquets or disk.leftovers:
+    if MANIFEST_NAME in disk.sizes or disk.tars or disk.stats or disk.parquets or disk.leftovers:
         return
     raise ManifestError(f"{folder} is not a shard folder: it holds no {MANIFEST_NAME}, no shard stats files "
                         f"and no shard tars. Shard folders are made by `gpf preprocess KIND ROOT --out DIR`")
 
 
-def _nothing_written(folder: Path, report: Report, statuses: Counter) -> None:
+def _nothing_written(folder: Location, report: Report, statuses: Counter) -> None:
     """A shard set with no sample at all (every image failed) is not usable, whatever else holds."""
     failed = sum(n for status, n in statuses.items() if status != STATUS_OK)
     why = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
     what = f"all {failed} image(s) failed: {why}" if failed else "there were no images"
     report.add(META_DIR, f"no sample was written ({what}); the status and error columns of the Parquet "
-                         f"files in {folder / META_DIR} say why for each image")
+                         f"files in {folder.join(META_DIR)} say why for each image")
 
 
 def _shard_sort_key(name: str):
@@ -416,18 +440,22 @@ def info(folder: str | os.PathLike) -> dict:
     ``boxes[split]``: mean box area as a fraction of the image and mean attention
     fraction inside the box, over 'ok' rows with a box.
     """
-    folder = Path(folder)
-    if folder.is_dir():
-        _refuse_other_folder(folder, _scan(folder))
+    folder = as_location(folder)
+    if folder.remote or folder.local.is_dir():
+        disk = _scan(folder)
+        if disk.sizes or folder.local is not None:
+            _refuse_other_folder(folder, disk)
     manifest = read_manifest(folder)
     boxes = {}
     for split in manifest.splits:
         areas, fractions = [], []
         for entry in manifest.entries(split):
-            path = folder / entry.parquet
+            path = folder.join(entry.parquet)
             try:
-                table = pq.read_table(path, columns=["status", "width", "height", "x0", "y0",
-                                                     "x1", "y1", "attn_fraction"])
+                table = read_parquet(path, columns=["status", "width", "height", "x0", "y0",
+                                                    "x1", "y1", "attn_fraction"])
+            except StorageError:
+                raise
             except Exception as exc:  # noqa: BLE001
                 raise ShardReadError(f"{path}: unreadable Parquet ({exc}); run `gpf shards verify`") \
                     from None
@@ -498,20 +526,28 @@ def _config_lines(config: dict, indent: str) -> list[str]:
 CHECKSUM_CACHE = ".gpf-checksums.json"
 
 
-def check_checksums(folder: str | os.PathLike, manifest: Manifest | None = None,
-                    splits: tuple[str, ...] | None = None, workers: int | None = None) -> list[str]:
+def check_checksums(folder: str | os.PathLike | Location, manifest: Manifest | None = None,
+                    splits: tuple[str, ...] | None = None, workers: int | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> list[str]:
     """Problems (one line each) where a listed tar's size or sha256 differs from the manifest.
 
     What training and evaluation run before they read a shard folder, so they
     never learn from rotten bytes. A tar's sha256 is remembered in
     ``CHECKSUM_CACHE`` keyed by (size, mtime), so only new or touched tars are
     hashed again; the cache is skipped where the folder is read-only.
+
+    At a URL nothing is downloaded and nothing written to the store: every listed tar must exist with
+    the size of its stats (one listing), and an object whose ETag changed since the shard cache in
+    ``cache_dir`` verified it (same stats) is refused; the reader hashes each tar as it streams.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    folder = Path(folder)
-    manifest = manifest if manifest is not None else read_manifest(folder)
+    location = as_location(folder)
+    manifest = manifest if manifest is not None else read_manifest(location)
     entries = [e for e in manifest.shards if splits is None or e.split in splits]
+    if location.remote:
+        return _check_remote_sizes(location, entries, cache_dir)
+    folder = location.local
     cache = _read_checksum_cache(folder)
     problems: list[str] = []
     to_hash: list[tuple[ShardEntry, Path, list]] = []
@@ -541,6 +577,28 @@ def check_checksums(folder: str | os.PathLike, manifest: Manifest | None = None,
             problems.append(f"{tar}: sha256 differs from the manifest (content changed on disk)")
     if to_hash:
         _write_checksum_cache(folder, cache)
+    return problems
+
+
+def _check_remote_sizes(folder: Location, entries: list[ShardEntry], cache_dir) -> list[str]:
+    """:func:`check_checksums` at a URL: existence and size from one listing, ETags against the shard cache."""
+    from .cache import ShardCache
+
+    listing = folder.list()
+    verified = ShardCache(cache_dir).etags() if cache_dir is not None else {}
+    problems = []
+    for entry in entries:
+        tar = folder.join(f"{entry.name}{TAR_SUFFIX}")
+        found = listing.get(tar.name)
+        if found is None:
+            problems.append(f"{tar}: missing (listed in {MANIFEST_NAME})")
+        elif found.size != entry.bytes:
+            problems.append(f"{tar}: {found.size} bytes, the manifest says {entry.bytes} (truncated or overwritten)")
+        else:
+            seen = verified.get(str(tar)) or {}
+            if seen.get("sha256") == entry.sha256 and found.etag and seen.get("etag") not in (None, found.etag):
+                problems.append(f"{tar}: its ETag changed since its bytes were verified against the manifest "
+                                "(content changed in the store)")
     return problems
 
 

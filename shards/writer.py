@@ -8,7 +8,10 @@ with sorted keys. JPEG bytes are stored as given; the writer never re-encodes.
 Crash safety: tar and Parquet go to hidden temp names in their final folders,
 are fsynced and renamed; the stats file (count, bytes, sha256, ...) is written
 last, itself atomically. Its presence marks the shard done (:func:`is_shard_done`);
-a rerun overwrites the fixed temp names a killed run left behind.
+a rerun overwrites the fixed temp names a killed run left behind. On an object
+store (:mod:`gpf.shards.storage`, no rename) tar and Parquet go straight to
+their final keys (a multipart upload appears only when complete) and the stats
+object, written last in one PUT, alone marks the shard done.
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import GPFError
-from ..fsutil import atomic_write_bytes as _atomic_write_bytes, fsync_dir
-from .layout import (ATTN, FEATURES, JSON, PARQUET_COLUMNS, PARQUET_SCHEMA, PERIPH,
+from .storage import Location, StorageError, StorageNotFoundError, as_location
+from .layout import (ATTN, FEATURES, JSON, META_DIR, PARQUET_COLUMNS, PARQUET_SCHEMA, PARQUET_SUFFIX, PERIPH,
+                               STATS_SUFFIX, TEMP_PREFIX, parse_shard_name,
                                REQUIRED_MEMBERS, JpegHeaderError, STATUS_OK, is_contract_member, is_safe_key,
                                jpeg_size, member_order, parquet_relpath, rand_index, safe_key,
                                shard_name, stats_filename, tar_filename, temp_name)
@@ -40,14 +44,20 @@ _COPY_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------- small file helpers
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically under a temp name that a rerun recognises and cleans."""
-    _atomic_write_bytes(path, data, temp_name(Path(path).name))
+def atomic_write_bytes(path: Path | Location, data: bytes) -> None:
+    """Write ``data`` atomically under a temp name that a rerun recognises and cleans
+    (on an object store: one PUT, which is atomic)."""
+    location = as_location(path)
+    location.write_bytes(data, temp_name(location.name))
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path | Location) -> str:
+    """sha256 of a file or object (streamed)."""
+    location = as_location(path)
+    if location.local is None:
+        return location.sha256()
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(location.local, "rb") as f:
         while chunk := f.read(_COPY_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -99,7 +109,7 @@ class _HashingFile:
     """File wrapper counting and hashing what tarfile writes through it."""
 
     def __init__(self, raw):
-        self.raw = raw
+        self.raw = raw  # a storage Upload
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -139,7 +149,7 @@ def _serialise_sample(sample: Mapping, shard: str) -> tuple[str, list[tuple[str,
     unknown = [m for m in members if not is_contract_member(m)]
     if unknown:
         raise ValueError(f"{where}: unknown member(s) {unknown}; allowed: "
-                         f"{', '.join(REQUIRED_MEMBERS)}, rand{{k}}.jpg, {FEATURES}")
+                         f"{', '.join(REQUIRED_MEMBERS)}, rand{{k}}.jpg, {FEATURES}, warp.jpg, orig.jpg")
     missing = [m for m in REQUIRED_MEMBERS if m not in sample]
     if missing:
         raise ValueError(f"{where}: missing member(s) {missing}")
@@ -239,17 +249,15 @@ class ShardWriter:
     ``{"gpf_score_columns": json}`` (which label column holds which score bucket).
     """
 
-    def __init__(self, out_dir: str | os.PathLike, split: str, index: int,
+    def __init__(self, out_dir: str | os.PathLike | Location, split: str, index: int,
                  metadata: Mapping[str, str] | None = None):
         self.metadata = _check_metadata(metadata)
-        self.out_dir = Path(out_dir)
+        self.out = as_location(out_dir)
         self.split, self.index = split, index
         self.name = shard_name(split, index)
-        self.tar_path = self.out_dir / tar_filename(split, index)
-        self.parquet_path = self.out_dir / parquet_relpath(split, index)
-        self.stats_path = self.out_dir / stats_filename(split, index)
-        self._tar_tmp = self.tar_path.with_name(temp_name(self.tar_path.name))
-        self._parquet_tmp = self.parquet_path.with_name(temp_name(self.parquet_path.name))
+        self.tar_location = self.out.join(tar_filename(split, index))
+        self.parquet_location = self.out.join(parquet_relpath(split, index))
+        self.stats_location = self.out.join(stats_filename(split, index))
         self.stats: dict | None = None
         self._keys: list[str] = []
         self._key_set: set[str] = set()
@@ -257,10 +265,10 @@ class ShardWriter:
         self._shapes: Counter = Counter()
         self._random_crops: int | None = None
         self._all_features = True
-        self.parquet_path.parent.mkdir(parents=True, exist_ok=True)
+        self.out.join(META_DIR).makedirs()
         # Rewriting a shard: it stops being done before anything else changes.
-        self.stats_path.unlink(missing_ok=True)
-        self._raw = open(self._tar_tmp, "wb")
+        self.stats_location.delete()
+        self._raw = self.tar_location.upload(temp_name(self.tar_location.name))
         self._out = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
         self._closed = False
@@ -309,19 +317,17 @@ class ShardWriter:
             table = rows_to_table(self._rows, self.name)
             if self.metadata:
                 table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self.metadata})
-            self._finish_tar()
-            pq.write_table(table, self._parquet_tmp, compression="zstd")
-            _fsync_file(self._parquet_tmp)
-            parquet_sha, parquet_bytes = file_sha256(self._parquet_tmp), self._parquet_tmp.stat().st_size
-            os.replace(self._tar_tmp, self.tar_path)
-            os.replace(self._parquet_tmp, self.parquet_path)
-            fsync_dir(self.parquet_path.parent)
-            fsync_dir(self.out_dir)
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, compression="zstd")
+            parquet = buffer.getvalue()
+            self._tar.close()
+            self._raw.commit()
+            atomic_write_bytes(self.parquet_location, parquet)
         except BaseException:
             self.abort()
             raise
-        self.stats = self._make_stats(parquet_sha, parquet_bytes)
-        atomic_write_bytes(self.stats_path, dump_json(self.stats, what="stats") + b"\n")
+        self.stats = self._make_stats(hashlib.sha256(parquet).hexdigest(), len(parquet))
+        atomic_write_bytes(self.stats_location, dump_json(self.stats, what="stats") + b"\n")
         self._closed = True
         return self.stats
 
@@ -330,22 +336,12 @@ class ShardWriter:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._raw.close()
-        finally:
-            self._tar_tmp.unlink(missing_ok=True)
-            self._parquet_tmp.unlink(missing_ok=True)
+        self._raw.abort()
 
     # -- internals
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"shard {self.name}: the writer is already closed")
-
-    def _finish_tar(self) -> None:
-        self._tar.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
 
     def _check_rows_match_samples(self) -> None:
         ok_keys = Counter(r["key"] for r in self._rows if r["status"] == STATUS_OK)
@@ -384,11 +380,6 @@ class ShardWriter:
         }
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[bytes, bytes] | None:
     """Parquet key-value metadata as bytes, in sorted key order (byte-reproducible files)."""
     if not metadata:
@@ -416,14 +407,18 @@ class StatsError(GPFError, ValueError):
     """A stats file is missing or unreadable."""
 
 
-def read_stats(out_dir: str | os.PathLike, split: str, index: int) -> dict:
+def read_stats(out_dir: str | os.PathLike | Location, split: str, index: int) -> dict:
     """The stats of a finished shard; :class:`StatsError` naming the file otherwise."""
-    path = Path(out_dir) / stats_filename(split, index)
+    path = as_location(out_dir).join(stats_filename(split, index))
     try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
+        stats = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise StatsError(f"{path}: missing — shard {shard_name(split, index)} is not finished; "
                          "rerun preprocessing to write it") from None
+    except StorageError:
+        if path.remote:
+            raise       # the store failed, not the file: say so, never "delete it"
+        raise StatsError(f"{path}: unreadable; delete it and rerun preprocessing to rewrite the shard") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StatsError(f"{path}: unreadable ({exc}); delete it and rerun preprocessing "
                          "to rewrite the shard") from None
@@ -434,16 +429,42 @@ def read_stats(out_dir: str | os.PathLike, split: str, index: int) -> dict:
     return stats
 
 
-def is_shard_done(out_dir: str | os.PathLike, split: str, index: int) -> bool:
+def is_shard_done(out_dir: str | os.PathLike | Location, split: str, index: int) -> bool:
     """True when the stats file exists and the tar and Parquet sizes match it.
 
-    Cheap (no hashing); ``gpf shards verify`` checks the sha256 sums.
+    Cheap (no hashing); ``gpf shards verify`` checks the sha256 sums. A store that cannot be
+    reached raises (a shard must not be redone because the network failed).
     """
-    out_dir = Path(out_dir)
+    out = as_location(out_dir)
     try:
-        stats = read_stats(out_dir, split, index)
-        tar_size = (out_dir / tar_filename(split, index)).stat().st_size
-        parquet_size = (out_dir / parquet_relpath(split, index)).stat().st_size
-    except (StatsError, OSError):
+        stats = read_stats(out, split, index)
+        tar_size = out.join(tar_filename(split, index)).info().size
+        parquet_size = out.join(parquet_relpath(split, index)).info().size
+    except (StatsError, StorageNotFoundError, FileNotFoundError):
+        return False
+    except OSError as exc:
+        if out.remote and isinstance(exc, StorageError):
+            raise
         return False
     return tar_size == stats["bytes"] and parquet_size == stats.get("parquet_bytes", parquet_size)
+
+
+def done_shards(out_dir: str | os.PathLike | Location) -> dict[tuple[str, int], dict]:
+    """``{(split, index): stats}`` of every done shard in ``out_dir``: one listing of the folder (or prefix)
+    and of ``meta/``, then one read per stats file; a shard is done as :func:`is_shard_done` says."""
+    out = as_location(out_dir)
+    top, meta = out.list(), out.join(META_DIR).list()
+    done = {}
+    for name in sorted(top):
+        parsed = parse_shard_name(name[: -len(STATS_SUFFIX)]) if name.endswith(STATS_SUFFIX) else None
+        if parsed is None or name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            stats = read_stats(out, *parsed)
+        except StatsError:
+            continue
+        tar, parquet = top.get(tar_filename(*parsed)), meta.get(shard_name(*parsed) + PARQUET_SUFFIX)
+        if tar is not None and parquet is not None and tar.size == stats["bytes"] \
+                and parquet.size == stats.get("parquet_bytes", parquet.size):
+            done[parsed] = stats
+    return done

@@ -131,8 +131,8 @@ def _figure_of(data, tmp_path, monkeypatch, variant):
 
 def test_single_checkpoint_figure_says_the_fovea_is_not_used(data, tmp_path, monkeypatch):
     fig, texts, output = _figure_of(data, tmp_path, monkeypatch, "single")
-    assert "not used by the single variant" in texts and "foveal view:" not in texts
-    assert "single variant" in output and "box " not in output and "predicted mean" in output
+    assert "not used by the single-frozen variant" in texts and "foveal view:" not in texts
+    assert "single-frozen variant" in output and "box " not in output and "predicted mean" in output
     panels = [ax for ax in fig.axes if ax.get_images() and ax.get_label() != "<colorbar>"]
     assert len(panels) == 2 and not panels[1].patches               # no tau box
 

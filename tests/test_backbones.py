@@ -27,6 +27,7 @@ torch.set_num_threads(1)
 
 PAPER = ("vgg16", "alexnet", "resnet18", "inception_v3")
 SMALL = ("tiny", "small", "tiny_inception")
+EXTRA = ("resnet50",)                 # registered, not in the paper
 EB_LEAF_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout)
 EB_BLOCK_TYPES = (BasicBlock, Bottleneck, BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE)
 
@@ -51,7 +52,7 @@ def runs(module, height, width) -> bool:
 # ----------------------------------------------------------------------------- registry
 
 def test_registry_has_paper_and_small_backbones():
-    assert set(PAPER + SMALL) <= set(list_backbones())
+    assert set(PAPER + EXTRA + SMALL) <= set(list_backbones())
 
 
 @pytest.mark.parametrize("typo, expected", [("vgg61", "vgg16"), ("resnet", "resnet18"),
@@ -95,7 +96,7 @@ def _leaves_outside_blocks(module):
             yield child
 
 
-@pytest.mark.parametrize("name", PAPER + SMALL)
+@pytest.mark.parametrize("name", PAPER + EXTRA + SMALL)
 def test_features_follow_the_attention_contract(name):
     backbone = meta_backbone(name)
     assert isinstance(backbone.features, nn.Sequential)
@@ -106,7 +107,7 @@ def test_features_follow_the_attention_contract(name):
     assert backbone.default_eb_layer in dict(PeripheralNet(meta_backbone(name)).named_modules())
 
 
-@pytest.mark.parametrize("name", PAPER + SMALL)
+@pytest.mark.parametrize("name", PAPER + EXTRA + SMALL)
 def test_spec_channels_stride_and_min_input_match_the_network(name):
     spec = get_spec(name)
     features = meta_backbone(name).features
@@ -123,7 +124,7 @@ def test_spec_channels_stride_and_min_input_match_the_network(name):
     assert runs(features, spec.min_input, 500) and runs(features, 500, spec.min_input)
 
 
-@pytest.mark.parametrize("name", PAPER + SMALL)
+@pytest.mark.parametrize("name", PAPER + EXTRA + SMALL)
 def test_extreme_panorama_view_runs(name):
     """A 4000x50 photo: its peripheral view must still produce a feature map."""
     spec = get_spec(name)
@@ -151,6 +152,21 @@ def test_small_backbones_use_resnet_and_inception_blocks():
 def test_gif_hidden_of_paper_backbones_is_table_ii():
     assert {n: (get_spec(n).gif_hidden, get_spec(n).channels) for n in PAPER} == {
         "alexnet": (128, 256), "vgg16": (256, 512), "inception_v3": (512, 2048), "resnet18": (64, 512)}
+    # ResNet-50 is not in Table II: W1 = 512 for C = 2048, as for InceptionNet
+    assert (get_spec("resnet50").gif_hidden, get_spec("resnet50").channels) == (512, 2048)
+
+
+def test_resnet50_is_torchvision_resnet50_under_its_names():
+    import torchvision
+
+    resnet = [name for name, _ in meta_backbone("resnet50").features.named_children()]
+    assert resnet == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    assert {type(block) for block in meta_backbone("resnet50").features.layer3} == {Bottleneck}
+    assert get_spec("resnet50").default_eb_layer == "features.layer2" and get_spec("resnet50").stride == 32
+    with torch.device("meta"):
+        reference = torchvision.models.resnet50(weights=None)
+    assert sum(p.numel() for p in meta_backbone("resnet50").parameters()) == \
+        sum(p.numel() for n, p in reference.named_parameters() if not n.startswith("fc."))
 
 
 # ----------------------------------------------------------------------------- normalisation

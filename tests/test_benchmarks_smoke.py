@@ -199,6 +199,21 @@ def test_bench_preprocess_tiny_run_writes_its_section(tmp_path, torch_threads):
     assert run_all.summarise_preprocess(out.read_text())[0].met is None
 
 
+@pytest.mark.slow
+def test_bench_ray_quick_run_compares_both_engines_on_the_same_bytes(tmp_path, torch_threads, local_ray):
+    import bench_ray
+
+    out = tmp_path / "ray.md"
+    assert bench_ray.main(["--images", "8", "--samples-per-shard", "4", "--batch-size", "4", "--repeat", "1",
+                           "--ray-address", local_ray.address, "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = run_all.table_with(text, "processing time vs local")
+    assert [r["engine"] for r in rows] == ["local", *bench_ray.CONFIGS]
+    assert all(r["same bytes as local"] == "yes" for r in rows[1:])
+    assert f"(connected to {local_ray.address})" in text and "8 photo-like JPEGs" in text
+    assert [s.target for s in run_all.summarise_ray(text)] == ["≤ 1.15×"] * len(bench_ray.CONFIGS)
+
+
 def test_raw_path_reproduces_the_stored_views(tmp_path, torch_threads):
     """The raw-path Dataset must make the very views the shards hold, or the comparison is unfair:
     re-encoded the way the pipeline encodes, they give the stored JPEG bytes."""
@@ -294,3 +309,18 @@ def test_gpu_bench_feeds_from_shards_without_the_step_stage(tmp_path, torch_thre
     assert code == 1 and stages["step"]["status"] == "failed"
     assert [stages[n]["status"] for n in ("data", "preprocess", "fed")] == ["ok", "ok", "ok"]
     assert ["vs synthetic step (`step` stage)", "n/a"] in stages["fed"]["table"]
+
+
+def test_bench_s3_loader_tiny_run_writes_its_section(tmp_path, torch_threads, s3_server):
+    """A tiny pass of the loopback-S3 loader benchmark: all three paths and the server's CPU share."""
+    import bench_s3_loader
+
+    out = tmp_path / "s3_loader.md"
+    bench_s3_loader.main(["--samples", "8", "--per-shard", "4", "--batch", "2", "--repeat", "1", "--out", str(out)])
+    text = out.read_text()
+    rows = run_all.table_with(text, "vs local disk")
+    assert [r["path"] for r in rows] == ["local disk (baseline)", "s3:// streamed (sha256 checked)",
+                                         "s3:// with a warm --cache-dir"]
+    assert rows[0]["vs local disk"] == "1.00×" and all(r["S3 server CPU (share of one core)"].endswith("%")
+                                                       for r in rows)
+    assert [r.figure for r in run_all.summarise_s3_loader(text)][0].endswith("s3:// streamed (sha256 checked)")

@@ -6,8 +6,11 @@ import hashlib
 import os
 from collections import OrderedDict
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import timm
 import torch
 
 from gpf.model import checkpoint as ckpt_module
@@ -185,7 +188,7 @@ def test_unreadable_and_foreign_files(tmp_path):
     payload["format_version"] = FORMAT_VERSION + 1
     torch.save(payload, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match=rf"future.pt has format_version {FORMAT_VERSION + 1} .*reads "
-                                              rf"format_version 1, 2: upgrade gpf"):
+                                              rf"format_version 1, 2, 3: upgrade gpf"):
         load_checkpoint(tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="takes a Checkpoint, got dict"):
         save_checkpoint(tmp_path / "dict.pt", payload)
@@ -213,3 +216,79 @@ def test_digest_reference_and_properties():
     assert state_dict_digest(a) != state_dict_digest({**a, "y": a["y"].double()})       # dtype counts
     assert state_dict_digest(a) != state_dict_digest({"z": a["x"], "y": a["y"]})        # names count
     assert state_dict_digest({"x": a["x"].t()}) == state_dict_digest({"x": a["x"].t().contiguous()})
+
+
+# ----------------------------------------------------------------------------- format 3: two subnets
+
+def _two_subnet_checkpoint(variant="gpf"):
+    torch.manual_seed(0)
+    stage1 = stage1_model("tiny").eval()
+    model = GPFNet("timm:resnet10t", variant, 10, peripheral_backbone="tiny", branch_width=6, fusion_width=5)
+    model.load_peripheral_from_stage1(stage1.state_dict())
+    model.freeze_peripheral().eval()
+    attention = attention_block(stage1, tau=0.7, eb_layer="features.pool2", contrastive=False, view_size=32)
+    return model, stage2_checkpoint(model, attention, view_size=32, threshold=5.0, scores=list(range(1, 11)))
+
+
+def test_format3_round_trip_rebuilds_both_subnets(tmp_path):
+    model, checkpoint = _two_subnet_checkpoint()
+    save_checkpoint(tmp_path / "two.pt", checkpoint)
+    payload = load_checkpoint(tmp_path / "two.pt", expect="stage2")
+    assert payload.format_version == FORMAT_VERSION == 3
+    config = payload.model_config
+    assert (config["backbone"], config["peripheral_backbone"]) == ("timm:resnet10t", "tiny")
+    assert config["gif_hidden"] == [16, 128]                        # tiny's W1; C/4 of resnet10t's 512
+    foveal = config["subnets"]["foveal"]
+    assert foveal["provider"] == "timm" and foveal["channels"] == 512 and foveal["timm_version"] == timm.__version__
+    rebuilt = model_from_checkpoint(payload)
+    assert rebuilt.peripheral_spec.name == "tiny" and rebuilt.foveal_spec.name == "timm:resnet10t"
+    periph, fovea = images(2, 32, 40), images(2, 32, 32, seed=1)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(periph, fovea), model(periph, fovea))
+
+
+def _as_format2(payload: dict) -> dict:
+    """What gpf 0.2.0 wrote for a one-backbone model: no peripheral_backbone or subnets, one W1."""
+    config = {k: v for k, v in payload["model_config"].items() if k not in ("peripheral_backbone", "subnets")}
+    if config.get("gif_hidden") is not None:
+        config["gif_hidden"] = config["gif_hidden"][0]
+    return {**payload, "format_version": 2, "model_config": config}
+
+
+@pytest.mark.parametrize("variant", ["gpf", "single"])
+def test_format2_stage2_files_are_read_as_one_backbone_for_both_subnets(tmp_path, variant):
+    model = stage2_model("small", variant).eval()
+    attention = attention_block(stage1_model("small"), tau=0.7, eb_layer="features.layer1", contrastive=False,
+                                view_size=64)
+    payload = stage2_checkpoint(model, attention, view_size=64, threshold=5.0, scores=list(range(1, 11))).to_dict()
+    torch.save(_as_format2(payload), tmp_path / "v2.pt")
+    read = load_checkpoint(tmp_path / "v2.pt", expect="stage2")
+    assert read.format_version == 2 and read.model_config["peripheral_backbone"] == "small"
+    assert read.model_config["gif_hidden"] == ([3, 3] if variant == "gpf" else None)
+    rebuilt = model_from_checkpoint(read)
+    periph, fovea = images(2, 16, 24), images(2, 16, 16, seed=1)
+    second = None if variant == "single" else fovea
+    with torch.no_grad():
+        assert torch.equal(rebuilt(periph, second), model(periph, second))
+    save_checkpoint(tmp_path / "v3.pt", read)                       # rewritten: format 3, same model
+    assert torch.load(tmp_path / "v3.pt", weights_only=True)["format_version"] == 3
+
+
+def test_format1_fixture_is_read_with_one_backbone_for_both_subnets():
+    read = load_checkpoint(Path(__file__).parent / "data" / "format1" / "stage2.pt", expect="stage2")
+    assert read.format_version == 1
+    assert read.model_config["peripheral_backbone"] == read.model_config["backbone"] == "tiny"
+    rebuilt = model_from_checkpoint(read)
+    assert rebuilt.peripheral_spec.name == rebuilt.foveal_spec.name == "tiny"
+    assert rebuilt.gif_hidden == tuple(read.model_config["gif_hidden"])
+
+
+def test_a_subnet_that_this_installation_builds_otherwise_is_refused(tmp_path):
+    from gpf.model.gpf import ModelError
+
+    _, checkpoint = _two_subnet_checkpoint("pf")
+    checkpoint.model_config["subnets"]["foveal"].update(channels=640, timm_version="0.0.1")
+    save_checkpoint(tmp_path / "other.pt", checkpoint)
+    with pytest.raises(ModelError, match=r"foveal subnet timm:resnet10t was saved as C = 640 \(here 512\).*"
+                                         r"install timm==0.0.1"):
+        model_from_checkpoint(tmp_path / "other.pt")

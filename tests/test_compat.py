@@ -24,7 +24,7 @@ from gpf.shards.manifest import MANIFEST_FORMAT, RunFields
 EB_LAYER = "features.pool2"
 SCORES = tuple(float(s) for s in range(1, 11))
 #: Whether each variant's second view is the attention crop: the paper's Table I.
-NEEDS_ATTENTION = {"gpf": True, "pf": True, "random": False, "single": False}
+NEEDS_ATTENTION = {"gpf": True, "pf": True, "random-frozen": False, "single-frozen": False}
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +121,10 @@ def test_other_bucket_scores_or_threshold_with_the_same_n_are_warnings(made, var
 
 
 def test_the_random_variant_needs_stored_random_crops(made):
-    with pytest.raises(FitError, match=r"'random' variant needs the random crops .* none are stored in the shards in S; make them with .*--random-crops K"):
-        fit_of(made, "random", random_crops=0)
-    assert fit_of(made, "random", random_crops=None).warnings == []         # not known: not checked
-    for variant in ("gpf", "pf", "single"):
+    with pytest.raises(FitError, match=r"'random-frozen' variant needs the random crops .* none are stored in the shards in S; make them with .*--random-crops K"):
+        fit_of(made, "random-frozen", random_crops=0)
+    assert fit_of(made, "random-frozen", random_crops=None).warnings == []         # not known: not checked
+    for variant in ("gpf", "pf", "single-frozen"):
         assert fit_of(made, variant, random_crops=0).warnings == []
 
 
@@ -165,7 +165,7 @@ def test_a_checkpoint_whose_crops_came_from_another_attention_setting_is_refused
         assert "m.pt: the attention model it embeds did not make the crops it was trained on" in message
         assert "tau 0.7 vs 0.5" in message and "damaged or was edited" in message
         assert "--allow-attention-mismatch" not in message          # no such option where this is checked
-    single = dataclasses.replace(made["ckpt"]["single"], shards={"run": replace(made["run"], tau=0.5).to_dict()})
+    single = dataclasses.replace(made["ckpt"]["single-frozen"], shards={"run": replace(made["run"], tau=0.5).to_dict()})
     assert check_self_consistent(single, "m.pt") is None             # its crops are never used
 
 
@@ -225,3 +225,34 @@ def test_the_view_rule_jpeg_and_fit_are_read_from_the_record_as_the_shards_were_
     assert shard_jpeg(new) == (80, "4:4:4") and attention_fit(new) == "enlarge"
     assert shard_geometry(None, 96, vgg16) == ViewGeometry(96, 8, 1)            # no record: today's rule
     assert shard_jpeg(None) == (95, "4:2:0")
+
+
+# ----------------------------------------------------------------------------- the two subnets
+
+def test_subnets_this_installation_builds_otherwise_are_refused_and_another_timm_version_warned(made):
+    import timm
+
+    from gpf.model.gpf import GPFNet
+    from gpf.model.checkpoint import stage2_checkpoint
+    from gpf.pipeline.compat import subnet_differences
+
+    ckpt = made["ckpt"]["gpf"]
+    assert subnet_differences(ckpt) == ([], [])
+    model = GPFNet("timm:resnet10t", "gpf", 10, peripheral_backbone="tiny", branch_width=4, fusion_width=4)
+    two = stage2_checkpoint(model, ckpt.attention, view_size=EVAL_VIEW, threshold=5.0, scores=list(SCORES))
+    assert fit_of_checkpoint(two, made).warnings == []
+    two.model_config["subnets"]["foveal"]["timm_version"] = "0.0.1"
+    warnings = fit_of_checkpoint(two, made).warnings
+    assert warnings == [f"its foveal subnet timm:resnet10t was made with timm 0.0.1, this is timm {timm.__version__} "
+                        "(it builds the same C, mean/std and minimum input)"]
+    two.model_config["subnets"]["foveal"]["mean"] = [0.5, 0.5, 0.5]
+    with pytest.raises(FitError, match=r"model.pt: its foveal subnet timm:resnet10t was saved as mean \[0.5, 0.5, 0.5\] "
+                                       r"\(here \[0.485, 0.456, 0.406\]\) \(made with timm 0.0.1: install timm==0.0.1\)"):
+        fit_of_checkpoint(two, made)
+    two.model_config["subnets"]["peripheral"]["backbone"] = "timm:no_such_net"
+    with pytest.raises(FitError, match="its peripheral subnet timm:no_such_net cannot be built here"):
+        check_self_consistent(two, "model.pt")
+
+
+def fit_of_checkpoint(checkpoint, made):
+    return check_fit(checkpoint, made["run"], model="model.pt", data="the shards in S", random_crops=2)

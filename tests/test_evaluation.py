@@ -62,9 +62,9 @@ def reference_predictions(shard_dir: Path, checkpoint: Path, split: str = "test"
             meta = json.loads(sample["json"])
             with torch.no_grad():
                 periph = model.normalize(_uint8(sample["periph.jpg"])[None])
-                if model.variant == "single":
+                if model.variant == "single-frozen":
                     probs = torch.softmax(model(periph), 1)
-                elif model.variant == "random":
+                elif model.variant == "random-frozen":
                     crops = sorted(k for k in sample if k.startswith("rand"))
                     assert len(crops) == 2
                     probs = sum(torch.softmax(model(periph, model.normalize(_uint8(sample[k])[None])), 1)

@@ -165,12 +165,12 @@ def test_a_folder_with_foreign_outputs_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"variants": ("single", "gpff")}, "single, random, pf, gpf"),
+    ({"variants": ("single", "gpff")}, "single, single-periph, single-frozen, random, random-frozen, pf, gpf"),
     ({"variants": ()}, "non-empty"),
     ({"stage1": {"backbone": "vgg16"}}, "set by the experiment"),
     ({"stage2": {"epoch": 3}}, "did you mean 'epochs'"),
     ({"preprocess": {"view_size": 64}}, "unknown or fixed"),
-    ({"variants": ("random",), "random_crops": 0}, "random_crops >= 1"),
+    ({"variants": ("random-frozen",), "random_crops": 0}, "random_crops >= 1"),
     ({"eval_split": "dev"}, "train, val, test"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(tmp_path, change, message):

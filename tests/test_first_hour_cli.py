@@ -257,13 +257,13 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 which, args = sys.argv[1], sys.argv[2:]
 if which == "preprocess":
     import gpf.pipeline.preprocess as module
-    original, calls = module._process_shard, []
+    original, calls = module._compute_shard, []
     def slowed(*a, **k):
         calls.append(1)
         if len(calls) > 1:
             time.sleep(120)
         return original(*a, **k)
-    module._process_shard = slowed
+    module._compute_shard = slowed
 else:
     import gpf.train.stage2 as module
     original = module.Stage2Task.train_batches

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpf.model.backbones import create_backbone, get_spec, list_backbones
+from gpf.errors import OptionError
+from gpf.model.backbones import IMAGENET_MEAN, IMAGENET_STD, create_backbone, get_spec, list_backbones
 from gpf.model.checkpoint import stage1_checkpoint
-from gpf.model.gpf import (VARIANTS, GatedInformationFusion, GPFNet, PeripheralNet, forward_bucketed,
-                           global_average_pool, imagenet_classifier)
+from gpf.model.gpf import (VARIANTS, GatedInformationFusion, GPFNet, ModelError, PeripheralNet, build_model,
+                           forward_bucketed, global_average_pool, imagenet_classifier)
 from gpf.model.weights import WeightsError
 
 torch.set_num_threads(1)
@@ -50,11 +51,12 @@ def images(batch, height, width, seed=0):
 # ----------------------------------------------------------------------------- every backbone x variant
 
 def _backbone_variant_cases():
-    """Every backbone x variant; the paper-size nets' random/pf cases (the same network as
-    each other, differing only in the data) are marked slow to keep this file fast."""
+    """Every backbone x network: one variant per architecture (single-periph and single-frozen build
+    single's network, random-frozen random's: they differ in data and training only); the
+    paper-size nets' random/pf cases (the same network as each other) are marked slow."""
     for name in list_backbones():
-        for variant in VARIANTS:
-            slow = name in PAPER and variant in ("random", "pf")
+        for variant in ("single", "random", "pf", "gpf"):
+            slow = name in PAPER + ("resnet50",) and variant in ("random", "pf")
             yield pytest.param(name, variant, marks=[pytest.mark.slow] if slow else [])
 
 
@@ -97,10 +99,11 @@ def test_same_head_widths_for_all_variants():
     with torch.device("meta"):
         models = {v: GPFNet("vgg16", v, num_classes=7) for v in VARIANTS}
     assert models["single"].fusion.fc.in_features == 2048
-    for variant in ("random", "pf", "gpf"):
+    for variant in ("random", "random-frozen", "pf", "gpf"):
         assert models[variant].fusion.fc.in_features == 4096
     assert {m.classifier.out_features for m in models.values()} == {7}
-    assert models["random"].fovea_source == "random" and models["pf"].fovea_source == "attention"
+    assert models["random-frozen"].fovea_source == "random" and models["pf"].fovea_source == "attention"
+    assert models["random"].fovea_source == "patch" and models["single"].first_view == "warp"
 
 
 # ----------------------------------------------------------------------------- GIF equations
@@ -221,7 +224,7 @@ def test_forward_bucketed_keeps_input_order_and_gradients():
 # ----------------------------------------------------------------------------- bad input
 
 def test_unknown_variant_lists_allowed_values():
-    with pytest.raises(ValueError, match="unknown variant .*one of: single, random, pf, gpf"):
+    with pytest.raises(ValueError, match="unknown variant .*one of: single, single-periph, single-frozen, random, random-frozen, pf, gpf"):
         GPFNet(fresh_backbone("tiny"), "gated")
     with pytest.raises(ValueError, match="only when the backbone is given by name"):
         GPFNet(fresh_backbone("tiny"), "gpf", weights="imagenet")
@@ -293,3 +296,79 @@ def test_load_peripheral_from_stage1():
     assert not torch.equal(other.foveal.conv1.weight, stage1.features.conv1.weight)
     with pytest.raises(ValueError, match="uses backbone 'tiny'"):
         model.load_peripheral_from_stage1(stage1_checkpoint(PeripheralNet(fresh_backbone("tiny"))))
+
+
+# ----------------------------------------------------------------------------- two different subnets
+
+def test_gif_with_two_widths_sizes_each_bottleneck_from_its_own_branch():
+    with torch.device("meta"):
+        model = GPFNet("inception_v3", "gpf", 10, peripheral_backbone="vgg16")     # C_f 2048, C_p 512
+        both_paper = GPFNet("vgg16", "gpf", 10, peripheral_backbone="vgg16")
+        widened = GPFNet("inception_v3", "gpf", 10, peripheral_backbone="vgg16", gif_hidden=(32, 48))
+    assert (model.peripheral_spec.name, model.spec.name) == ("vgg16", "inception_v3")
+    gif = model.gif
+    assert (gif.excite_peripheral.reduce.in_features, gif.excite_peripheral.reduce.out_features) == (2560, 256)
+    assert (gif.excite_peripheral.expand.in_features, gif.excite_peripheral.expand.out_features) == (256, 512)
+    assert (gif.excite_foveal.reduce.in_features, gif.excite_foveal.reduce.out_features) == (2560, 512)
+    assert (gif.excite_foveal.expand.in_features, gif.excite_foveal.expand.out_features) == (512, 2048)
+    assert model.peripheral_fc.fc.in_features == 512 and model.foveal_fc.fc.in_features == 2048
+    assert both_paper.gif_hidden == (256, 256) and model.gif_hidden == (256, 512)         # Table II each
+    assert (widened.gif.excite_peripheral.reduce.out_features, widened.gif.excite_foveal.reduce.out_features) == (32, 48)
+    with pytest.raises(OptionError, match="gif_hidden must be a positive int or a .peripheral, foveal. pair"):
+        GPFNet("tiny", "gpf", 3, peripheral_backbone="small", gif_hidden=(4, 0))
+
+
+def test_gif_gates_of_two_widths_follow_equations_5_to_7_by_hand():
+    torch.manual_seed(0)
+    gif = GatedInformationFusion(channels=(3, 5), hidden=(2, 4))
+    p, f = torch.randn(2, 3), torch.randn(2, 5)
+    z = torch.cat([p, f], dim=1)                                                 # Eq. 5: C_p + C_f values
+    o1 = torch.sigmoid(F.linear(F.relu(F.linear(z, gif.excite_peripheral.reduce.weight,
+                                                gif.excite_peripheral.reduce.bias)),
+                                gif.excite_peripheral.expand.weight, gif.excite_peripheral.expand.bias))
+    o2 = torch.sigmoid(F.linear(F.relu(F.linear(z, gif.excite_foveal.reduce.weight, gif.excite_foveal.reduce.bias)),
+                                gif.excite_foveal.expand.weight, gif.excite_foveal.expand.bias))
+    gated_p, gated_f = gif(p, f)
+    assert torch.allclose(gated_p, p * o1, atol=1e-6) and torch.allclose(gated_f, f * o2, atol=1e-6)
+
+
+def test_two_subnets_run_each_on_its_own_view_and_normalisation():
+    torch.manual_seed(0)
+    model = GPFNet("small", "gpf", 4, peripheral_backbone="tiny_inception", branch_width=8, fusion_width=8,
+                   dropout=0.0).eval()
+    periph, fovea = torch.randint(0, 256, (2, 3, 16, 24), dtype=torch.uint8), torch.randint(0, 256, (2, 3, 16, 16),
+                                                                                          dtype=torch.uint8)
+    x_p, x_f = model.normalize_peripheral(periph), model.normalize_foveal(fovea)
+    assert torch.allclose(x_p, periph / 127.5 - 1, atol=1e-6)                    # Inception: mean = std = 0.5
+    with torch.no_grad():
+        p = model.peripheral(x_p).mean(dim=(2, 3))
+        f = model.foveal(x_f).mean(dim=(2, 3))
+        assert p.shape == (2, 240) and f.shape == (2, 32)
+        assert torch.allclose(model(x_p, x_f), model(periph_feat=p, fovea=x_f), atol=1e-6)
+        with pytest.raises(ValueError, match=r"periph_feat must be \[B, 240\]"):
+            model(periph_feat=f, fovea=x_f)
+    with pytest.raises(ModelError, match="normalize_peripheral"):
+        model.normalize(periph)
+
+
+def test_single_has_one_column_and_refuses_another_peripheral():
+    model = GPFNet("small", "single", 3, peripheral_backbone="small", branch_width=4, fusion_width=4)
+    assert model.foveal is None and model.peripheral_spec.name == "small" and model.gif_hidden is None
+    with pytest.raises(OptionError, match="'single' has one column"):
+        GPFNet("small", "single", 3, peripheral_backbone="tiny")
+
+
+def test_config_records_both_subnets_and_rebuilds_them():
+    torch.manual_seed(0)
+    model = GPFNet("small", "pf", 4, peripheral_backbone="tiny", branch_width=8, fusion_width=8).eval()
+    config = model.config()
+    assert config["backbone"] == "small" and config["peripheral_backbone"] == "tiny"
+    assert config["gif_hidden"] == [16, 8]
+    assert config["subnets"]["peripheral"] == {"backbone": "tiny", "provider": "gpf", "channels": 32, "min_input": 8,
+                                               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    rebuilt = build_model(config)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    tampered = {**config, "subnets": {**config["subnets"],
+                                      "foveal": {**config["subnets"]["foveal"], "mean": [0.5, 0.5, 0.5]}}}
+    with pytest.raises(ModelError, match=r"foveal subnet small was saved as mean \[0.5, 0.5, 0.5\]"):
+        build_model(tampered)

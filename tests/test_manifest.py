@@ -159,18 +159,18 @@ def test_newer_formats_are_refused_naming_both_versions_and_round_trips(shards, 
     assert "manifest.json" in message and "format 99" in message and f"reads formats {readable}" in message
     assert "upgrade gpf" in message
 
-    assert ", ".join(map(str, READABLE_VERSIONS)) == "1, 2" and FORMAT_VERSION == 2
+    assert ", ".join(map(str, READABLE_VERSIONS)) == "1, 2, 3" and FORMAT_VERSION == 3
     payload = torch.load(DATA / "stage2.pt", map_location="cpu", weights_only=True)
     payload["format_version"] = 99
     torch.save(payload, tmp_path / "future.pt")
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tmp_path / "future.pt")
     message = str(err.value)
-    assert "future.pt" in message and "format_version 99" in message and "reads format_version 1, 2" in message
+    assert "future.pt" in message and "format_version 99" in message and "reads format_version 1, 2, 3" in message
     assert "upgrade gpf" in message
     refused = invoke(["evaluate", "--checkpoint", tmp_path / "future.pt", "--shards", shards, "--workers", 0,
                       "--device", "cpu", "--quiet"])
-    assert refused.exit_code == 1 and "format_version 99" in refused.output and "1, 2" in refused.output
+    assert refused.exit_code == 1 and "format_version 99" in refused.output and "1, 2, 3" in refused.output
 
     # round trips through the one plain form (written in the current format)
     for name in ("stage1.pt", "stage2.pt"):

@@ -55,6 +55,28 @@ def test_stage1_trains_and_writes_the_checkpoint_preprocess_takes(ava, tmp_path)
     assert (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "config.yaml").exists()
 
 
+def test_a_backbone_eb_cannot_walk_is_refused_before_the_run_folder(ava, tmp_path, monkeypatch):
+    """Stage 1 trains the network preprocessing reads EB attention from: a GELU trunk stops here,
+    with the module and the reason, not when preprocessing meets it."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from gpf.model import backbones
+    from gpf.train.stage1 import Stage1Error
+
+    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
+    backbones.register_backbone(
+        "gelu_net", lambda: nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 4, 3, padding=1), act=nn.GELU(),
+                                                      pool=nn.MaxPool2d(2))),
+        channels=4, stride=2, min_input=2, default_eb_layer="features.pool", gif_hidden=2)
+    with pytest.raises(Stage1Error, match=r"--backbone gelu_net cannot be a stage-1 network.*'features.act' "
+                                          r"\(torch.nn.modules.activation.GELU\): a signed activation") as err:
+        train_stage1(config(ava[0], tmp_path / "run", backbone="gelu_net"))
+    assert "Backbones Excitation Backprop walks: vgg16, alexnet, resnet18" in str(err.value)
+    assert "gelu_net," not in str(err.value) and not (tmp_path / "run").exists()
+
+
 def test_missing_and_corrupt_images_are_skipped_and_listed(tmp_path):
     root = tmp_path / "ava"
     write_ava(root, n=20, n_test=2)

@@ -80,11 +80,11 @@ def test_two_backbones_train_from_the_same_shards(data, tmp_path):
     assert digests[0] == digests[1]
 
 
-def test_random_variant_needs_stored_random_crops(data, tmp_path):
+def test_random_frozen_variant_needs_stored_random_crops(data, tmp_path):
     with pytest.raises(FitError, match=r"--random-crops K"):
-        train_stage2(stage2_config(data, tmp_path / "a", shards=str(data["plain"]), variant="random"))
+        train_stage2(stage2_config(data, tmp_path / "a", shards=str(data["plain"]), variant="random-frozen"))
     assert not (tmp_path / "a").exists()
-    result = train_stage2(stage2_config(data, tmp_path / "b", variant="random", epochs=1))
+    result = train_stage2(stage2_config(data, tmp_path / "b", variant="random-frozen", epochs=1))
     assert result.epochs_completed == 1
 
 
@@ -173,3 +173,70 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(d
     assert last.train["epoch"] == 1
     assert all(bool(torch.isfinite(v).all()) for v in last.state_dict.values() if v.is_floating_point())
     assert len((tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()) == 2
+
+
+# ----------------------------------------------------------------------------- a timm foveal subnet
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """`gpf preprocess` on photos (tests/helpers/evaluation.py) with a validation split and stored features."""
+    from helpers.evaluation import VIEW as PHOTO_VIEW
+    from helpers.evaluation import save_stage1, write_ava
+    from gpf.pipeline.preprocess import PreprocessConfig, run_preprocess
+
+    root = tmp_path_factory.mktemp("timm_stage2")
+    write_ava(root / "ava")
+    stage1 = save_stage1(root / "stage1.pt")
+    run_preprocess(PreprocessConfig(dataset="ava", root=str(root / "ava"), out=str(root / "shards"),
+                                    stage1=str(stage1), view_size=PHOTO_VIEW, samples_per_shard=2, workers=2,
+                                    batch_size=8, store_features=True, progress=False,
+                                    dataset_options={"val_size": 2}))
+    return {"root": root, "ava": root / "ava", "stage1": stage1, "shards": root / "shards"}
+
+
+#: A timm foveal subnet that normalises otherwise (mean = std = 0.5) than the stage-1 peripheral (ImageNet's).
+FOVEAL = "timm:vit_tiny_patch16_224"
+
+
+def test_a_timm_foveal_subnet_trains_beside_the_stage1_peripheral_and_predict_matches_evaluate(photos, tmp_path):
+    from helpers.evaluation import TEST_IDS
+    from gpf.model.checkpoint import save_checkpoint
+    from gpf.pipeline.evaluation import evaluate_checkpoint
+    from gpf.pipeline.scoring import Scorer
+
+    cfg = stage2_config({"shards": photos["shards"]}, tmp_path / "run", backbone=FOVEAL, epochs=1,
+                        batch_size=2, lr=1e-4, gif_width=[8, 24])
+    result = train_stage2(cfg)
+    ckpt = load_checkpoint(result.last_checkpoint, expect="stage2")
+    config = ckpt.model_config
+    assert (config["backbone"], config["peripheral_backbone"], config["gif_hidden"]) == (FOVEAL, "tiny", [8, 24])
+    assert config["subnets"]["foveal"]["channels"] == 192 and config["subnets"]["foveal"]["mean"] == [0.5] * 3
+    assert ckpt.shards["features_used"] is True           # the peripheral is the stage-1 network that made pfeat
+    stage1 = load_checkpoint(photos["stage1"]).state_dict
+    assert all(torch.equal(v, stage1["features." + k[len("peripheral."):]])
+               for k, v in ckpt.state_dict.items() if k.startswith("peripheral."))
+    # a peaked head, so that the scores differ from photo to photo
+    ckpt.state_dict["classifier.weight"] = ckpt.state_dict["classifier.weight"] * 30
+    save_checkpoint(tmp_path / "sharp.pt", ckpt)
+
+    evaluation = evaluate_checkpoint(tmp_path / "sharp.pt", photos["shards"], workers=0, device="cpu")
+    from_shards = dict(zip(evaluation.ids, evaluation.pred_mean))
+    scorer = Scorer.from_checkpoint(tmp_path / "sharp.pt", device="cpu", workers=1)
+    assert scorer.describe()["backbone"] == FOVEAL and scorer.describe()["peripheral_backbone"] == "tiny"
+    predicted = {r.id: r.mean for r in scorer.score_many([photos["ava"] / "images" / f"{i}.jpg" for i in TEST_IDS])}
+    assert set(predicted) == set(from_shards)
+    differences = [abs(mean - from_shards[image_id]) for image_id, mean in predicted.items()]
+    # the views differ by the shards' JPEG round trip, as for the registered backbones (tests/test_scoring.py) ...
+    assert max(differences) < 0.05
+    # ... far less than the scores of different photos differ
+    assert max(differences) < (max(from_shards.values()) - min(from_shards.values())) / 4
+
+
+def test_another_peripheral_backbone_is_started_from_the_given_weights_and_skips_stored_features(data, tmp_path):
+    result = train_stage2(stage2_config(data, tmp_path / "run", backbone="tiny", peripheral_backbone="small",
+                                        epochs=1))
+    ckpt = load_checkpoint(result.last_checkpoint, expect="stage2")
+    assert (ckpt.model_config["peripheral_backbone"], ckpt.model_config["backbone"]) == ("small", "tiny")
+    assert ckpt.shards["features_used"] is False
+    with pytest.raises(Stage2Error, match="'single-frozen' variant has one column"):
+        train_stage2(stage2_config(data, tmp_path / "single", variant="single-frozen", peripheral_backbone="small"))

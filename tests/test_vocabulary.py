@@ -15,39 +15,49 @@ from gpf import vocabulary
 from gpf.errors import OptionError
 from gpf.vocabulary import DEFAULT_VARIANT, VARIANT_NAMES, VARIANTS, cli_option, get_variant
 
-#: Table I of the paper: name -> (table name, columns, second view, gated fusion).
+#: Table I of the paper: name -> (table name, columns, second view, gated fusion, first view, frozen first
+#: column). ``single`` and ``random`` as the paper ran them (IV-C: the warped photo, fine-tuned; a random
+#: original-resolution patch), the frozen-column versions under names of their own.
 TABLE_I = {
-    "single": ("VGG16", 1, None, False),
-    "random": ("Random-VGG16", 2, "random", False),
-    "pf": ("PF-CNN", 2, "fovea", False),
-    "gpf": ("GPF-CNN", 2, "fovea", True),
+    "single": ("VGG16", 1, None, False, "warp", False),
+    "single-periph": ("VGG16", 1, None, False, "periph", False),
+    "single-frozen": ("VGG16", 1, None, False, "periph", True),
+    "random": ("Random-VGG16", 2, "patch", False, "warp", False),
+    "random-frozen": ("Random-VGG16", 2, "random", False, "periph", True),
+    "pf": ("PF-CNN", 2, "fovea", False, "periph", True),
+    "gpf": ("GPF-CNN", 2, "fovea", True, "periph", True),
 }
+ALL_NAMES = "single, single-periph, single-frozen, random, random-frozen, pf, gpf"
 
 
 # ----------------------------------------------------------------------------- the variant table
 
-def test_the_four_variants_of_table_i_in_its_order():
-    assert VARIANT_NAMES == ("single", "random", "pf", "gpf") == tuple(TABLE_I)
-    for name, (table_name, columns, second_view, gated) in TABLE_I.items():
+def test_the_variants_of_table_i_in_its_order():
+    assert VARIANT_NAMES == tuple(TABLE_I) and ", ".join(VARIANT_NAMES) == ALL_NAMES
+    for name, row in TABLE_I.items():
         variant = get_variant(name)
         assert variant is VARIANTS[name] and variant.name == name
-        assert (variant.table_name, variant.columns, variant.second_view, variant.gated) == \
-            (table_name, columns, second_view, gated)
+        assert (variant.table_name, variant.columns, variant.second_view, variant.gated, variant.first_view,
+                variant.frozen) == row
         assert variant.description
     assert DEFAULT_VARIANT == "gpf"
 
 
 def test_what_each_variant_needs_from_the_shards():
-    needs = {name: (v.needs_attention, v.needs_random_crops, v.member) for name, v in VARIANTS.items()}
-    assert needs == {"single": (False, False, None), "random": (False, True, "rand"),
-                     "pf": (True, False, "fovea"), "gpf": (True, False, "fovea")}
+    needs = {name: (v.needs_attention, v.needs_random_crops, v.needs_warped, v.needs_original, v.member)
+             for name, v in VARIANTS.items()}
+    assert needs == {"single": (False, False, True, False, None), "single-periph": (False, False, False, False, None),
+                     "single-frozen": (False, False, False, False, None),
+                     "random": (False, False, True, True, "patch"),
+                     "random-frozen": (False, True, False, False, "rand"),
+                     "pf": (True, False, False, False, "fovea"), "gpf": (True, False, False, False, "fovea")}
 
 
 def test_members_are_the_shard_members_the_reader_and_stage2_use():
     from gpf.shards.layout import FOVEA, REQUIRED_MEMBERS, rand_index, rand_member
 
     assert f"{VARIANTS['gpf'].member}.jpg" == FOVEA and FOVEA in REQUIRED_MEMBERS
-    assert rand_member(0).startswith(VARIANTS["random"].member) and rand_index(rand_member(3)) == 3
+    assert rand_member(0).startswith(VARIANTS["random-frozen"].member) and rand_index(rand_member(3)) == 3
 
 
 @pytest.mark.parametrize("name", VARIANT_NAMES)
@@ -59,7 +69,9 @@ def test_the_network_of_each_variant_has_its_columns_and_gates(name):
     assert (model.foveal is not None) == (variant.columns == 2) == model.needs_fovea
     assert (model.gif is not None) == variant.gated
     assert model.fusion.fc.in_features == variant.columns * 4
-    assert model.fovea_source == {"fovea": "attention", "random": "random", None: None}[variant.second_view]
+    assert model.fovea_source == {"fovea": "attention", "random": "random", "patch": "patch",
+                                  None: None}[variant.second_view]
+    assert model.first_view == variant.first_view
 
 
 def test_the_rooms_use_the_same_names_and_default():
@@ -73,13 +85,13 @@ def test_the_rooms_use_the_same_names_and_default():
 
 @pytest.mark.parametrize("typo, close", [("gpff", "gpf"), ("sngle", "single"), ("randm", "random"), ("PF", None),
                                          ("vgg16", None)])
-def test_an_unknown_variant_lists_all_four_and_suggests_a_close_match(typo, close):
+def test_an_unknown_variant_lists_all_and_suggests_a_close_match(typo, close):
     with pytest.raises(OptionError) as info:
         get_variant(typo)
     error = info.value
     assert error.param == "variant" and isinstance(error, ValueError)
     message = str(error)
-    assert message.startswith(f"unknown variant {typo!r}") and message.endswith("one of: single, random, pf, gpf")
+    assert message.startswith(f"unknown variant {typo!r}") and message.endswith(f"one of: {ALL_NAMES}")
     if close is None:
         assert "did you mean" not in message
     else:

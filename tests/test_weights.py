@@ -8,10 +8,15 @@ the network is replaced by a stub that fails loudly.
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torchvision
 
@@ -21,6 +26,8 @@ from gpf.model.gpf import PeripheralNet, imagenet_classifier
 from gpf.model.weights import WeightsError, fit_state_dict, imagenet_cache_path, rename_by_prefix
 
 torch.set_num_threads(1)
+#: The package's parent folder, for the fresh interpreters some tests start.
+PYTHONPATH = os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])
 
 
 # ----------------------------------------------------------------------------- weights from a PATH
@@ -69,6 +76,7 @@ def test_torchvision_vgg16_features_match_numerically(tmp_path):
 @pytest.mark.parametrize("name, builder", [
     ("vgg16", torchvision.models.vgg16), ("alexnet", torchvision.models.alexnet),
     ("resnet18", torchvision.models.resnet18),
+    ("resnet50", torchvision.models.resnet50),
     ("inception_v3", lambda: torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)),
 ])
 def test_torchvision_key_maps_cover_every_key_with_right_shapes(name, builder):
@@ -190,3 +198,68 @@ def test_imagenet_weights_missing_offline_says_which_file_goes_where(hub_dir):
 def test_imagenet_weights_for_a_backbone_without_any(hub_dir):
     with pytest.raises(WeightsError, match="no ImageNet weights.*vgg16, alexnet, resnet18, inception_v3"):
         create_backbone("tiny", "imagenet")
+
+
+# ----------------------------------------------------------------------------- timm backbones and safetensors
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_timm_weights_files_pt_and_safetensors_load_bit_exactly(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    source = create_backbone("timm:resnet10t")
+    state = source.features.state_dict()                                # timm's own key names
+    torch.save(state, tmp_path / "resnet10t.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "resnet10t.safetensors"))
+    with_classifier = timm.create_model("resnet10t", num_classes=1000)  # a full ImageNet-style file
+    with_classifier.load_state_dict(state, strict=False)
+    torch.save(with_classifier.state_dict(), tmp_path / "full.pt")
+    for filename in ("resnet10t.pth", "resnet10t.safetensors", "full.pt"):
+        loaded = create_backbone("timm:resnet10t", tmp_path / filename)
+        assert _same_state(loaded.features.state_dict(), state), filename
+    assert not _same_state(create_backbone("timm:resnet10t").features.state_dict(), state)   # random init differs
+
+
+def test_timm_weights_of_another_model_are_refused_naming_the_keys(tmp_path):
+    torch.save(timm.create_model("regnetx_002", num_classes=0).state_dict(), tmp_path / "regnet.pt")
+    with pytest.raises(WeightsError, match=r"(?s)does not fit backbone 'timm:resnet10t'.*missing keys"):
+        create_backbone("timm:resnet10t", tmp_path / "regnet.pt")
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError, match="broken.safetensors is not a readable .safetensors file"):
+        create_backbone("timm:resnet10t", tmp_path / "broken.safetensors")
+
+
+def test_safetensors_weights_load_into_registered_backbones(tmp_path):
+    from safetensors.torch import save_file
+
+    source = create_backbone("small").eval()
+    save_file(source.state_dict(), str(tmp_path / "small.safetensors"))
+    loaded = create_backbone("small", tmp_path / "small.safetensors")
+    assert _same_state(loaded.state_dict(), source.state_dict())
+
+
+def test_timm_imagenet_weights_offline_with_an_empty_cache_name_the_repo_file_and_weights_path(tmp_path):
+    """A fresh interpreter (huggingface_hub reads HF_HUB_OFFLINE when imported) with an empty hub cache."""
+    code = ("from gpf.model.backbones import create_backbone\n"
+            "from gpf.vocabulary import cli_text\n"
+            "for download in (True, False):\n"
+            "    try:\n"
+            "        create_backbone('timm:resnet10t', 'imagenet', download=download)\n"
+            "    except Exception as exc:\n"
+            "        print(type(exc).__name__, '|', exc, '|', cli_text(str(exc), getattr(exc, 'param', None)))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": PYTHONPATH}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 2, run.stdout
+    for line in lines:
+        kind, message, cli_message = line.split(" | ")
+        assert kind == "WeightsError"
+        assert "timm/resnet10t.c3_in1k" in message and "model.safetensors" in message
+        assert "weights=PATH" in message and "--weights PATH" in cli_message
+        assert str(tmp_path / "hf") in message                      # where the hub cache is
+    assert "HF_HUB_OFFLINE is set" in lines[0] and "downloads are off" in lines[1]
+    assert not list((tmp_path / "hf").rglob("*.safetensors"))

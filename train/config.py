@@ -74,14 +74,18 @@ class Stage2Config(TrainConfig):
     shards: str | None = None
     variant: str = vocabulary.DEFAULT_VARIANT   # see gpf.vocabulary.VARIANTS
     stage1: str | None = None         # stage-1 checkpoint or run folder: the attention model (and peripheral init)
+    peripheral_backbone: str | None = None   # the peripheral subnet (default: the network that made the shards)
     peripheral_weights: str | None = None   # peripheral init instead of the stage-1 model: imagenet | PATH | none
     train_peripheral: bool = False    # fine-tune the peripheral too (the paper freezes it)
     use_features: str = "auto"        # stored peripheral descriptors: auto | yes | no
     emd_r: int = vocabulary.EMD_R_TRAIN
     branch_width: int = 2048          # F_c of Table II (per-column FC width)
     fusion_width: int = 4096          # FC of Table II
+    gif_width: int | list | None = None   # GIF W1: one for both branches or [peripheral, foveal] (default: each subnet's)
     dropout: float = 0.5              # after each hidden FC layer (the paper does not say; VGG uses 0.5)
     view_fit: str = vocabulary.VIEW_FIT   # internal: views below a column's minimum input: pad | enlarge
+    cache_dir: str | None = None      # shards at a URL: local folder keeping verified tars for later epochs
+    cache_max_gb: float = 20.0        # size bound of cache_dir (least recently used tars are removed first)
 
 
 # Keys a resume may change: they decide where and how fast a run goes, not what it computes.
@@ -90,8 +94,11 @@ class Stage2Config(TrainConfig):
 # (stage 1: the dataset's split_spec; stage 2: the manifest and shard checksums).
 RESUME_MUTABLE_KEYS = frozenset({
     "out", "resume", "device", "amp", "compile", "progress", "tensorboard",
-    "log_interval", "epochs", "patience", "root", "shards", "stage1",
+    "log_interval", "epochs", "patience", "root", "shards", "stage1", "cache_dir", "cache_max_gb",
 })
+#: Keys that may hold a URL: written to config.yaml and checkpoints without credentials or a signed
+#: URL's query string (:func:`gpf.shards.storage.public_url`).
+LOCATION_KEYS = ("root", "shards", "stage1", "weights", "peripheral_weights", "out", "resume", "cache_dir")
 USE_FEATURES_CHOICES = ("auto", "yes", "no")
 
 
@@ -197,8 +204,15 @@ def validate(cfg: TrainConfig) -> None:
             value = getattr(cfg, name)
             need(_is_int(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
         need(_is_number(cfg.dropout) and 0 <= cfg.dropout < 1, f"dropout must be in [0, 1), got {cfg.dropout!r}")
+        need(cfg.peripheral_backbone is None or isinstance(cfg.peripheral_backbone, str),
+             f"peripheral_backbone must be a name, got {cfg.peripheral_backbone!r}")
+        widths = cfg.gif_width if isinstance(cfg.gif_width, list) else [cfg.gif_width]
+        need(cfg.gif_width is None or (len(widths) in (1, 2) and all(_is_int(w) and w >= 1 for w in widths)),
+             f"gif_width must be a positive integer or a [peripheral, foveal] pair of them, got {cfg.gif_width!r}")
         need(isinstance(cfg.train_peripheral, bool),
              f"train_peripheral must be true or false, got {cfg.train_peripheral!r}")
+        need(_is_number(cfg.cache_max_gb) and cfg.cache_max_gb > 0,
+             f"cache_max_gb must be a positive number, got {cfg.cache_max_gb!r}")
     if problems:
         raise ConfigError("invalid training config: " + "; ".join(problems))
 
@@ -212,8 +226,11 @@ def _is_number(value) -> bool:
 
 
 def to_dict(cfg: TrainConfig) -> dict:
-    """Plain types only (safe for YAML, JSON and ``weights_only`` checkpoints)."""
-    return dataclasses.asdict(cfg)
+    """Plain types only (safe for YAML, JSON and ``weights_only`` checkpoints); URLs without their secrets."""
+    from ..shards.storage import public_location_text
+
+    data = dataclasses.asdict(cfg)
+    return {k: public_location_text(v) if k in LOCATION_KEYS else v for k, v in data.items()}
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],

@@ -80,8 +80,16 @@ def init_distributed(device_name: str = "auto") -> DistContext:
                        initialised_here=created)
 
 
-def shutdown(ctx: DistContext) -> None:
+def shutdown(ctx: DistContext, wait_for_peers: bool = False) -> None:
+    """Leave the process group we created.
+
+    After a clean run every rank meets at a barrier first: a rank that tears
+    gloo down while a peer still talks to it makes that peer abort (SIGABRT).
+    After an error there is no barrier, since the peers may never arrive.
+    """
     if ctx.initialised_here and dist.is_initialized():
+        if wait_for_peers:
+            barrier(ctx)
         dist.destroy_process_group()
 
 

@@ -120,8 +120,10 @@ def run_context(cfg: TrainConfig, stage: str, echo=_echo, check_resume=None) -> 
     ctx = init_distributed(cfg.device)
     try:
         yield _prepare(cfg, stage, ctx, echo, check_resume)
-    finally:
+    except BaseException:
         shutdown(ctx)
+        raise
+    shutdown(ctx, wait_for_peers=True)
 
 
 def _prepare(cfg: TrainConfig, stage: str, ctx: DistContext, echo, check_resume=None) -> RunSetup:

@@ -427,7 +427,22 @@ def build_stage1_model(cfg: Stage1Config, resuming: bool):
 
     if not cfg.backbone:
         raise Stage1Error("no backbone: pass --backbone NAME (see `gpf models`)")
-    return PeripheralNet(cfg.backbone, num_classes=2, weights="none" if resuming else cfg.weights)
+    from ..shards.storage import localize
+
+    return PeripheralNet(cfg.backbone, num_classes=2, weights="none" if resuming else localize(cfg.weights))
+
+
+def check_stage1_backbone(name: str) -> None:
+    """Stage 1 trains the network Excitation Backprop reads the attention from: refuse, before the
+    run folder is made, a backbone EB cannot walk (the message names the module and why)."""
+    from ..model.attention import EBUnsupportedError
+    from ..model.gpf import check_peripheral_backbone
+
+    try:
+        check_peripheral_backbone(name)
+    except EBUnsupportedError as err:
+        raise Stage1Error(f"--backbone {name} cannot be a stage-1 network, which preprocessing reads "
+                          f"Excitation Backprop attention maps from: {err}") from None
 
 
 def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
@@ -444,6 +459,7 @@ def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
     from ..model.backbones import get_spec
 
     get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
+    check_stage1_backbone(cfg.backbone)
     dataset = open_stage1_dataset(cfg)
     from ..pipeline.sources import check_images_resolve
 

@@ -5,10 +5,14 @@ peripheral subnet, and start to train the foveal subnet and the GIF module."
 The loss is the EMD between the predicted and the voted score distributions
 with r = 2 (section III-C).
 
-* The peripheral conv layers come from the stage-1 model (``--stage1``, or the
-  one the shards' manifest names) or from ``--peripheral-weights``; they are
-  frozen and kept in eval mode, so their weights and batch-norm statistics stay
-  bit-identical.
+* The two subnets may differ. The peripheral subnet is the network that made
+  the shards' crops (the stage-1 model of ``--stage1`` or the manifest) unless
+  ``--peripheral-backbone`` names another; its conv layers come from that network
+  or from ``--peripheral-weights``; they are frozen and kept in eval mode, so
+  their weights and batch-norm statistics stay bit-identical. ``--backbone``
+  names the foveal subnet (any registered backbone or ``timm:NAME``, started from
+  ``--weights``); for ``single``, its one column. GIF sizes one bottleneck per
+  branch from that branch's C (``--gif-width`` overrides).
 * The checkpoint embeds the attention model that made the shards' crops
   (stage-1 weights whose digest must equal the manifest's, tau, EB layer,
   contrastive flag, view size) and the score scale, threshold and N, so
@@ -20,7 +24,14 @@ with r = 2 (section III-C).
 * Views below a column's minimum input side are fitted to it at load
   (:func:`gpf.model.geometry.fit_to_backbone`, ``view_fit``, recorded in the
   checkpoint), as ``gpf evaluate`` and ``gpf predict`` fit them.
-* ``random`` trains on one of the K stored random crops per image and epoch.
+* The Table I baselines as the paper ran them (section IV-C) fine-tune their
+  first column from ``--weights`` instead: ``single`` on the whole photo warped
+  to a view-size square (``warp.jpg``; ``single-periph`` on the aspect-kept
+  peripheral view), ``random`` on the warped photo plus a fresh view-size patch of
+  the original-resolution photo (``orig.jpg``) each time a sample is seen;
+  validation shows each photo its first fixed test patch.
+* ``single-frozen`` / ``random-frozen`` keep the frozen stage-1 peripheral (the
+  latter with one of the K stored random crops per image and epoch).
 """
 from __future__ import annotations
 
@@ -34,8 +45,9 @@ import torch
 
 from ..errors import GPFError
 from ..model.checkpoint import AttentionBlock, Checkpoint
-from ..pipeline.compat import check_fit, require_random_crops, require_scale
+from ..pipeline.compat import check_fit, require_baseline_members, require_random_crops, require_scale
 from ..shards.manifest import MANIFEST_FORMAT, Manifest, RunFields, compare_config
+from ..shards.storage import as_location, localize, public_location_text
 from ..vocabulary import get_variant
 from .config import Stage2Config
 from .distributed import DistContext, per_rank_batch_size
@@ -139,10 +151,10 @@ def manifest_differences(saved: Mapping, current: Mapping) -> list[str]:
 # ----------------------------------------------------------------------------- attention + peripheral
 
 def resolve_checkpoint_file(path: str | os.PathLike, prefer: str = "best") -> Path:
-    """A checkpoint file, or a run folder's ``best.pt`` / ``last.pt`` (see ``model.checkpoint``)."""
-    from ..model.checkpoint import resolve_checkpoint_path
+    """A checkpoint file, or a run folder's ``best.pt`` / ``last.pt`` (see ``model.checkpoint``), local or at a URL."""
+    from ..pipeline.compat import checkpoint_location
 
-    return resolve_checkpoint_path(path, prefer)
+    return checkpoint_location(path, prefer)
 
 
 @dataclass
@@ -175,6 +187,7 @@ def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Checkp
                               f"{run.stage1_digest[:12]}...; pass it with --stage1 CKPT|RUN") from None
         stage1 = load_checkpoint(path, expect="stage1")
         digest = stage1.digest
+        path = public_location_text(str(given)) if as_location(given).remote else path
         if digest != run.stage1_digest:
             raise Stage2Error(
                 f"{path} (digest {digest[:12]}...) is not the stage-1 model that made the shards in {facts.folder} "
@@ -195,7 +208,7 @@ def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Checkp
             "reproduce their crops. Re-run preprocessing with --stage1 CKPT or --weights imagenet|PATH")
     from ..model.gpf import imagenet_classifier
 
-    model = imagenet_classifier(backbone, weights=weights)
+    model = imagenet_classifier(backbone, weights=localize(weights))
     digest = state_dict_digest(model.state_dict())
     if run.attention_digest and digest != run.attention_digest:
         raise Stage2Error(f"the ImageNet classifier {backbone} ({weights}) has digest "
@@ -205,27 +218,59 @@ def resolve_attention(cfg: Stage2Config, facts: ShardFacts, resume_state: Checkp
     return Attention(attention_block(model, **settings), None, f"ImageNet classifier {backbone} ({weights})")
 
 
+def peripheral_backbone(cfg: Stage2Config, attention: Attention) -> str:
+    """The peripheral subnet's backbone: ``--peripheral-backbone``, by default the network that made the
+    shards' crops (the stage-1 model; paper IV-B: stage 2 keeps it, frozen). ``single`` has one column,
+    the ``--backbone``."""
+    if get_variant(cfg.variant).columns == 1:
+        if cfg.peripheral_backbone and cfg.peripheral_backbone != cfg.backbone:
+            raise Stage2Error(f"the {cfg.variant!r} variant has one column, --backbone {cfg.backbone}; "
+                              f"--peripheral-backbone {cfg.peripheral_backbone} does not apply")
+        return cfg.backbone
+    if not get_variant(cfg.variant).frozen:      # Random-VGG16: both columns are the backbone, fine-tuned
+        return cfg.peripheral_backbone or cfg.backbone
+    return cfg.peripheral_backbone or attention.block.stage1_config.get("backbone") or cfg.backbone
+
+
+def _fallback_weights(cfg: Stage2Config, name: str) -> str:
+    """Initial peripheral weights when neither --peripheral-weights nor the attention model applies."""
+    if name == cfg.backbone or cfg.weights in ("imagenet", "none"):
+        return cfg.weights
+    raise Stage2Error(f"the peripheral subnet {name} is not the network that made the shards, and --weights "
+                      f"{cfg.weights} is a file for the foveal subnet {cfg.backbone}: pass --peripheral-weights "
+                      "imagenet|PATH|none")
+
+
 def init_peripheral(model, cfg: Stage2Config, attention: Attention, log) -> str:
-    """Load the peripheral conv layers; returns a description of where they came from."""
+    """Load the peripheral subnet's weights; returns a description of where they came from.
+
+    ``--peripheral-weights`` if given; else the attention model's features when the peripheral is
+    that network (the stage-1 model, or the ImageNet classifier that made the crops); else ``--weights``.
+    """
     from ..model.backbones import create_backbone
 
+    name = model.peripheral_spec.name
     if cfg.peripheral_weights:
-        source = create_backbone(cfg.backbone, cfg.peripheral_weights)
+        source = create_backbone(name, localize(cfg.peripheral_weights))
         model.peripheral.load_state_dict(source.features.state_dict())
-        return f"--peripheral-weights {cfg.peripheral_weights}"
-    stage1 = attention.stage1
-    if stage1 is not None:
-        trained_on = stage1.model_config.get("backbone")
-        if trained_on == cfg.backbone:
-            model.load_peripheral_from_stage1(stage1)
-            return f"stage-1 model ({attention.description})"
-        if cfg.stage1:
-            raise Stage2Error(f"--stage1 holds a {trained_on!r} peripheral but --backbone is {cfg.backbone!r}; "
-                              f"train stage 2 with --backbone {trained_on}, or start the peripheral from "
-                              "--peripheral-weights imagenet|PATH")
-        log(f"the stage-1 model that made the shards is a {trained_on!r}, not {cfg.backbone!r}: "
-            f"the peripheral starts from --weights {cfg.weights}")
-    return f"--weights {cfg.weights}"
+        return f"--peripheral-weights {public_location_text(cfg.peripheral_weights)}"
+    if not get_variant(cfg.variant).frozen:
+        weights = _fallback_weights(cfg, name)
+        model.peripheral.load_state_dict(create_backbone(name, localize(weights)).features.state_dict())
+        return f"--weights {public_location_text(weights)} (the {cfg.variant!r} baseline fine-tunes its first column)"
+    trained_on = attention.block.stage1_config.get("backbone")
+    if trained_on == name:
+        model.load_peripheral_from_stage1(attention.block.stage1_state_dict)
+        return f"the attention model ({attention.description})"
+    if cfg.stage1 and get_variant(cfg.variant).columns == 1:
+        raise Stage2Error(f"--stage1 holds a {trained_on!r} peripheral but the {cfg.variant!r} column is --backbone "
+                          f"{name!r}; train with --backbone {trained_on}, or start the column from "
+                          "--peripheral-weights imagenet|PATH")
+    weights = _fallback_weights(cfg, name)
+    log(f"the network that made the shards is a {trained_on!r}, not {name!r}: the peripheral subnet starts "
+        f"from --weights {public_location_text(weights)}")
+    model.peripheral.load_state_dict(create_backbone(name, localize(weights)).features.state_dict())
+    return f"--weights {public_location_text(weights)}"
 
 
 def features_match(model, attention: Attention) -> bool:
@@ -254,13 +299,15 @@ class Stage2Task(Task):
         self.attention, self.identity, self.use_features = attention, identity, use_features
         self.rank_batch = per_rank_batch_size(cfg.batch_size, ctx.world_size)
         self.channels_last = ctx.device.type == "cuda"
-        self.second = get_variant(cfg.variant).member
-        members = [] if use_features else ["periph"]
+        table = get_variant(cfg.variant)
+        self.first, self.second = table.first_member, table.member
+        members = [] if use_features else [self.first]
         if self.second == "fovea":
             members.append("fovea")
-        train_shards = [s for s in list_shards(cfg.shards, "train") if s.count > 0]
+        shards = as_location(cfg.shards)
+        train_shards = [s for s in list_shards(shards, "train") if s.count > 0]
         if len(train_shards) < ctx.world_size:
-            raise Stage2Error(f"{cfg.shards} has {len(train_shards)} training shard(s), fewer than the "
+            raise Stage2Error(f"{shards} has {len(train_shards)} training shard(s), fewer than the "
                               f"{ctx.world_size} processes; preprocess with a smaller --samples-per-shard")
         workers = cfg.workers
         if workers is None:
@@ -270,10 +317,11 @@ class Stage2Task(Task):
         self.workers = workers
         common = dict(rank=ctx.rank, world_size=ctx.world_size, members=tuple(members),
                       random_crop_member=self.second == "rand", with_features=use_features,
-                      pin_memory=ctx.device.type == "cuda")
-        self.train_loader = make_loader(cfg.shards, "train", self.rank_batch, shuffle=True, seed=cfg.seed,
+                      pin_memory=ctx.device.type == "cuda", patches=int(self.second == "patch"),
+                      cache_dir=cfg.cache_dir, cache_bytes=int(cfg.cache_max_gb * (1 << 30)))
+        self.train_loader = make_loader(shards, "train", self.rank_batch, shuffle=True, seed=cfg.seed,
                                         epoch=0, num_workers=workers, **common)
-        self.val_loader = make_loader(cfg.shards, "val", self.rank_batch, shuffle=False, seed=cfg.seed,
+        self.val_loader = make_loader(shards, "val", self.rank_batch, shuffle=False, seed=cfg.seed,
                                       epoch=0, num_workers=min(workers, 2), **common)
         self.train_samples = len(self.train_loader) * cfg.batch_size
 
@@ -292,16 +340,17 @@ class Stage2Task(Task):
     def _forward(self, forward, batch):
         from ..model.geometry import fit_to_backbone
 
-        device, normalize, fit = self.ctx.device, self.model.normalize, self.cfg.view_fit
+        device, model, fit = self.ctx.device, self.model, self.cfg.view_fit
         periph = feat = fovea = None
         if self.use_features:
             feat = batch["pfeat"].to(device, non_blocking=True)
         else:
-            periph = images_to_device(fit_to_backbone(batch["periph"], self.model.peripheral_spec, fit), device,
-                                      normalize, self.channels_last)
+            periph = images_to_device(fit_to_backbone(batch[self.first], model.peripheral_spec, fit), device,
+                                      model.normalize_peripheral, self.channels_last)
         if self.second is not None:
-            fovea = images_to_device(fit_to_backbone(batch[self.second], self.model.foveal_spec, fit), device,
-                                     normalize, self.channels_last)
+            second = batch["patch"][:, 0] if self.second == "patch" else batch[self.second]
+            fovea = images_to_device(fit_to_backbone(second, model.foveal_spec, fit), device,
+                                     model.normalize_foveal, self.channels_last)
         logits = forward(periph=periph, fovea=fovea, periph_feat=feat)
         votes = batch["votes"].to(device, non_blocking=True)
         target = votes / votes.sum(dim=1, keepdim=True)
@@ -343,7 +392,8 @@ class Stage2Task(Task):
                                        extra_config={"dataset": facts.dataset, "view_fit": self.cfg.view_fit})
         checkpoint.dataset = {"name": facts.dataset, "scores": list(facts.scores), "threshold": facts.threshold,
                               "num_classes": facts.num_classes, "split_spec": facts.run.split_spec}
-        checkpoint.shards = {"folder": str(Path(facts.folder).resolve()), **self.identity,
+        folder = as_location(self.cfg.shards)
+        checkpoint.shards = {"folder": str(folder.local.resolve() if folder.local else folder), **self.identity,
                              "run_format": MANIFEST_FORMAT, "features_used": self.use_features}
         return checkpoint
 
@@ -356,6 +406,8 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
     reasons = []
     if not facts.manifest.features:
         reasons.append("the shards hold no peripheral features (preprocess with --store-features)")
+    elif not get_variant(cfg.variant).frozen:
+        reasons.append(f"the {cfg.variant!r} variant fine-tunes its first column")
     elif cfg.train_peripheral:
         reasons.append("--train-peripheral changes the peripheral, so stored features go stale")
     elif facts.run.features_from != "jpeg":
@@ -367,6 +419,9 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
                        f"this run fits by {cfg.view_fit!r}")
     elif facts.run.features_digest and facts.run.features_digest != attention.block.stage1_digest:
         reasons.append("the stored features were computed by another network than the shards' attention model")
+    elif model.peripheral_spec.name != attention.block.stage1_config.get("backbone"):
+        reasons.append(f"the peripheral subnet ({model.peripheral_spec.name}) is not the network that computed "
+                       f"the stored features ({attention.block.stage1_config.get('backbone')})")
     elif not features_match(model, attention):
         reasons.append("the frozen peripheral is not the network that computed the stored features "
                        "(start it from the stage-1 model that made the shards)")
@@ -380,11 +435,12 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
     return False
 
 
-def _refuse_damaged_shards(shard_dir, manifest: Manifest) -> None:
-    """Never train on rotten bytes: every train/val tar must match the manifest's size and sha256."""
+def _refuse_damaged_shards(shard_dir, manifest: Manifest, cache_dir=None) -> None:
+    """Never train on rotten bytes: every train/val tar must match the manifest's size and sha256 (at a URL:
+    size and ETag now, the sha256 as each tar streams)."""
     from ..shards.verify import check_checksums
 
-    problems = check_checksums(shard_dir, manifest, splits=("train", "val"))
+    problems = check_checksums(shard_dir, manifest, splits=("train", "val"), cache_dir=cache_dir)
     if problems:
         raise Stage2Error(f"{len(problems)} damaged shard(s), not training on them: {'; '.join(problems[:5])}. "
                           f"Run `gpf shards verify {shard_dir}` for the full list and rewrite them (delete "
@@ -409,7 +465,7 @@ def _refuse_batch_larger_than_split(cfg: Stage2Config, samples: int, world_size:
     fits = batch_size_that_fits(samples, world_size)
     most = samples // world_size * world_size
     processes = f", a multiple of the {world_size} processes" if world_size > 1 else ""
-    raise Stage2Error(f"the shards in {cfg.shards} hold {samples} training sample(s), fewer than one batch of "
+    raise Stage2Error(f"the shards in {as_location(cfg.shards)} hold {samples} training sample(s), fewer than one batch of "
                       f"--batch-size {cfg.batch_size} (training drops a partial batch, so no step could be "
                       f"taken): pass --batch-size {fits} ({samples // fits} step(s) per epoch), or any value up "
                       f"to {most}{processes}")
@@ -434,29 +490,33 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
         raise Stage2Error("no backbone: pass --backbone NAME (see `gpf models`)")
     from ..model.backbones import get_spec
 
-    get_spec(cfg.backbone)      # an unknown name fails before the run folder is made
-    manifest = read_manifest(cfg.shards)
+    for name in (cfg.backbone, cfg.peripheral_backbone):
+        if name:
+            get_spec(name)      # an unknown name fails before the run folder is made
+    shards = as_location(cfg.shards)
+    manifest = read_manifest(shards)
     if not manifest.complete:
-        raise Stage2Error(f"{cfg.shards}: preprocessing has not finished (manifest.json says complete: false); "
+        raise Stage2Error(f"{shards}: preprocessing has not finished (manifest.json says complete: false); "
                           "rerun the same `gpf preprocess` command to finish it")
-    _refuse_damaged_shards(cfg.shards, manifest)
-    facts = ShardFacts.from_manifest(manifest, cfg.shards)
+    _refuse_damaged_shards(shards, manifest, cfg.cache_dir)
+    facts = ShardFacts.from_manifest(manifest, shards)
     identity = shards_identity(manifest)
-    require_random_crops(cfg.variant, manifest.random_crops, f"the shards in {cfg.shards}")
+    require_random_crops(cfg.variant, manifest.random_crops, f"the shards in {shards}")
+    require_baseline_members(cfg.variant, manifest.run, f"the shards in {shards}")
     for split in ("train", "val"):
         if not facts.samples.get(split):
-            raise Stage2Error(f"the shards in {cfg.shards} hold no {split!r} samples; preprocess with --split all")
+            raise Stage2Error(f"the shards in {shards} hold no {split!r} samples; preprocess with --split all")
     if cfg.workers is None:   # fixed now and saved: the data order of an epoch depends on it
         from ..shards.reader import default_num_workers, list_shards
 
-        trains = [s for s in list_shards(cfg.shards, "train") if s.count > 0]
+        trains = [s for s in list_shards(shards, "train") if s.count > 0]
         cfg.workers = default_num_workers(len(trains), int(os.environ.get("WORLD_SIZE", "1")), shuffle=True)
     def check_resume(state: Checkpoint, run_dir: Path) -> None:
-        check_fit(state, facts.run, model=f"the run in {run_dir}", data=f"the shards in {cfg.shards}",
+        check_fit(state, facts.run, model=f"the run in {run_dir}", data=f"the shards in {shards}",
                   mismatch_option=None)
         diffs = manifest_differences(saved_identity(state), identity)
         if diffs:
-            raise Stage2Error(f"cannot resume {run_dir}: the shards in {cfg.shards} differ from the ones "
+            raise Stage2Error(f"cannot resume {run_dir}: the shards in {shards} differ from the ones "
                               f"it was trained on ({'; '.join(diffs[:8])}). Resume with the original shards "
                               "or start a new run")
 
@@ -467,12 +527,14 @@ def train_stage2(cfg: Stage2Config, hooks=None) -> RunResult:
         _refuse_batch_larger_than_split(cfg, facts.samples["train"], ctx.world_size)
         seed_init(cfg.seed)
         model = GPFNet(cfg.backbone, cfg.variant, facts.num_classes,
-                       weights="none" if state is not None else cfg.weights,
-                       branch_width=cfg.branch_width, fusion_width=cfg.fusion_width, dropout=float(cfg.dropout))
+                       weights="none" if state is not None else localize(cfg.weights),
+                       peripheral_backbone=peripheral_backbone(cfg, attention), peripheral_weights="none",
+                       branch_width=cfg.branch_width, fusion_width=cfg.fusion_width, gif_hidden=cfg.gif_width,
+                       dropout=float(cfg.dropout))
         if state is None:
             log(f"peripheral from {init_peripheral(model, cfg, attention, log)}; attention model: "
                 f"{attention.description}")
-        if not cfg.train_peripheral:
+        if not cfg.train_peripheral and get_variant(cfg.variant).frozen:
             model.freeze_peripheral()
         if state is not None:
             model.load_state_dict(state.state_dict)

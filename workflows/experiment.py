@@ -257,8 +257,8 @@ def check_config(cfg: ExperimentConfig) -> None:
                               f"got {cfg.stage1_checkpoint!r}")
     if cfg.eval_split not in ("train", "val", "test"):
         raise ExperimentError(f"eval_split must be one of train, val, test; got {cfg.eval_split!r}")
-    if "random" in cfg.variants and (not isinstance(cfg.random_crops, int) or cfg.random_crops < 1):
-        raise ExperimentError(f"the 'random' variant needs random_crops >= 1, got {cfg.random_crops!r}")
+    if "random-frozen" in cfg.variants and (not isinstance(cfg.random_crops, int) or cfg.random_crops < 1):
+        raise ExperimentError(f"the 'random-frozen' variant needs random_crops >= 1, got {cfg.random_crops!r}")
     try:
         check_keys(cfg.stage1, Stage1Config, "stage1 settings")
         check_keys(cfg.stage2, Stage2Config, "stage2 settings")
@@ -278,17 +278,13 @@ def check_config(cfg: ExperimentConfig) -> None:
 
 def prepare_out(cfg: ExperimentConfig, fresh: bool = False) -> Path:
     """Create ``out`` (or check it holds this experiment); ``fresh`` deletes what an earlier one wrote."""
+    from ..shards.manifest import recorded_differences
+
     out = Path(cfg.out)
     marker = out / EXPERIMENT_FILE
     current = cfg.identity()
-    if marker.exists():
-        try:
-            previous = json.loads(marker.read_text())
-        except ValueError:
-            previous = None
-        from ..shards.manifest import compare_config
-
-        differences = [f"{marker} is unreadable"] if previous is None else compare_config(previous, current)
+    differences = recorded_differences(marker, current)
+    if differences is not None:
         if fresh:
             remove_experiment_outputs(out)
         elif differences:
@@ -364,7 +360,12 @@ def _preprocess(cfg: ExperimentConfig, stage1: Path, shards: Path, overwrite: bo
     from ..pipeline.preprocess import PreprocessConfig, run_preprocess
 
     values = _merged(DEFAULT_PREPROCESS, cfg.preprocess, _FIXED_PREPROCESS_KEYS, "preprocess")
-    values.setdefault("random_crops", cfg.random_crops if "random" in cfg.variants else 0)
+    from ..vocabulary import get_variant
+
+    variants = [get_variant(v) for v in cfg.variants]
+    values.setdefault("random_crops", cfg.random_crops if any(v.needs_random_crops for v in variants) else 0)
+    values.setdefault("store_warped", any(v.needs_warped for v in variants))
+    values.setdefault("store_original", any(v.needs_original for v in variants))
     values.setdefault("workers", 0)             # decode threads: one per core
     pcfg = PreprocessConfig(dataset=cfg.dataset, root=str(cfg.root), out=str(shards), stage1=str(stage1),
                             view_size=cfg.view_size, seed=cfg.seed, device=cfg.device, progress=cfg.progress,

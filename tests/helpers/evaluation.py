@@ -100,7 +100,8 @@ def build_eval_data(tmp_path_factory) -> dict:
 
     base = tmp_path_factory.getbasetemp() / "gpf_eval_data"
     data = {"base": base, "ava": base / "ava", "stage1": base / "stage1.pt", "shards": base / "shards",
-            "gpf": base / "gpf.pt", "random": base / "random.pt", "single": base / "single.pt"}
+            "gpf": base / "gpf.pt", "random": base / "random.pt", "single": base / "single.pt",
+            "random-paper": base / "random-paper.pt", "single-paper": base / "single-paper.pt"}
     if (base / "done").exists():
         return data
     base.mkdir()
@@ -108,11 +109,14 @@ def build_eval_data(tmp_path_factory) -> dict:
     save_stage1(data["stage1"])
     run_preprocess(PreprocessConfig(dataset="ava", root=str(data["ava"]), out=str(data["shards"]),
                                     stage1=str(data["stage1"]), view_size=VIEW, samples_per_shard=4,
-                                    random_crops=2, workers=2, batch_size=8, progress=False))
+                                    random_crops=2, workers=2, batch_size=8, progress=False,
+                                    store_warped=True, store_original=True))
     from gpf.shards.manifest import read_manifest
 
     eb_layer = read_manifest(data["shards"]).run.eb_layer
-    for variant in ("gpf", "random", "single"):
-        make_stage2(data[variant], data["stage1"], variant, eb_layer=eb_layer)
+    # "random" / "single": the frozen-column variants; "*-paper": the Table I baselines as the paper ran them
+    for key, variant in (("gpf", "gpf"), ("random", "random-frozen"), ("single", "single-frozen"),
+                         ("random-paper", "random"), ("single-paper", "single")):
+        make_stage2(data[key], data["stage1"], variant, eb_layer=eb_layer)
     (base / "done").write_text("ok")
     return data
