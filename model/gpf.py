@@ -448,17 +448,6 @@ class GPFNet(nn.Module):
                              "use model.normalize_peripheral(periph) and model.normalize_foveal(fovea)")
         return self.peripheral_spec.normalize(images)
 
-    @property
-    def peripheral_spec(self) -> BackboneSpec:
-        """The spec of the network that sees the peripheral view (``gpf.model.geometry.fit_to_backbone`` fits
-        views to its ``min_input``)."""
-        return self.spec
-
-    @property
-    def foveal_spec(self) -> BackboneSpec:
-        """The spec of the network that sees the second view (foveal or random crop)."""
-        return self.spec
-
     def peripheral_descriptor(self, periph) -> torch.Tensor:
         """Pooled peripheral features ``[B, C_p]`` of a ``[B, 3, H, W]`` batch or a list of ``[3, H_i, W_i]``.
 

@@ -4,7 +4,7 @@ A tiny run made by the real commands' library calls: an AVA folder with a 5:1
 panorama, a 1:4 portrait and a 10x10 image among ordinary photos; a stage-1
 model on ``tiny_inception`` (minimum input 15, so the panorama's 32x8 view is
 fitted for EB, for the stored features and for stage 2); `run_preprocess` with
-stored features and random crops; stage 2 trained for one step. The reference
+stored features, random crops and the baselines' warp.jpg/orig.jpg; stage 2 trained for one step. The reference
 for each photo is what `evaluate_checkpoint` computes from the stored JPEG views;
 the boxes are the ones the shards' Parquet rows record.
 """
@@ -36,7 +36,8 @@ def _tiny_run(base, fit: str) -> dict:
         PeripheralNet("tiny_inception"), view_size=VIEW, threshold=5.0, scores=[float(s) for s in range(1, 11)],
         extra_config={"view_round": 8, "view_min_side": 1, "view_fit": fit}))
     run_preprocess(PreprocessConfig(dataset="ava", root=str(ava), out=str(base / "shards"), stage1=str(stage1),
-                                    samples_per_shard=2, random_crops=2, store_features=True, workers=1,
+                                    samples_per_shard=2, random_crops=2, store_features=True, store_warped=True,
+                                    store_original=True, workers=1,
                                     batch_size=4, progress=False, dataset_options={"val_size": 2}))
     return {"ava": ava, "shards": base / "shards", "base": base}
 
@@ -53,11 +54,11 @@ def _stage2(run: dict, variant: str, fit: str):
     return out / "last.pt"
 
 
-def _assert_predict_equals_evaluate(run: dict, checkpoint, splits=("test", "train", "val")) -> int:
+def _assert_predict_equals_evaluate(run: dict, checkpoint, splits=("test", "train", "val"), crops=None) -> int:
     from gpf.pipeline.evaluation import evaluate_checkpoint
     from gpf.pipeline.scoring import Scorer
 
-    scorer = Scorer.from_checkpoint(checkpoint, device="cpu", workers=1, random_crops=2)
+    scorer = Scorer.from_checkpoint(checkpoint, device="cpu", workers=1, random_crops=crops)
     rows = pd.read_parquet(run["shards"] / "meta").set_index("id")
     seen = 0
     for split in splits:
@@ -80,8 +81,9 @@ def test_predict_equals_evaluate_for_every_variant_with_padded_views(tmp_path):
     run = _tiny_run(tmp_path, "pad")
     sizes = set(zip(pd.read_parquet(run["shards"] / "meta")["width"], pd.read_parquet(run["shards"] / "meta")["height"]))
     assert {(250, 50), (40, 160), (10, 10)} <= sizes
-    for variant in ("gpf", "random", "single"):
-        assert _assert_predict_equals_evaluate(run, _stage2(run, variant, "pad")) == 16
+    for variant in ("gpf", "random", "random-frozen", "single", "single-frozen"):
+        crops = 2 if variant == "random-frozen" else None      # its K stored crops; `random`: the default test patches
+        assert _assert_predict_equals_evaluate(run, _stage2(run, variant, "pad"), crops=crops) == 16, variant
 
 
 def test_predict_equals_evaluate_with_enlarged_views(tmp_path):
