@@ -21,6 +21,17 @@ from dataclasses import dataclass
 TAU = 0.7                  # share of the attention the foveal crop holds (paper Eq. 4, section III-A)
 VIEW_SIZE = 224            # peripheral longest side and foveal side (section III)
 JPEG_QUALITY = 95          # stored views are encoded by gpf at this quality, never the writer's default
+JPEG_CHROMA_SUBSAMPLING = "4:2:0"  # ... and this chroma subsampling (encode_jpeg's default)
+#: The peripheral view's short side is rounded to a multiple of this many pixels (docs/images.md,
+#: "Views"): 8 keeps the aspect within 4 px, tiles every built-in default EB layer exactly and keeps
+#: the number of view shapes (shape buckets) small. Shards of manifest format 1/2 used the attention
+#: backbone's stride instead.
+VIEW_ROUND = 8
+#: How a view whose short side is below a network's minimum input side is fitted to it
+#: (gpf.model.geometry.fit_views): padded with the network's mean colour (the default: as good as
+#: enlarging on the fine-detail task and cheaper, docs/images.md), or enlarged (aspect kept).
+VIEW_FITS = ("pad", "enlarge")
+VIEW_FIT = "pad"
 EMD_R_TRAIN = 2            # EMD loss exponent for training (section III-C)
 EMD_R_EVAL = 1             # EMD reported in Table I
 SAMPLES_PER_SHARD = 1000

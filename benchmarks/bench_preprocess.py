@@ -150,13 +150,14 @@ def attention_step(dataset: PhotoDataset, backbone: str, batch_size: int):
     """A callable running EB + crop search on the dataset's peripheral views (decoded once, here)."""
     from gpf.pipeline.attend import attend_views
     from gpf.pipeline.images import load_image, peripheral_view
+    from gpf.vocabulary import VIEW_ROUND
     from gpf.model.device import resolve_device
     from gpf.pipeline.preprocess import load_attention_model
 
     cfg = preprocess_config(dataset, Path("unused"), backbone, 1, batch_size)
     att = load_attention_model(cfg, resolve_device("cpu"))
     images = [load_image(p) for p in dataset.paths]
-    views = [peripheral_view(im, VIEW, stride=att.stride, min_side=att.min_side) for im in images]
+    views = [peripheral_view(im, VIEW, stride=VIEW_ROUND) for im in images]     # preprocess's rule
     sizes = [im.size for im in images]
 
     def run():

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import load_average, machine_line  # noqa: E402
 
-from gpf.vocabulary import VARIANT_NAMES  # noqa: E402
+from gpf.vocabulary import VARIANT_NAMES, VIEW_FIT, VIEW_FITS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "bench" / "fine_detail.md"
@@ -72,6 +72,8 @@ class Mode:
     stage2: dict = field(default_factory=dict)
     random_crops: int = 2
     data_workers: int = 1                      # processes rendering the synthetic photos
+    view_fit: str = VIEW_FIT                   # views below the backbone's minimum input: pad | enlarge
+    min_input: int | None = None               # declare the backbone with this minimum input side (see below)
 
 
 QUICK = Mode("quick", n_images=1000, width=448, height=336, view_size=96, backbone="tiny",
@@ -92,11 +94,28 @@ def run_one(mode: Mode, task: str, seed: int, variants, work: Path, device: str,
     folder = work / f"{task}-seed{seed}"
     spec = SyntheticSpec(n_images=mode.n_images, seed=seed, width=mode.width, height=mode.height,
                          view_size=mode.view_size, task=task)
-    cfg = ExperimentConfig(root=str(folder / "data"), out=str(folder), backbone=mode.backbone, weights="none",
+    backbone = mode.backbone if mode.min_input is None else declared_backbone(mode.backbone, mode.min_input)
+    fit = {"view_fit": mode.view_fit}
+    cfg = ExperimentConfig(root=str(folder / "data"), out=str(folder), backbone=backbone, weights="none",
                            view_size=mode.view_size, variants=tuple(variants), seed=seed, device=device,
-                           threads=threads, random_crops=mode.random_crops, stage1=dict(mode.stage1),
-                           stage2=dict(mode.stage2), plots=False, attention_picture=False, progress=False)
+                           threads=threads, random_crops=mode.random_crops, stage1={**mode.stage1, **fit},
+                           stage2={**mode.stage2, **fit}, plots=False, attention_picture=False, progress=False)
     return run_synthetic_experiment(spec, cfg, echo=echo, data_workers=mode.data_workers)
+
+
+def declared_backbone(name: str, min_input: int) -> str:
+    """Register ``{name}_min{min_input}``: backbone ``name`` declared with the minimum input side ``min_input``,
+    so gpf fits every view whose short side is below it (``--view-fit``), as it does for a real backbone
+    with that minimum (VGG16, ResNet-18: 32; AlexNet: 63) at a fraction of the compute."""
+    from gpf.model.backbones import create_backbone, get_spec, register_backbone
+
+    spec = get_spec(name)
+    declared = f"{name}_min{min_input}"
+    register_backbone(declared, lambda: create_backbone(name).features, channels=spec.channels, stride=spec.stride,
+                      min_input=max(min_input, spec.stride), default_eb_layer=spec.default_eb_layer,
+                      gif_hidden=spec.gif_hidden, mean=spec.mean, std=spec.std, replace=True,
+                      description=f"{name} declared with minimum input {min_input} (benchmarks/fine_detail.py)")
+    return declared
 
 
 def run_benchmark(mode: Mode, seeds, tasks, variants, work: Path, device: str = "auto",
@@ -203,9 +222,11 @@ def markdown(summary: dict, mode: Mode, command: str, seconds: float, device: st
              f"Machine: {machine_line()}; device {resolved_device(device)}; load average before/after below; "
              f"wall time {seconds / 60:.1f} min.", "",
              f"Mode **{mode.name}**: {mode.n_images} synthetic {mode.width}x{mode.height} photos per task and seed "
-             f"(`gpf.workflows.synthetic`, 20 % test), {mode.view_size} px views, backbone `{mode.backbone}` "
-             f"from scratch; stage 1 -> preprocess (EB, tau = 0.7, {mode.random_crops} random crops) -> stage 2 "
-             f"({', '.join(variants)}) -> test split. Cells: mean ± sample std over the seeds.", ""]
+             f"(`gpf.workflows.synthetic`, 20 % test), {mode.view_size} px views, backbone `{mode.backbone}`"
+             + (f" declared with minimum input {mode.min_input}" if mode.min_input else "")
+             + f" from scratch, views below its minimum input fitted by `{mode.view_fit}`; stage 1 -> preprocess "
+             f"(EB, tau = 0.7, {mode.random_crops} random crops) -> stage 2 ({', '.join(variants)}) -> test split. "
+             "Cells: mean ± sample std over the seeds.", ""]
     for task, entry in summary.items():
         seeds = ", ".join(str(s) for s in entry["seeds"])
         lines += [f"## Task `{task}` (seeds {seeds}; {'/'.join(str(n) for n in entry['n'])} test images each)",
@@ -248,6 +269,12 @@ def parse_args(argv):
     parser.add_argument("--work", type=Path, default=None,
                         help="Keep datasets and runs here (default: a temporary folder, deleted at the end). "
                              "Rerunning with the same folder resumes.")
+    parser.add_argument("--size", default=None, help="Photo size WxH (default: the mode's).")
+    parser.add_argument("--backbone", default=None, help="Backbone of both stages (default: the mode's).")
+    parser.add_argument("--min-input", type=int, default=None,
+                        help="Declare the backbone with this minimum input side, so views below it are fitted.")
+    parser.add_argument("--view-fit", choices=VIEW_FITS, default=VIEW_FIT,
+                        help="How views below the backbone's minimum input are fitted to it.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown section to write.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the summary as JSON.")
     args = parser.parse_args(argv)
@@ -265,6 +292,12 @@ def chosen_mode(args) -> Mode:
     mode = QUICK if args.quick else FULL
     if args.images is not None:
         mode = replace(mode, n_images=args.images)
+    if args.size is not None:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        mode = replace(mode, width=width, height=height)
+    if args.backbone is not None:
+        mode = replace(mode, backbone=args.backbone)
+    mode = replace(mode, view_fit=args.view_fit, min_input=args.min_input)
     if args.epochs is not None:
         step = max(1, round(2 * args.epochs / 3))
         mode = replace(mode, stage1={**mode.stage1, "epochs": args.epochs, "lr_step": step},

@@ -187,10 +187,10 @@ class StepRunner:
 def periph_shape(sizes: Sizes) -> tuple[int, int]:
     """(H, W) of the peripheral view of a ``sizes.photo`` original."""
     from gpf.model.backbones import get_spec
-    from gpf.model.geometry import peripheral_size
+    from gpf.model.geometry import ViewGeometry, fitted_size
 
-    spec = get_spec(sizes.backbone)
-    width, height = peripheral_size(*sizes.photo, sizes.view, spec.stride, spec.min_input)
+    width, height = ViewGeometry(sizes.view).size(*sizes.photo)       # stored view, then fitted to the backbone
+    width, height = fitted_size(width, height, get_spec(sizes.backbone).min_input)
     return height, width
 
 
@@ -349,6 +349,7 @@ class Bench:
         from gpf.pipeline.images import encode_jpeg, foveal_view, load_image, peripheral_view
         from gpf.model.device import resolve_device
         from gpf.pipeline.preprocess import load_attention_model
+        from gpf.vocabulary import VIEW_ROUND
 
         s, device = self.sizes, self.device
         paths = list(self.dataset.paths[:s.baseline_images])
@@ -360,7 +361,7 @@ class Bench:
 
         def cpu_part(path):
             img = load_image(path)
-            periph = peripheral_view(img, s.view, stride=att.stride, min_side=att.min_side)
+            periph = peripheral_view(img, s.view, stride=VIEW_ROUND)
             fovea = foveal_view(img, fovea_box(img.size, 0), s.view)
             return periph, encode_jpeg(periph, 95), encode_jpeg(fovea, 95)
 

@@ -232,6 +232,9 @@ BENCHMARKS = (
     # `make bench` runs its 3-seed quick mode (~11 min on 2 cores); run_all --quick one seed of the detail task.
     Benchmark("fine_detail", "Fine-detail experiment (quick)", "fine_detail.py", full=("--quick",),
               quick=("--quick", "--seeds", "0", "--tasks", "detail")),
+    # both view fits on the fine-detail task (~25 min for 3 seeds on 2 cores); --quick: one seed, 300 photos
+    Benchmark("view_fit", "Fitting views below a backbone's minimum input", "view_fit.py", full=(),
+              quick=("--seeds", "0", "--images", "300")),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
 

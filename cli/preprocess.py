@@ -8,6 +8,7 @@ import click
 from .common import (Location, collect_dataset_options, command_line, config_default, dataset_options,
                      engine_options, error_text, friendly_errors, on_interrupt, pop_engine_options,
                      storage_options)
+from .. import vocabulary
 from ..pipeline.preprocess import PreprocessConfig
 from ..vocabulary import DEVICE_CHOICES, SPLITS
 
@@ -32,8 +33,10 @@ def _preprocess_options(fn, folder: bool = True):
                      help="With --backbone: imagenet | PATH | URL | none."),
         click.option("--tau", type=float, default=_default("tau"), show_default=True,
                      help="Share of the attention the crop must hold (paper Eq. 4)."),
-        click.option("--view-size", type=int, default=_default("view_size"), show_default=True,
-                     help="Longest side of the peripheral view and side of the foveal view."),
+        click.option("--view-size", type=int, default=None,
+                     help="Longest side of the peripheral view and side of the foveal view "
+                          f"(default: the one the --stage1 model was trained with, else {vocabulary.VIEW_SIZE}; "
+                          "another than the stage-1 model's is refused)."),
         click.option("--eb-layer", default=None, help="Module name where the EB map is read (default: the backbone's)."),
         click.option("--contrastive", is_flag=True, help="Contrastive Excitation Backprop."),
         click.option("--samples-per-shard", type=int, default=_default("samples_per_shard"), show_default=True,

@@ -32,7 +32,8 @@ _EXPORTS = {
     "emd_loss": "losses", "evaluate": "metrics", "mean_score": "metrics", "std_score": "metrics",
     "EBLayerError": "attention", "AttentionMapError": "boxsearch", "DistributionError": "metrics",
     # geometry
-    "peripheral_size": "geometry",
+    "peripheral_size": "geometry", "ViewGeometry": "geometry", "fit_views": "geometry",
+    "fit_to_backbone": "geometry", "fitted_size": "geometry",
 }
 
 __all__ = sorted(_EXPORTS)

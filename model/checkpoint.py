@@ -3,7 +3,8 @@
 Payload (``format_version`` 3)::
 
     {'format': 'gpf-stage1' | 'gpf-stage2', 'format_version': 3,
-     'model_config': {'model', 'backbone', 'num_classes', ..., 'view_size', 'threshold', 'scores', ...,
+     'model_config': {'model', 'backbone', 'num_classes', ..., 'view_size', 'threshold', 'scores',
+                      'view_round', 'view_min_side', 'view_fit', ...,
                       # stage 2: both subnets
                       'peripheral_backbone', 'gif_hidden': [W1_p, W1_f] | None,
                       'subnets': {'peripheral': {...}, 'foveal': {...}}},
@@ -25,7 +26,11 @@ one column), ``peripheral_backbone`` the peripheral one, ``gif_hidden`` is the
 mean/std, minimum input and timm version (checked when the model is rebuilt).
 Versions 1 and 2 are read (a stage-2 model of theirs has one backbone for both
 subnets and one W1: read as ``peripheral_backbone = backbone``,
-``gif_hidden = [W1, W1]``); a newer version is refused naming both. :class:`Checkpoint` is the only
+``gif_hidden = [W1, W1]``); a newer version is refused naming both. The optional ``model_config`` keys
+``view_round``, ``view_min_side`` (stage 1: how its peripheral views were made)
+and ``view_fit`` (both stages: how views below a network's minimum input are
+fitted) came with gpf 0.3; a checkpoint without them reads as made
+before they existed (:attr:`Checkpoint.view_fit` gives the default). :class:`Checkpoint` is the only
 reader and writer of the payload: :meth:`Checkpoint.from_dict` and
 :meth:`Checkpoint.to_dict`. Files are written atomically and read with
 ``torch.load(weights_only=True)``; a file holding pickled Python objects is
@@ -235,6 +240,22 @@ class Checkpoint:
         return None if value is None else int(value)
 
     @property
+    def view_fit(self) -> str:
+        """How the model takes views below its networks' minimum input (``pad`` | ``enlarge``,
+        :func:`gpf.model.geometry.fit_to_backbone`); checkpoints written before gpf recorded it take the default
+        (their views never needed it)."""
+        from ..vocabulary import VIEW_FIT
+
+        return self.model_config.get("view_fit") or VIEW_FIT
+
+    @property
+    def view_geometry(self) -> dict:
+        """A stage-1 model's peripheral view rule as it recorded it: ``view_size``, ``view_round``,
+        ``view_min_side``, ``view_fit`` (absent keys: not recorded, i.e. made before gpf 0.3.0)."""
+        return {key: self.model_config[key] for key in ("view_size", "view_round", "view_min_side", "view_fit")
+                if self.model_config.get(key) is not None}
+
+    @property
     def split_spec(self) -> dict | None:
         """The train/val/test split a stage-1 model was trained with."""
         return (self.dataset or {}).get("split_spec") or self.model_config.get("split_spec")
@@ -298,6 +319,7 @@ class Checkpoint:
                      required=fmt == FORMATS["stage2"])
         _check_types(where, "model_config", payload["model_config"],
                      {"view_size": int, "threshold": "number", "scores": (list, tuple), "variant": str,
+                      "view_round": int, "view_min_side": int, "view_fit": str,
                       "backbone": str, "peripheral_backbone": str, "gif_hidden": (int, list, tuple),
                       "subnets": Mapping})
         for key in ("meta", "dataset", "shards", "config", "train"):

@@ -96,8 +96,8 @@ def check_images(images, spec: BackboneSpec, what: str) -> None:
         height, width = tensor.shape[-2:]
         if min(height, width) < spec.min_input:
             raise ModelError(f"{what}: a {width}x{height} view is smaller than {spec.name}'s minimum input "
-                             f"side {spec.min_input}; make views with gpf.model.geometry.peripheral_size"
-                             f"(..., stride={spec.stride}, min_side={spec.min_input})")
+                             f"side {spec.min_input}; fit the uint8 views to it before normalising, with "
+                             f"gpf.model.geometry.fit_to_backbone(views, model.spec)")
 
 
 def _as_backbone(backbone: str | Backbone, weights: str, download: bool = True) -> Backbone:

@@ -13,7 +13,9 @@ need the warped photo (``warp.jpg``) and ``random`` the original-resolution phot
 
 ``gpf predict`` has no shards: it checks a checkpoint against the record of the
 shards it was trained on (kept in the checkpoint), which catches a checkpoint
-whose embedded attention model is not the one its crops came from.
+whose embedded attention model is not the one its crops came from, and takes
+from that record how the shards made their views (:func:`shard_geometry`,
+:func:`attention_fit`, :func:`shard_jpeg`), so it makes them the same way.
 
 All three also check that this installation rebuilds the checkpoint's two
 subnets as they were saved (format 3 records each one's backbone, C,
@@ -29,9 +31,10 @@ from typing import Mapping
 
 from ..errors import GPFError
 from ..model.checkpoint import Checkpoint
+from ..model.geometry import ViewGeometry
 from ..model.gpf import variant_of
 from ..shards.manifest import RunFields
-from ..vocabulary import VARIANTS, get_variant
+from ..vocabulary import (JPEG_CHROMA_SUBSAMPLING, JPEG_QUALITY, VARIANTS, VIEW_FIT, VIEW_ROUND, get_variant)
 
 
 class FitError(GPFError, ValueError):
@@ -201,6 +204,36 @@ def check_self_consistent(checkpoint: Checkpoint, source: str) -> None:
         raise FitError(f"{source}: the attention model it embeds did not make the crops it was trained on "
                        f"({'; '.join(diffs)}); the file is damaged or was edited: use the checkpoint "
                        "`gpf train stage2` wrote")
+
+
+# ----------------------------------------------------------------------------- how shards made their views
+
+def shard_geometry(run: RunFields | None, view_size: int, attention_spec) -> ViewGeometry:
+    """How the shards of ``run`` made their peripheral views, for a photo ``gpf predict`` sees.
+
+    Format 3 records the rule (``view_round``, ``view_min_side``); formats 1/2
+    rounded to the attention backbone's stride and clamped to its minimum input
+    (``attention_spec``: ``stride``, ``min_input``); without a record at all (a
+    checkpoint not made by ``gpf train stage2``) the current rule applies.
+    """
+    if run is None:
+        return ViewGeometry(int(view_size), VIEW_ROUND, 1)
+    if run.view_round is None:
+        return ViewGeometry.legacy(int(view_size), attention_spec.stride, attention_spec.min_input)
+    return ViewGeometry(int(view_size), run.view_round, run.view_min_side or 1)
+
+
+def attention_fit(run: RunFields | None) -> str:
+    """How the attention network of ``run`` took views below its minimum input (formats 1/2 and no record: the
+    default; their views never needed it, being clamped to that minimum)."""
+    return (run.view_fit if run is not None else None) or VIEW_FIT
+
+
+def shard_jpeg(run: RunFields | None) -> tuple[int, str]:
+    """(quality, chroma subsampling) the stored views of ``run`` were encoded with (the defaults without a record)."""
+    if run is None:
+        return JPEG_QUALITY, JPEG_CHROMA_SUBSAMPLING
+    return run.jpeg_quality or JPEG_QUALITY, run.jpeg_subsampling or JPEG_CHROMA_SUBSAMPLING
 
 
 def checkpoint_location(where, prefer: str = "best"):

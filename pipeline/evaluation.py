@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import GPFError
 from ..model.metrics import METRIC_KEYS
+from ..vocabulary import VIEW_FIT
 
 if TYPE_CHECKING:
     from ..shards.manifest import Manifest
@@ -198,7 +199,7 @@ def _random_crop_batches(shard_dir, split: str, batch_size: int) -> Iterator[dic
     import torch
 
     from ..shards.layout import JSON, PERIPH, jpeg_size, rand_index
-    from ..shards.reader import decode_jpegs_uint8, iter_shard, list_shards
+    from ..shards.reader import decode_jpegs_uint8, iter_shard, list_shards, stack_decoded
 
     def keep(_key: str, member: str) -> bool:
         return member in (JSON, PERIPH) or rand_index(member) is not None
@@ -211,8 +212,8 @@ def _random_crop_batches(shard_dir, split: str, batch_size: int) -> Iterator[dic
         if incomplete:
             raise EvaluationError(f"{incomplete[0]}: fewer random crops than other samples; "
                                   "run `gpf shards verify` on the folder")
-        periph = torch.stack(decode_jpegs_uint8([s[PERIPH] for s in samples], names))
-        second = [torch.stack(decode_jpegs_uint8([s[c] for s in samples], names)) for c in crops]
+        periph = stack_decoded(decode_jpegs_uint8([s[PERIPH] for s in samples], names))
+        second = [stack_decoded(decode_jpegs_uint8([s[c] for s in samples], names)) for c in crops]
         return {"id": [m.get("id", s["__key__"]) for m, s in zip(metas, samples)],
                 "votes": torch.tensor([m["votes"] for m in metas], dtype=torch.float32),
                 "periph": periph, "second": second}
@@ -233,18 +234,28 @@ def _random_crop_batches(shard_dir, split: str, batch_size: int) -> Iterator[dic
             yield collate(bucket)
 
 
-def predict_batch(model, batch: dict, device) -> np.ndarray:
-    """Softmax distributions ``[B, N]`` of one shard batch, averaged over its second views (if several)."""
+def predict_batch(model, batch: dict, device, view_fit: str = VIEW_FIT) -> np.ndarray:
+    """Softmax distributions ``[B, N]`` of one batch of uint8 views, averaged over its second views (if several).
+
+    ``batch``: ``periph`` ``[B, 3, H, W]`` and ``second``, a list of ``[B, 3, S, S]``
+    (none for ``single``), as decoded from JPEG. Views below a column's minimum
+    input are fitted to it with ``view_fit`` (:func:`gpf.model.geometry.fit_to_backbone`,
+    on the CPU tensors, as the trainer does). ``gpf evaluate`` and ``gpf predict`` both score through here.
+    """
     import torch
 
+    from ..model.geometry import fit_to_backbone
+
     with torch.inference_mode():
-        periph = model.normalize_peripheral(batch["periph"].to(device, non_blocking=True))
+        periph = model.normalize_peripheral(fit_to_backbone(batch["periph"], model.peripheral_spec, view_fit)
+                                            .to(device, non_blocking=True))
         if not model.needs_fovea:
             return torch.softmax(model(periph).float(), dim=1).cpu().double().numpy()
         feat = model.peripheral_descriptor(periph)
         total = 0
         for view in batch["second"]:
-            fovea = model.normalize_foveal(view.to(device, non_blocking=True))
+            fovea = model.normalize_foveal(fit_to_backbone(view, model.foveal_spec, view_fit)
+                                           .to(device, non_blocking=True))
             total = total + torch.softmax(model(periph_feat=feat, fovea=fovea).float(), dim=1)
         return (total / len(batch["second"])).cpu().double().numpy()
 
@@ -358,7 +369,7 @@ def evaluate_checkpoint(checkpoint, shard_dir, split: str = "test", *, batch_siz
     preds, trues = [], []
     bar = Progress(total, f"evaluate {split}", enabled=progress)
     for batch in batches:
-        preds.append(predict_batch(model, batch, device))
+        preds.append(predict_batch(model, batch, device, ckpt.view_fit))
         trues.append(normalize(batch["votes"].double().numpy(), "votes"))
         ids += [str(i) for i in batch["id"]]
         bar.update(len(batch["id"]))

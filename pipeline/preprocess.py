@@ -1,10 +1,15 @@
 """The stage-1 pass: decode once, attention, optimal crop, shards (docs/preprocess.md).
 
 Per image: full-resolution decode (EXIF applied, RGB, pixel limit) -> peripheral
-view (longest side = view size) -> Excitation Backprop map on the peripheral
-view (paper Eq. 2-3) -> ``best_box`` on the map upsampled to the view (Eq. 4,
-tau = 0.7) -> box mapped to original pixels (rounded outward) -> foveal view =
-that region of the original resized to view size x view size.
+view (longest side = view size, short side rounded to 8: :class:`gpf.model.geometry.ViewGeometry`,
+backbone-neutral) -> Excitation Backprop map on the peripheral view, fitted to
+the attention network where it is below its minimum input (paper Eq. 2-3) ->
+``best_box`` on the map laid onto the view (Eq. 4, tau = 0.7) -> box mapped to
+original pixels (rounded outward) -> foveal view = that region of the original
+resized to view size x view size. ``--store-features`` computes the pooled
+peripheral descriptor from the JPEG-decoded peripheral view, what the trainer
+and ``gpf evaluate`` decode. The view size (and the view fit) come from the
+stage-1 checkpoint; another ``--view-size`` is refused.
 
 Throughput design: decoding, resizing and JPEG encoding run in a thread pool
 (PIL releases the GIL in its C loops, so threads scale and the full-resolution
@@ -37,7 +42,7 @@ from .. import vocabulary
 from ..errors import GPFError
 from ..model.device import resolve_device
 from ..shards.storage import Location, as_location, public_location_text
-from .attend import AttentionModel, NetworkLost, attend_views
+from .attend import AttentionModel, NetworkLost, attend_and_describe
 from .progress import Progress
 
 # Config keys that decide the bytes of the shards: a rerun with a different
@@ -46,8 +51,11 @@ IDENTITY_KEYS = (
     "dataset", "root", "dataset_options", "stage1", "stage1_digest", "attention_digest", "backbone", "weights",
     "tau", "view_size", "eb_layer", "contrastive", "samples_per_shard", "split", "limit",
     "batch_size", "jpeg_quality", "random_crops", "store_features", "seed", "max_pixels",
+    "view_round", "view_fit", "jpeg_subsampling",
     "store_warped", "store_original",
 )
+#: The view settings a stage-1 checkpoint records and preprocess takes from it (another value is refused).
+STAGE1_VIEW_KEYS = ("view_size", "view_round", "view_fit")
 
 
 #: Identity keys that may hold a URL: written without credentials or a signed URL's query.
@@ -90,7 +98,7 @@ class PreprocessConfig:
     backbone: str | None = None       # ImageNet attention path (no stage-1 model)
     weights: str = "imagenet"
     tau: float = vocabulary.TAU
-    view_size: int = vocabulary.VIEW_SIZE
+    view_size: int | None = None      # None: the stage-1 checkpoint's, else vocabulary.VIEW_SIZE
     eb_layer: str | None = None
     contrastive: bool = False
     samples_per_shard: int = vocabulary.SAMPLES_PER_SHARD
@@ -114,12 +122,22 @@ class PreprocessConfig:
     stage1_digest: str | None = None  # filled in from the checkpoint
     attention_digest: str | None = None  # digest of the attention model's weights, filled in
     progress: bool = True
+    # internal (no CLI option): the view rule and encoding, recorded in the manifest
+    view_round: int | None = None     # None: the stage-1 checkpoint's, else vocabulary.VIEW_ROUND
+    view_fit: str | None = None       # None: the stage-1 checkpoint's, else vocabulary.VIEW_FIT
+    jpeg_subsampling: str = vocabulary.JPEG_CHROMA_SUBSAMPLING
 
     def identity(self) -> dict:
         """The keys that decide the shards' bytes, as written to preprocess.json and the manifest: a URL
         without its credentials or signed-URL query (:func:`gpf.shards.storage.public_url`)."""
         data = dataclasses.asdict(self)
         return {k: public_location_text(data[k]) if k in _LOCATION_KEYS else data[k] for k in IDENTITY_KEYS}
+
+    def geometry(self):
+        """The stored peripheral view's rule (:class:`gpf.model.geometry.ViewGeometry`)."""
+        from ..model.geometry import ViewGeometry
+
+        return ViewGeometry(int(self.view_size), int(self.view_round), 1)
 
 
 @dataclass
@@ -183,7 +201,9 @@ class _Item:
     status: str = "ok"
     error: str | None = None
     image: Any = None                 # full-resolution PIL image (released after finish)
-    periph: Any = None                # peripheral view (PIL)
+    periph: Any = None                # peripheral view (PIL), before the JPEG encode: EB and the box use it
+    periph_jpg: bytes | None = None   # its JPEG bytes, as stored
+    periph_decoded: Any = None        # those bytes decoded (uint8 [3, H, W]), for --store-features
     box: tuple[int, int, int, int] | None = None   # x0, y0, x1, y1 in original pixels
     attn: np.ndarray | None = None    # float16 map at EB resolution
     attn_fraction: float | None = None
@@ -221,6 +241,7 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
         path = checkpoint_location(cfg.stage1)
         ckpt = ckpt_mod.load_checkpoint(path, expect="stage1")
         path = public_url(cfg.stage1) if is_url(cfg.stage1) else path
+        take_view_settings(cfg, ckpt.view_geometry, path)
         model = ckpt_mod.model_from_checkpoint(ckpt)
         digest = ckpt.digest
         split_spec = ckpt.split_spec
@@ -232,6 +253,7 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
 
         import torch
 
+        take_view_settings(cfg, {}, None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # --weights none: the same random network in every process
             from ..shards.storage import localize
@@ -248,7 +270,26 @@ def load_attention_model(cfg: PreprocessConfig, device) -> AttentionModel:
     return AttentionModel.from_model(model, device=device, tau=cfg.tau, eb_layer=cfg.eb_layer,
                                      contrastive=cfg.contrastive, digest=digest,
                                      split_spec=split_spec, description=description,
-                                     trained_scale=trained_scale)
+                                     trained_scale=trained_scale, fit=cfg.view_fit)
+
+
+def take_view_settings(cfg: PreprocessConfig, recorded: dict, stage1_path) -> None:
+    """Fill ``cfg``'s unset view settings from what the stage-1 checkpoint at ``stage1_path`` recorded
+    (:data:`STAGE1_VIEW_KEYS`; the defaults for an ImageNet classifier or a value not recorded), and refuse a
+    given value that differs: the attention model would see views it was not trained on."""
+    defaults = {"view_size": vocabulary.VIEW_SIZE, "view_round": vocabulary.VIEW_ROUND,
+                "view_fit": vocabulary.VIEW_FIT}
+    for key in STAGE1_VIEW_KEYS:
+        given, trained = getattr(cfg, key), recorded.get(key)
+        if given is None:
+            setattr(cfg, key, trained if trained is not None else defaults[key])
+        elif trained is not None and given != trained:
+            option = vocabulary.cli_option(key) or key
+            how = f"{option} {given}" if option.startswith("--") else f"{key}={given!r}"
+            raise PreprocessError(
+                f"{how} differs from the {key.replace('_', ' ')} {trained!r} the stage-1 model {stage1_path} was "
+                f"trained with: its attention would look at views it never saw. Drop {option.split()[0]} "
+                f"(preprocess takes {trained!r} from the checkpoint), or retrain stage 1 with {how}")
 
 
 def load_inputs(cfg: PreprocessConfig, att: AttentionModel | None):
@@ -339,8 +380,13 @@ class _Worker:
 
     def __init__(self, ctx: "ShardContext"):
         self.cfg = ctx.cfg
-        self.stride = ctx.stride
-        self.min_side = ctx.min_side
+        self.geometry = ctx.cfg.geometry()
+
+    def encode(self, view) -> bytes:
+        """JPEG bytes of a view at the run's quality and chroma subsampling."""
+        from .images import encode_jpeg
+
+        return encode_jpeg(view, self.cfg.jpeg_quality, self.cfg.jpeg_subsampling)
 
     def decode(self, item: _Item) -> _Item:
         from .images import ImageError, load_image, peripheral_view
@@ -348,11 +394,16 @@ class _Worker:
         if item.status != "ok":
             return item
         try:
-            image = load_image(item.record.path, max_pixels=self.cfg.max_pixels,
-                           view_min_side=self.min_side)
+            image = load_image(item.record.path, max_pixels=self.cfg.max_pixels)
             item.width, item.height = image.size
-            item.periph = peripheral_view(image, self.cfg.view_size, stride=self.stride,
-                                          min_side=self.min_side)
+            item.periph = peripheral_view(image, self.geometry.view_size, stride=self.geometry.round_to,
+                                          min_side=self.geometry.min_side)
+            item.periph_jpg = self.encode(item.periph)
+            if self.cfg.store_features:
+                from ..shards.reader import decode_jpegs_uint8
+
+                name = f"{item.record.path} (peripheral view)"
+                item.periph_decoded = decode_jpegs_uint8([item.periph_jpg], [name])[0]
             item.image = image
         except ImageError as exc:
             item.status, item.error = exc.status, str(exc)
@@ -362,7 +413,7 @@ class _Worker:
 
     def finish(self, item: _Item) -> _Item:
         """Foveal view, JPEG encodes and the tar sample of a decoded item."""
-        from .images import encode_jpeg, foveal_view, random_crops
+        from .images import foveal_view, random_crops
         from ..shards.layout import safe_key
 
         if item.status != "ok":
@@ -373,8 +424,8 @@ class _Worker:
             record = item.record
             sample = {
                 "key": safe_key(item.image_id),
-                "periph.jpg": encode_jpeg(item.periph, cfg.jpeg_quality),
-                "fovea.jpg": encode_jpeg(fovea, cfg.jpeg_quality),
+                "periph.jpg": item.periph_jpg,
+                "fovea.jpg": self.encode(fovea),
                 "attn.npy": item.attn,
                 "json": {
                     "id": item.image_id,
@@ -392,7 +443,7 @@ class _Worker:
             if cfg.random_crops:
                 for k, crop in enumerate(random_crops(item.image, cfg.random_crops, cfg.view_size,
                                                       cfg.seed, item.image_id)):
-                    sample[f"rand{k}.jpg"] = encode_jpeg(crop, cfg.jpeg_quality)
+                    sample[f"rand{k}.jpg"] = self.encode(crop)
             if item.feature is not None:
                 sample["pfeat.npy"] = item.feature
             sample.update(baseline_members(item.image, cfg))
@@ -401,7 +452,7 @@ class _Worker:
             item.status, item.error = "crop_error", f"{item.record.path}: {type(exc).__name__}: {exc}"
         finally:
             item.image = None  # free the full-resolution pixels as soon as possible
-            item.periph = None
+            item.periph = item.periph_jpg = item.periph_decoded = None
         return item
 
 
@@ -417,20 +468,21 @@ def baseline_members(image, cfg: PreprocessConfig) -> dict[str, bytes]:
     return members
 
 
-#: The stage-1 network's step: ``attend_fn(views, original_sizes, with_features=bool) -> list[Attended]``
-#: (:func:`gpf.pipeline.attend.attend_views` bound to a model, here or in a Ray actor).
+#: The stage-1 network's step: ``attend_fn(views, original_sizes, feature_views) -> (list[Attended], features)``
+#: (:func:`gpf.pipeline.attend.attend_and_describe` bound to a model, here or in a Ray actor).
 AttendFn = Callable[..., list]
 
 
 def attend(items: Sequence[_Item], attend_fn: AttendFn, cfg: PreprocessConfig) -> int:
-    """EB maps and optimal boxes for the decoded items; returns how many maps were all zero."""
+    """EB maps and optimal boxes for the decoded items (on the un-encoded views), and with
+    ``store_features`` the pooled descriptors of the JPEG-decoded views; returns how many maps were all zero."""
     ok = [it for it in items if it.status == "ok"]
     if not ok:
         return 0
-    results = attend_fn([it.periph for it in ok], [(it.width, it.height) for it in ok],
-                        with_features=cfg.store_features)
-    for item, res in zip(ok, results):
-        item.attn, item.box, item.attn_fraction, item.feature = res.attn, res.box, res.attn_fraction, res.feature
+    decoded = [it.periph_decoded for it in ok] if cfg.store_features else None
+    results, features = attend_fn([it.periph for it in ok], [(it.width, it.height) for it in ok], decoded)
+    for item, res, feature in zip(ok, results, features):
+        item.attn, item.box, item.attn_fraction, item.feature = res.attn, res.box, res.attn_fraction, feature
     return sum(res.zero for res in results)
 
 
@@ -581,8 +633,6 @@ class ShardContext:
     send it to the processes or machines that do the work."""
     cfg: PreprocessConfig
     out: str
-    stride: int
-    min_side: int
     scores: tuple[float, ...]
     parquet_metadata: dict[str, str] | None
 
@@ -635,7 +685,7 @@ def plan_run(cfg: PreprocessConfig, att: AttentionModel, dataset, environment: d
     jobs = plan_shards(select_items(cfg, dataset), cfg)
     if not jobs:
         raise PreprocessError(f"no images to preprocess in split {cfg.split!r} of {cfg.root}")
-    context = ShardContext(cfg=cfg, out=out.url, stride=att.stride, min_side=att.min_side,
+    context = ShardContext(cfg=cfg, out=out.url,
                            scores=tuple(dataset.scores), parquet_metadata=shard_metadata(dataset))
     return PreparedRun(cfg, att, dataset, environment, out, jobs, context)
 
@@ -708,7 +758,7 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
     run = plan_run(cfg, att, dataset, local_environment(device))
     mine = [job for n, job in enumerate(run.jobs) if n % world == rank]
 
-    attend_fn = functools.partial(attend_views, att)
+    attend_fn = functools.partial(attend_and_describe, att)
     progress = Progress(sum(len(j.items) for j in mine), f"preprocess[rank {rank}/{world}]"
                         if world > 1 else "preprocess", enabled=cfg.progress)
     outcomes: list[ShardOutcome] = []
@@ -793,7 +843,7 @@ def _compute_shard(job: _ShardJob, worker: _Worker, attend_fn: AttendFn, cfg: Pr
             for it in decoded:
                 if it.status == "ok":
                     it.status, it.error = "attention_error", f"{type(exc).__name__}: {exc}"
-                    it.image = it.periph = None
+                    it.image = it.periph = it.periph_jpg = it.periph_decoded = None
         finished += [pool.submit(worker.finish, it) for it in decoded]
         if progress is not None:
             progress.update(len(decoded), failed=sum(it.status != "ok" for it in decoded))
@@ -804,8 +854,17 @@ def _validate(cfg: PreprocessConfig) -> None:
     problems = []
     if not 0 < cfg.tau <= 1:
         problems.append(f"--tau must be in (0, 1], got {cfg.tau}")
-    if cfg.view_size < 8:
+    if cfg.view_size is not None and cfg.view_size < 8:
         problems.append(f"--view-size must be at least 8, got {cfg.view_size}")
+    if cfg.view_round is not None and (isinstance(cfg.view_round, bool) or not isinstance(cfg.view_round, int)
+                                       or cfg.view_round < 1):
+        problems.append(f"view_round must be a positive integer, got {cfg.view_round!r}")
+    from .images import JPEG_SUBSAMPLING
+
+    if cfg.jpeg_subsampling not in JPEG_SUBSAMPLING:
+        problems.append(f"jpeg_subsampling must be one of {', '.join(JPEG_SUBSAMPLING)}, got {cfg.jpeg_subsampling!r}")
+    if cfg.view_fit is not None and cfg.view_fit not in vocabulary.VIEW_FITS:
+        problems.append(f"view_fit must be one of {', '.join(vocabulary.VIEW_FITS)}, got {cfg.view_fit!r}")
     if cfg.samples_per_shard < 1:
         problems.append(f"--samples-per-shard must be positive, got {cfg.samples_per_shard}")
     if cfg.batch_size < 1:
@@ -847,12 +906,16 @@ def _maybe_write_manifest(out: Location, jobs: Sequence[_ShardJob], cfg: Preproc
     if not all((j.split, j.index) in done for j in jobs):
         return False
     wrote = sum(int(done[(j.split, j.index)].get("count", 0)) for j in jobs) > 0
+    geometry = cfg.geometry()
     run = RunFields(dataset=dataset.name, scores=tuple(dataset.scores), threshold=dataset.threshold,
                     view_size=cfg.view_size, tau=cfg.tau, eb_layer=att.eb_layer, contrastive=cfg.contrastive,
                     stage1_digest=cfg.stage1_digest, attention_model=att.description,
                     features_digest=att.digest if cfg.store_features else None, split_spec=dataset.split_spec,
                     config=dict(cfg.identity(), num_classes=len(dataset.scores)), environment=environment,
-                    score_columns=getattr(dataset, "score_columns", None),
+                    score_columns=getattr(dataset, "score_columns", None), view_round=geometry.round_to,
+                    view_min_side=geometry.min_side, view_fit=att.fit,
+                    features_from="jpeg" if cfg.store_features else None, jpeg_quality=cfg.jpeg_quality,
+                    jpeg_subsampling=cfg.jpeg_subsampling,
                     warped=bool(cfg.store_warped), original=bool(cfg.store_original))
     write_manifest(out, run, complete=wrote)
     return wrote

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..model.device import resolve_device
 from ..shards.storage import CarriedStorage, is_url
-from .attend import attend_views
+from .attend import attend_and_describe
 from .preprocess import (PreparedRun, PreprocessConfig, PreprocessError, ShardContext, ShardOutcome, Summary,
                          _ShardJob, _validate, done_shard, finish_run, load_attention_model, open_run, plan_run,
                          process_shard)
@@ -32,14 +32,14 @@ from .raycluster import (ClusterProgress, RayOptions, RemoteNetwork, UnitResult,
 
 
 class AttentionNetwork:
-    """The stage-1 network in a Ray actor: ``attend`` is :func:`gpf.pipeline.attend.attend_views`."""
+    """The stage-1 network in a Ray actor: ``attend`` is :func:`gpf.pipeline.attend.attend_and_describe`."""
 
     def __init__(self, att):
         self.att = att
         self.digest = att.digest
 
-    def attend(self, views, original_sizes, with_features: bool = False):
-        return attend_views(self.att, views, original_sizes, with_features=with_features)
+    def attend(self, views, original_sizes, feature_views=None):
+        return attend_and_describe(self.att, views, original_sizes, feature_views)
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ def shard_task(job: _ShardJob, ctx: ShardContext, network: RemoteNetwork, enviro
     """One shard in a Ray task: :func:`process_shard` with the network in the actors, writing to
     ``ctx.out`` (a folder or URL) with the driver's storage options (``storage``, in memory)."""
 
-    def attend_fn(views, original_sizes, with_features=False):
-        return network.call("attend", views, original_sizes, with_features=with_features)
+    def attend_fn(views, original_sizes, feature_views=None):
+        return network.call("attend", views, original_sizes, feature_views)
 
     with in_worker(environment, storage), \
             cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpf-decode") as pool:

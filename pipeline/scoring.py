@@ -1,13 +1,19 @@
 """Online scoring of raw photos: the whole GPF-CNN path on images that were never preprocessed.
 
 Per photo (paper, section III and Fig. 2): upright RGB decode at full
-resolution -> peripheral view (aspect kept, longest side = view size) ->
-Excitation Backprop map of the *embedded* stage-1 model (Eq. 2-3) -> optimal
+resolution -> peripheral view (aspect kept, longest side = view size, short
+side rounded as the shards it was trained on were made) -> Excitation Backprop
+map of the *embedded* stage-1 model on that un-encoded view (Eq. 2-3) -> optimal
 tau box (Eq. 4), mapped to original pixels -> foveal view (the box of the
-original, zoomed to view size square) -> both subnets and the fusion -> softmax
-over the N score buckets. The box is computed by :func:`gpf.pipeline.attend.attend_views`
-with the view geometry of ``gpf preprocess``, so a photo of a shard gets exactly
-the box stored in the shard's Parquet row.
+original, zoomed to view size square) -> the JPEG round trip of both views (the
+quality and chroma subsampling the shards stored them with) -> both subnets and
+the fusion (:func:`gpf.pipeline.evaluation.predict_batch`, views fitted to the
+networks as in training) -> softmax over the N score buckets. The box is
+computed by :func:`gpf.pipeline.attend.attend_views` with the view geometry of
+``gpf preprocess`` (:func:`gpf.pipeline.compat.shard_geometry`), so a photo of a
+shard gets exactly the box stored in the shard's Parquet row, and the networks
+read exactly the pixels ``gpf evaluate`` decodes from the shard: the two give
+the same score to float precision.
 
 Usage (README)::
 
@@ -19,10 +25,6 @@ Usage (README)::
 Variants (Table I): ``gpf`` and ``pf`` use the attention crop; ``single`` uses
 the peripheral view only (no box is computed); ``random`` averages the predicted
 distributions over K seeded random view-size crops (see :class:`Scorer`).
-
-Shards store their views as JPEG (quality 95); scoring feeds the resized pixels
-directly, so a score here can differ from ``gpf evaluate``'s on the same photo
-by the effect of that JPEG round trip (a few hundredths of a score point).
 """
 from __future__ import annotations
 
@@ -37,8 +39,9 @@ import numpy as np
 
 from ..errors import GPFError
 from ..fsutil import commit, temp_path
-from ..vocabulary import TAU
+from ..vocabulary import JPEG_CHROMA_SUBSAMPLING, JPEG_QUALITY, TAU, VIEW_FIT, VIEW_ROUND
 from ..model.checkpoint import Checkpoint
+from ..model.geometry import ViewGeometry
 from ..shards.storage import Location, as_location, is_url, public_url
 from .attend import AttentionModel, Attended, NetworkLost, attend_views
 
@@ -285,14 +288,23 @@ def scoring_error_text(exc) -> str:
 
 # ----------------------------------------------------------------------------- attention only
 
-def attention_view(att: AttentionModel, image, view_size: int) -> AttentionView:
-    """Peripheral view, EB map, tau box and foveal view of one upright RGB image (as preprocess makes them)."""
-    from .images import foveal_view, peripheral_view
+def peripheral_of(image, geometry: ViewGeometry):
+    """The peripheral view of an upright RGB image under ``geometry`` (PIL)."""
+    from .images import peripheral_view
 
-    periph = peripheral_view(image, view_size, stride=att.stride, min_side=att.min_side)
+    return peripheral_view(image, geometry.view_size, stride=geometry.round_to, min_side=geometry.min_side)
+
+
+def attention_view(att: AttentionModel, image, view_size: int | ViewGeometry) -> AttentionView:
+    """Peripheral view, EB map, tau box and foveal view of one upright RGB image (as preprocess makes them;
+    an int ``view_size`` means the current view rule, :class:`~gpf.model.geometry.ViewGeometry`)."""
+    from .images import foveal_view
+
+    geometry = view_size if isinstance(view_size, ViewGeometry) else ViewGeometry(int(view_size))
+    periph = peripheral_of(image, geometry)
     attended = attend_views(att, [periph], [image.size])[0]
     return AttentionView(image=image, periph=periph, attended=attended,
-                         fovea=foveal_view(image, attended.box, view_size))
+                         fovea=foveal_view(image, attended.box, geometry.view_size))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -329,9 +341,9 @@ class _Work:
     status: str = "ok"
     error: str | None = None
     image: Any = None
-    periph: Any = None
+    periph: Any = None                # PIL view; once attended, its JPEG round trip (uint8 [3, H, W])
     first: Any = None                            # the first column's input when not ``periph`` (``warp``)
-    second: list = field(default_factory=list)   # foveal view, or the K random crops
+    second: list = field(default_factory=list)   # foveal view, or the K random crops (then as periph)
     size: tuple[int, int] | None = None
     box: tuple[int, int, int, int] | None = None
     attn_fraction: float | None = None
@@ -382,8 +394,9 @@ class Scorer:
     def __init__(self, model, attention: AttentionModel, *, view_size: int, scores: Sequence[float],
                  threshold: float | None, device, random_crops: int = DEFAULT_RANDOM_CROPS, seed: int = 0,
                  max_pixels: int | None = None, workers: int = 0, source: str | None = None,
-                 jpeg_quality: int | None = None):
-        from ..vocabulary import DEFAULT_MAX_PIXELS, JPEG_QUALITY
+                 geometry: ViewGeometry | None = None, jpeg: tuple[int, str] = (JPEG_QUALITY, JPEG_CHROMA_SUBSAMPLING),
+                 view_fit: str = VIEW_FIT):
+        from ..vocabulary import DEFAULT_MAX_PIXELS
 
         if not isinstance(random_crops, int) or isinstance(random_crops, bool) or random_crops < 1:
             raise ScoringError(f"random_crops must be a positive int, got {random_crops!r}")
@@ -399,14 +412,18 @@ class Scorer:
         self.threshold = threshold
         self.random_crops = random_crops
         self.seed = seed
-        self.jpeg_quality = JPEG_QUALITY if jpeg_quality is None else int(jpeg_quality)  # warp/orig round trip
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
         self.workers = workers or os.cpu_count() or 1
         self.source = source
-        # Peripheral geometry of `gpf preprocess`: the attention model's stride and minimum side
-        # (raised to what the stage-2 peripheral subnet needs, should that be larger).
-        self.stride = attention.stride
-        self.min_side = max(attention.min_side, model.peripheral_spec.min_input)
+        # How `gpf preprocess` made the shards' views: their rule (the views are backbone-neutral; each
+        # network gets them fitted, `view_fit`), and the JPEG encoding the networks read them through.
+        self.geometry = geometry or ViewGeometry(self.view_size)
+        if self.geometry.view_size != self.view_size:
+            raise ScoringError(f"view geometry for {self.geometry.view_size} px views, but view_size is "
+                               f"{self.view_size}")
+        self.jpeg = (int(jpeg[0]), str(jpeg[1]))
+        self.jpeg_quality = self.jpeg[0]         # warp.jpg / orig.jpg round trips (the baselines' members)
+        self.view_fit = view_fit
         self.fovea_source = model.fovea_source
         self._variant, self._backbone, self._tau = model.variant, model.spec.name, attention.tau
         self._peripheral_backbone = model.peripheral_spec.name
@@ -433,16 +450,18 @@ class Scorer:
         """A scorer for a loaded stage-2 :class:`Checkpoint` (see :meth:`from_checkpoint`)."""
         from ..model.checkpoint import model_from_checkpoint
         from ..model.device import resolve_device
-        from .baselines import shards_jpeg_quality
+        from .compat import shard_geometry, shard_jpeg, trained_on
 
         device = resolve_device(device)
         model = model_from_checkpoint(ckpt)
         attention = AttentionModel.from_stage2_checkpoint(ckpt, device)
+        run = trained_on(ckpt)
         return cls(model, attention, view_size=ckpt.view_size, scores=ckpt.scores,
                    threshold=ckpt.threshold if threshold is None else float(threshold), device=device,
                    random_crops=random_crops or DEFAULT_RANDOM_CROPS, seed=ckpt.shards_seed,
                    max_pixels=max_pixels, workers=workers, source=source,
-                   jpeg_quality=shards_jpeg_quality(ckpt))
+                   geometry=shard_geometry(run, ckpt.view_size, attention.spec), jpeg=shard_jpeg(run),
+                   view_fit=ckpt.view_fit)
 
     # -- properties
     @property
@@ -459,7 +478,9 @@ class Scorer:
                 "peripheral_backbone": self._peripheral_backbone,
                 "scores": list(self.scores), "threshold": self.threshold, "view_size": self.view_size,
                 "tau": self._tau,
-                "random_crops": self.random_crops if self.fovea_source in ("random", "patch") else None}
+                "random_crops": self.random_crops if self.fovea_source in ("random", "patch") else None,
+                "view_round": self.geometry.round_to, "view_min_side": self.geometry.min_side,
+                "view_fit": self.view_fit, "jpeg_quality": self.jpeg[0], "jpeg_subsampling": self.jpeg[1]}
 
     def detached(self, network=None) -> "Scorer":
         """A copy without the networks (light to send to another process) whose two network steps
@@ -538,14 +559,13 @@ class Scorer:
 
     def _decode(self, work: _Work, keep_error: bool = False) -> _Work:
         """Full-resolution upright decode and the peripheral view (runs in a worker thread)."""
-        from .images import ImageError, peripheral_view
+        from .images import ImageError
 
         try:
             work.image, path = load_source(work.source, self.max_pixels)
             work.path = work.path or path
             work.size = work.image.size
-            work.periph = peripheral_view(work.image, self.view_size, stride=self.stride,
-                                          min_side=self.min_side)
+            work.periph = peripheral_of(work.image, self.geometry)
             if self._first_view == "warp":
                 from .baselines import warped_input
 
@@ -584,14 +604,30 @@ class Scorer:
             for work, res in zip(works, attended):
                 work.box, work.attn_fraction = res.box, res.attn_fraction
         mapper = pool.map if pool is not None else map
-        for work, views in zip(works, mapper(self._second_views, works)):
-            work.second = views
+        for work, views in zip(works, mapper(self._network_views, works)):
+            work.periph, work.second = views
         dists = self._network.predict_batch([w.periph if w.first is None else w.first for w in works],
                                             [w.second for w in works])
         for work, dist in zip(works, dists):
             work.dist = dist
             work.image = work.periph = work.first = None
             work.second = []
+
+    def _network_views(self, work: _Work):
+        """What the networks read of a photo: the JPEG round trip of its peripheral view and of its second
+        views (foveal view, K random crops or none), decoded as the shard reader decodes (uint8 tensors)."""
+        from ..shards.reader import decode_jpegs_uint8
+        from .images import encode_jpeg
+
+        quality, subsampling = self.jpeg
+        seconds = self._second_views(work)
+        if self.fovea_source == "patch":         # cut from orig.jpg's round trip already, as the reader cuts them
+            encoded, ready = [work.periph], seconds
+        else:
+            encoded, ready = [work.periph, *seconds], []
+        names = [f"{work.path or work.id} (view {k})" for k in range(len(encoded))]
+        decoded = decode_jpegs_uint8([encode_jpeg(v, quality, subsampling) for v in encoded], names)
+        return decoded[0], decoded[1:] + list(ready)
 
     def _second_views(self, work: _Work) -> list:
         """The foveal view (attention variants), K random crops (``random``) or nothing (``single``)."""
@@ -609,24 +645,23 @@ class Scorer:
                                 self.random_crops)[0]
         return []
 
-    def predict_batch(self, periphs: list, seconds: list[list]) -> np.ndarray:
-        """Softmax distributions ``[B, N]`` (float64); the ``random`` variant's averaged over its crops."""
-        import torch
+    def predict_batch(self, firsts: list, seconds: list[list]) -> np.ndarray:
+        """Softmax distributions ``[B, N]`` (float64) of decoded uint8 views (the first column's and the
+        second views of each photo), batched by first-view shape and scored by ``gpf evaluate``'s
+        :func:`~gpf.pipeline.evaluation.predict_batch` (the ``random`` variants' averaged over their crops)."""
+        from ..shards.reader import stack_decoded
+        from .evaluation import predict_batch
 
-        model, device = self.model, self.device
-        with torch.inference_mode():
-            periph = model.normalize_peripheral([_uint8(p).to(device) for p in periphs])
-            feat = model.peripheral_descriptor(periph)
-            if not model.needs_fovea:
-                probs = torch.softmax(model(periph_feat=feat).float(), dim=1)
-            else:
-                probs = 0
-                crops = len(seconds[0])
-                for k in range(crops):
-                    fovea = model.normalize_foveal(torch.stack([_uint8(s[k]) for s in seconds]).to(device))
-                    probs = probs + torch.softmax(model(periph_feat=feat, fovea=fovea).float(), dim=1)
-                probs = probs / crops
-        return probs.cpu().double().numpy()
+        groups: dict[tuple, list[int]] = {}
+        for index, view in enumerate(firsts):
+            groups.setdefault(tuple(view.shape), []).append(index)
+        dists = np.zeros((len(firsts), self.model.num_classes))
+        for members in groups.values():
+            count = len(seconds[members[0]])
+            batch = {"periph": stack_decoded([firsts[i] for i in members]),
+                     "second": [stack_decoded([seconds[i][k] for i in members]) for k in range(count)]}
+            dists[members] = predict_batch(self.model, batch, self.device, self.view_fit)
+        return dists
 
     def _result(self, work: _Work) -> ScoreResult:
         from ..model.metrics import mean_score, std_score
@@ -722,11 +757,13 @@ def explain_photo(checkpoint, image, device="auto", *, tau: float | None = None,
         return Explanation(view, scorer.attention.tau, result, "stage2",
                            f"{scorer.variant} {scorer.model.spec.name}", scorer.variant, crop_boxes)
     model = model_from_checkpoint(ckpt)
+    recorded = ckpt.view_geometry                   # what `gpf preprocess --stage1` would take from it
     att = AttentionModel.from_model(model, device=device, tau=TAU if tau is None else tau, eb_layer=eb_layer,
-                                    contrastive=bool(contrastive))
-    size = view_size or ckpt.view_size or 224
+                                    contrastive=bool(contrastive), fit=recorded.get("view_fit", VIEW_FIT))
+    geometry = ViewGeometry(int(view_size or ckpt.view_size or 224), recorded.get("view_round", VIEW_ROUND),
+                            recorded.get("view_min_side", 1))
     full, _ = load_source(image, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
-    return Explanation(attention_view(att, full, int(size)), att.tau, None, "stage1",
+    return Explanation(attention_view(att, full, geometry), att.tau, None, "stage1",
                        f"stage-1 {model.spec.name}")
 
 

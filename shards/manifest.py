@@ -20,6 +20,18 @@ Format history (``format``):
   came later within format 2: a manifest without it reads it as None.
   So did ``warped`` and ``original`` (whether the samples store ``warp.jpg`` and
   ``orig.jpg``, the Table I baselines' views): absent reads as None, "not stored".
+* 3 — gpf 0.3.0: backbone-neutral views. New run fields: ``view_round`` and
+  ``view_min_side`` (the peripheral view's short side is rounded to a multiple
+  of ``view_round`` = 8 and is at least ``max(view_min_side, view_round)``),
+  ``view_fit`` (how the attention network took views below its minimum input:
+  ``pad`` | ``enlarge``), ``features_from`` (``jpeg``: ``pfeat.npy`` comes from
+  the JPEG-decoded peripheral view, what the trainer decodes), ``jpeg_quality``
+  and ``jpeg_subsampling`` of the stored views. Formats 1 and 2 are read as they
+  were made: ``view_round``/``view_min_side``/``view_fit`` None (the views were
+  rounded to the attention backbone's stride and at least its minimum input:
+  :meth:`gpf.model.geometry.ViewGeometry.legacy`), ``features_from`` ``pixels``
+  where features were stored (computed before the JPEG encode), ``jpeg_quality``
+  from ``config`` and ``jpeg_subsampling`` 4:2:0 (the encoder's default then).
 """
 from __future__ import annotations
 
@@ -31,13 +43,19 @@ from typing import Any
 
 from ..errors import GPFError
 from ..plaintypes import is_kind, kinds_text
+from ..vocabulary import VIEW_FITS
 from .layout import (MANIFEST_NAME, STATS_SUFFIX, TAR_SUFFIX, TEMP_PREFIX, parse_shard_name,
                                parquet_relpath, tar_filename)
 from .storage import Location, StorageError, as_location
 from .writer import atomic_write_bytes, dump_json, read_stats
 
-MANIFEST_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+MANIFEST_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
+#: What the stored peripheral descriptors (``pfeat.npy``) were computed from: the JPEG-decoded view (format 3)
+#: or the pixels before the JPEG encode (formats 1 and 2).
+FEATURES_FROM = ("jpeg", "pixels")
+#: The chroma subsampling every view of a format-1/2 shard was encoded with (encode_jpeg's default).
+LEGACY_JPEG_SUBSAMPLING = "4:2:0"
 
 
 class ManifestError(GPFError, ValueError):
@@ -110,8 +128,10 @@ def _check_type(what: str, value, kinds: tuple) -> None:
 _RUN_FIELD_TYPES = {"dataset": (str,), "scores": (list, tuple), "threshold": ("number",), "view_size": (int,),
                     "tau": ("number",), "eb_layer": (str,), "contrastive": (bool,), "stage1_digest": (str,),
                     "attention_model": (dict,), "features_digest": (str,), "split_spec": (dict,),
-                    "config": (dict,), "environment": (dict,), "score_columns": (list,), "warped": (bool,),
-                    "original": (bool,)}
+                    "config": (dict,), "environment": (dict,), "score_columns": (list,), "view_round": (int,),
+                    "view_min_side": (int,), "view_fit": (str,), "features_from": (str,), "jpeg_quality": (int,),
+                    "jpeg_subsampling": (str,),
+                    "warped": (bool,), "original": (bool,)}
 _ENTRY_FIELD_TYPES = {"name": (str,), "split": (str,), "index": (int,), "tar": (str,), "parquet": (str,),
                       "count": (int,), "bytes": (int,), "sha256": (str,), "parquet_sha256": (str,),
                       "status_counts": (dict,), "rows": (int,), "parquet_bytes": (int,),
@@ -130,6 +150,9 @@ class RunFields:
     ``score_columns`` says which label-file column held the votes of which score
     bucket (``[{"column": "c1", "bucket": 1, "score": 1.0}, ...]``) for a folder CSV;
     None for AVA and Photo.net (fixed formats) and in manifests written before it.
+    ``view_round``, ``view_min_side``, ``view_fit``, ``features_from``,
+    ``jpeg_quality`` and ``jpeg_subsampling``: how the stored views were made
+    (format 3; see the module doc for what older formats read as).
     ``warped`` / ``original``: every sample stores ``warp.jpg`` / ``orig.jpg``
     (``--store-warped`` / ``--store-original``); None (older manifests) means not stored.
     """
@@ -147,6 +170,12 @@ class RunFields:
     config: dict | None = None
     environment: dict | None = None
     score_columns: list | None = None
+    view_round: int | None = None
+    view_min_side: int | None = None
+    view_fit: str | None = None
+    features_from: str | None = None
+    jpeg_quality: int | None = None
+    jpeg_subsampling: str | None = None
     warped: bool | None = None
     original: bool | None = None
 
@@ -161,16 +190,24 @@ class RunFields:
             object.__setattr__(self, "threshold", float(self.threshold))
         if self.tau is not None:
             object.__setattr__(self, "tau", float(self.tau))
+        for name, allowed in (("features_from", FEATURES_FROM), ("view_fit", VIEW_FITS)):
+            if getattr(self, name) is not None and getattr(self, name) not in allowed:
+                raise ValueError(f"run field {name!r} must be one of {', '.join(allowed)} or null, "
+                                 f"got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, data: Any, where: str, version: int = MANIFEST_FORMAT) -> "RunFields":
         """The run fields of a manifest dict (or of the copy a stage-2 checkpoint keeps) of ``version``."""
         data = data if isinstance(data, dict) else {}
         run = {k: data.get(k) for k in _RUN_KEYS}
+        config = data.get("config") if isinstance(data.get("config"), dict) else {}
         if version == 1:
-            config = data.get("config") if isinstance(data.get("config"), dict) else {}
             for key in _MOVED_INTO_RUN_IN_FORMAT_2:
                 run[key] = data.get(key, config.get(key))
+        if version < 3:   # as they were made: see the module doc
+            run.update(view_round=None, view_min_side=None, view_fit=None,
+                       features_from="pixels" if run.get("features_digest") else None,
+                       jpeg_quality=config.get("jpeg_quality"), jpeg_subsampling=LEGACY_JPEG_SUBSAMPLING)
         try:
             return cls(**run)
         except (TypeError, ValueError) as exc:

@@ -706,11 +706,17 @@ class ShardDataset(IterableDataset):
     @staticmethod
     def _stack_jpegs(samples: list[dict], member: str) -> torch.Tensor:
         names = [f"{s['__shard__']}, key {s['__key__']!r}, {member.strip('_')}" for s in samples]
-        images = decode_jpegs_uint8([s[member] for s in samples], names)
-        # The decoder writes HWC; stacking HWC is a plain copy, 10x cheaper than
-        # transposing to NCHW. default_collate stacks straight into shared memory
-        # inside a worker, saving the DataLoader's copy when it sends the batch.
-        return default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+        return stack_decoded(decode_jpegs_uint8([s[member] for s in samples], names))
+
+
+def stack_decoded(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A batch ``[B, 3, H, W]`` (channels_last memory) of decoded views of one shape, as every batch is stacked.
+
+    The decoder writes HWC; stacking HWC is a plain copy, 10x cheaper than
+    transposing to NCHW. default_collate stacks straight into shared memory
+    inside a worker, saving the DataLoader's copy when it sends the batch.
+    """
+    return default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
 def _check_int(name: str, value, minimum: int | None) -> None:

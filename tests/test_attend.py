@@ -17,7 +17,8 @@ from helpers.evaluation import make_stage2, save_stage1
 from helpers.training import pooled_features as reference_features
 from gpf.model.attention import EBLayerError, upsample_map
 from gpf.model.gpf import PeripheralNet
-from gpf.pipeline.attend import AttentionModel, AttentionModelError, attend_views, pooled_features
+from gpf.pipeline.attend import (AttentionModel, AttentionModelError, MapGrid, align_map, attend_views,
+                                 peripheral_features, pooled_features, probe_map_grid)
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -92,7 +93,7 @@ def test_boxes_lie_inside_the_original_image_and_hold_tau_of_the_attention(att):
         vy0, vx0, vy1, vx1 = result.view_box
         assert 0 <= vy0 < vy1 <= ph and 0 <= vx0 < vx1 <= pw
         assert result.attn.dtype == np.float16 and result.attn.shape == (ph // 4, pw // 4)   # after pool1, pool2
-        assert not result.zero and result.feature is None
+        assert not result.zero
         up = np.clip(upsample_map(result.attn.astype(np.float32), (ph, pw)), 0, None)
         share = up[vy0:vy1, vx0:vx1].sum() / up.sum()
         assert share >= 0.7 - 1e-3 and result.attn_fraction == pytest.approx(share, abs=1e-3)
@@ -102,29 +103,93 @@ def test_boxes_lie_inside_the_original_image_and_hold_tau_of_the_attention(att):
 
 
 def test_a_batch_of_mixed_shapes_equals_each_view_alone(att):
-    batch = attend_views(att, views(), SIZES, with_features=True)
-    for view, size, together in zip(views(), SIZES, batch):
-        alone = attend_views(att, [view], [size], with_features=True)[0]
+    from gpf.pipeline.images import to_uint8_tensor
+
+    batch = attend_views(att, views(), SIZES)
+    features = peripheral_features(att, [to_uint8_tensor(v) for v in views()])
+    for view, size, together, feature in zip(views(), SIZES, batch, features):
+        alone = attend_views(att, [view], [size])[0]
         assert together.box == alone.box and together.view_box == alone.view_box
         np.testing.assert_allclose(together.attn.astype(np.float32), alone.attn.astype(np.float32),
                                    rtol=1e-2, atol=1e-3)
-        np.testing.assert_allclose(together.feature.astype(np.float32), alone.feature.astype(np.float32),
-                                   rtol=1e-2, atol=1e-3)
+        (single,) = peripheral_features(att, [to_uint8_tensor(view)])
+        np.testing.assert_allclose(feature.astype(np.float32), single.astype(np.float32), rtol=1e-2, atol=1e-3)
 
 
 def test_pooled_features_are_the_mean_of_the_feature_map(att):
     from gpf.pipeline.images import to_uint8_tensor
 
-    results = attend_views(att, views(1), SIZES, with_features=True)
-    for view, result in zip(views(1), results):
+    features = peripheral_features(att, [to_uint8_tensor(v) for v in views(1)])
+    for view, feature in zip(views(1), features):
         expected = reference_features(att.model, to_uint8_tensor(view)[None])[0]
-        assert result.feature.dtype == np.float16 and result.feature.shape == (att.model.spec.channels,)
-        np.testing.assert_allclose(result.feature.astype(np.float32), expected.astype(np.float32),
-                                   rtol=1e-2, atol=1e-3)
+        assert feature.dtype == np.float16 and feature.shape == (att.model.spec.channels,)
+        np.testing.assert_allclose(feature.astype(np.float32), expected.astype(np.float32), rtol=1e-2, atol=1e-3)
     x = att.normalize(torch.stack([to_uint8_tensor(v) for v in views(1)[:1]]))
     direct = pooled_features(att, x)
-    np.testing.assert_array_equal(direct[0], results[0].feature)
+    np.testing.assert_array_equal(direct[0], features[0])
 
 
 def test_no_views_gives_no_results(att):
     assert attend_views(att, [], []) == []
+
+
+# ----------------------------------------------------------------------------- the map on the view
+
+@pytest.mark.parametrize("name, layer, stride", [
+    ("tiny", "features.pool2", 4), ("tiny", "features.pool3", 8), ("small", "features.layer2", 8),
+    ("vgg16", "features.pool3", 8), ("vgg16", "features.pool5", 32), ("resnet18", "features.layer2", 8),
+    ("alexnet", "features.relu2", None), ("tiny_inception", "features.Mixed_5b", None),
+])
+def test_the_map_grid_is_the_layers_stride_on_same_padded_trunks_only(name, layer, stride):
+    """Hand-counted strides of the layers (2x2 pools, stride-2 convs); valid-padded stems (AlexNet's
+    11x11/4 conv, Inception's unpadded stem) have fewer cells than side / stride: no grid."""
+    from gpf.model.backbones import create_backbone
+
+    backbone = create_backbone(name).eval()
+    grid = probe_map_grid(backbone, layer, backbone.min_input, CPU)
+    assert grid == (MapGrid(stride) if stride else None)
+
+
+def test_a_map_lies_on_the_pixels_its_cells_cover():
+    """One hot cell (row 1, column 2) of a stride-8 grid peaks inside pixels [8, 16) x [16, 24), the cell's
+    block by definition, on an input whose sides are not multiples of 8 (the uncovered rim gets 0)."""
+    maps = torch.zeros(1, 4, 5)
+    maps[0, 1, 2] = 1.0
+    aligned = align_map(maps, (36, 44), MapGrid(8))
+    assert tuple(aligned.shape) == (1, 36, 44)
+    row, col = divmod(int(aligned[0].argmax()), 44)
+    assert 8 <= row < 16 and 16 <= col < 24
+    assert float(aligned[0, 32:].abs().max()) == 0.0 and float(aligned[0, :, 40:].abs().max()) == 0.0
+    stretched = align_map(maps, (36, 44), None)             # no grid: stretched over the whole input
+    row, col = divmod(int(stretched[0].argmax()), 44)
+    assert 9 <= row < 18 and 17 <= col < 27
+    exact = align_map(maps, (32, 40), MapGrid(8))           # cells tile the input: the plain upsampling
+    assert torch.equal(exact, upsample_map(maps, (32, 40)))
+
+
+@pytest.mark.parametrize("mode", ["pad", "enlarge"])
+def test_a_view_below_the_networks_minimum_is_fitted_and_its_box_refers_to_the_view(mode):
+    """tiny_inception takes 15 px at least: a 40x8 view is padded (or enlarged) for EB; the box is the
+    one found on the padded canvas's map cut back to the view, computed here by hand."""
+    from gpf.model.attention import excitation_backprop
+    from gpf.model.boxsearch import best_box
+    from gpf.pipeline.images import to_uint8_tensor
+
+    torch.manual_seed(0)
+    att = AttentionModel.from_model(PeripheralNet("tiny_inception"), device=CPU, tau=0.7, fit=mode)
+    assert att.grid is None and att.min_side == 15
+    rng = np.random.default_rng(3)
+    view, size = Image.fromarray(photo_like(40, 8, rng)), (1000, 200)
+    (result,) = attend_views(att, [view], [size])
+    x0, y0, x1, y1 = result.box
+    assert 0 <= x0 < x1 <= 1000 and 0 <= y0 < y1 <= 200
+    vy0, vx0, vy1, vx1 = result.view_box
+    assert 0 <= vy0 < vy1 <= 8 and 0 <= vx0 < vx1 <= 40
+    assert result.zero or result.attn_fraction >= 0.7 - 1e-3
+    if mode == "pad":
+        canvas = torch.full((1, 3, 15, 40), 128, dtype=torch.uint8)    # Inception's mean colour, view centred
+        canvas[0, :, 3:11] = to_uint8_tensor(view)
+        maps = excitation_backprop(att.model, att.normalize(canvas), layer=att.eb_layer)
+        up = upsample_map(maps.detach().float(), (15, 40)).clamp_min(0)[0, 3:11].numpy()
+        assert tuple(int(v) for v in best_box(up, 0.7)) == result.view_box
+        assert result.attn.shape[0] <= maps.shape[1] and result.attn.shape[1] == maps.shape[2]

@@ -19,7 +19,7 @@ from helpers.evaluation import make_stage2, save_stage1
 from helpers.training import VIEW, stage1_checkpoint, stage2_config, write_shards
 from gpf.model.checkpoint import load_checkpoint
 from gpf.pipeline.compat import FitError, attention_differences, check_fit, check_self_consistent, trained_on
-from gpf.shards.manifest import RunFields
+from gpf.shards.manifest import MANIFEST_FORMAT, RunFields
 
 EB_LAYER = "features.pool2"
 SCORES = tuple(float(s) for s in range(1, 11))
@@ -145,9 +145,14 @@ def test_a_checkpoint_without_an_embedded_attention_model_differs(made):
 def test_the_record_of_the_shards_a_checkpoint_was_trained_on(made):
     ckpt = dataclasses.replace(made["ckpt"]["gpf"])
     assert trained_on(ckpt) is None and check_self_consistent(ckpt, "m.pt") is None
-    ckpt.shards = {"run": made["run"].to_dict(), "random_crops": 2}
+    ckpt.shards = {"run": made["run"].to_dict(), "random_crops": 2, "run_format": MANIFEST_FORMAT}
     assert trained_on(ckpt) == made["run"]
     assert check_self_consistent(ckpt, "m.pt") is None
+    # a record without its format predates it: read as format 2, as the shards were made then
+    del ckpt.shards["run_format"]
+    legacy = trained_on(ckpt)
+    assert legacy.view_round is None and legacy.jpeg_subsampling == "4:2:0"
+    assert dataclasses.replace(legacy, jpeg_subsampling=None) == made["run"]
 
 
 def test_a_checkpoint_whose_crops_came_from_another_attention_setting_is_refused(made):
@@ -199,6 +204,27 @@ def test_checkpoint_with_other_buckets_or_view_size_is_refused(data, tmp_path):
         check_fit(ckpt, replace(run, view_size=224), model="ckpt", data="shards")
     with pytest.raises(FitError, match="tau 0.7 vs 0.5"):
         check_fit(ckpt, replace(run, tau=0.5), model="ckpt", data="shards")
+
+
+# ----------------------------------------------------------------------------- how shards made their views
+
+def test_the_view_rule_jpeg_and_fit_are_read_from_the_record_as_the_shards_were_made(made):
+    from gpf.model.backbones import get_spec
+    from gpf.model.geometry import ViewGeometry
+    from gpf.pipeline.compat import attention_fit, shard_geometry, shard_jpeg
+
+    vgg16 = get_spec("vgg16")                       # stride 32, minimum input 32
+    old = RunFields.from_dict({**made["run"].to_dict(), "config": {"jpeg_quality": 90}}, "old manifest", version=2)
+    assert shard_geometry(old, 224, vgg16) == ViewGeometry(224, 32, 32)        # format 2: the backbone's stride
+    assert shard_geometry(old, 224, vgg16).size(3000, 2000) == (224, 160)
+    assert shard_jpeg(old) == (90, "4:2:0") and attention_fit(old) == "pad"
+    new = replace(made["run"], view_round=8, view_min_side=1, view_fit="enlarge", jpeg_quality=80,
+                  jpeg_subsampling="4:4:4")
+    assert shard_geometry(new, 224, vgg16) == ViewGeometry(224, 8, 1)
+    assert shard_geometry(new, 224, vgg16).size(3000, 2000) == (224, 152)
+    assert shard_jpeg(new) == (80, "4:4:4") and attention_fit(new) == "enlarge"
+    assert shard_geometry(None, 96, vgg16) == ViewGeometry(96, 8, 1)            # no record: today's rule
+    assert shard_jpeg(None) == (95, "4:2:0")
 
 
 # ----------------------------------------------------------------------------- the two subnets

@@ -104,3 +104,33 @@ def test_quick_mode_gpf_beats_single_where_the_detail_decides(tmp_path, torch_th
     assert gpf["emd"][0] < single["emd"][0]
     hit, chance = detail["hit"][0], detail["random"][0]
     assert hit > 0.25 and hit > 4 * chance
+
+
+def test_view_fit_section_from_fine_detail_summaries(tmp_path, torch_threads):
+    """benchmarks/view_fit.py assembles both fits from `fine_detail.py --json` summaries: per-seed rows merged
+    over files, mean ± sample std by hand, the fitted peripheral sizes (96x32 views, minimum 48) and the cost."""
+    import view_fit
+
+    def summary(seeds, single, gpf, hit):
+        return {"detail": {"per_seed": [{"seed": s, "hit": h, "random": 0.1,
+                                         "variants": {"single": {"accuracy": a, "srcc": 0.5},
+                                                      "gpf": {"accuracy": b, "srcc": 0.8}}}
+                                        for s, a, b, h in zip(seeds, single, gpf, hit)]}}
+
+    files = {}
+    for name, data in (("pad1", summary([0, 1], [0.6, 0.62], [0.8, 0.84], [0.9, 0.8])),
+                       ("pad2", summary([2], [0.64], [0.82], [0.85])),
+                       ("big", summary([0, 1, 2], [0.61, 0.63, 0.65], [0.7, 0.9, 0.8], [0.5, 0.9, 0.7]))):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(data))
+    out = tmp_path / "view_fit.md"
+    assert view_fit.main(["--from-json", f"pad={files['pad1']},{files['pad2']}", f"enlarge={files['big']}",
+                          "--step-rounds", "1", "--step-batch", "2", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| `pad` | 0, 1, 2 | 62.0 ± 2.0 | 0.500 ± 0.000 | 82.0 ± 2.0 | 0.800 ± 0.000 | 85.0 ± 5.0 | 96×48 = 4608 px" in text
+    assert "| `enlarge` | 0, 1, 2 | 63.0 ± 2.0 |" in text and "| 144×48 = 6912 px |" in text
+    assert "96×32 before fitting" in text and "Enlarging costs 1.50× the peripheral pixels" in text
+    # paired by seed: single 0.01, 0.01, 0.01; gpf -0.10, +0.06, -0.02
+    assert "single +1.0 points (paired over 3 seeds: standard error 0.0; enlarge higher on 3, lower on 0)" in text
+    assert "gpf -2.0 points (paired over 3 seeds: standard error 4.6; enlarge higher on 1, lower on 2)" in text
+    assert text.count("| `pad` |") == 4 and text.count("| `enlarge` |") == 4     # summary row + 3 seeds each

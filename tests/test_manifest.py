@@ -72,6 +72,9 @@ def test_format1_files_are_read_and_used(shards, tmp_path):
     assert run.attention_model["kind"] == "stage1" and run.attention_model["backbone"] == "tiny"
     assert run.split_spec and run.split_spec == stored["config"]["split_spec"]
     assert run.features_digest == stored["config"]["features_digest"]
+    # the run fields format 3 added, as the format-1 shards were made
+    assert run.view_round is None and run.view_min_side is None and run.view_fit is None   # legacy view rule
+    assert run.features_from == "pixels" and (run.jpeg_quality, run.jpeg_subsampling) == (95, "4:2:0")
     assert [e.name for e in manifest.shards] == ["test-000000", "train-000000", "train-000001", "val-000000"]
     assert manifest.samples("train") == 7 and manifest.samples("val") == 2 and manifest.samples("test") == 3
     assert manifest.random_crops == 1 and manifest.features
@@ -115,11 +118,36 @@ def test_format1_files_are_read_and_used(shards, tmp_path):
     assert 0 <= line["x0"] < line["x1"] <= 56 and 0 <= line["y0"] < line["y1"] <= 40
 
 
+def test_format1_shards_evaluate_as_predict_scores_their_photos(shards, tmp_path):
+    """The photos the format-1 shards were made from (tests/helpers/ava.py rebuilds them byte for byte, see the
+    fixture's README) get from `predict` with the old checkpoint the boxes the old Parquet rows hold and the
+    scores `evaluate` computes from the old shards: the old view rule and JPEG settings are read as made."""
+    import pandas as pd
+
+    from gpf.pipeline.evaluation import evaluate_checkpoint
+    from gpf.pipeline.scoring import Scorer
+    from helpers.ava import make_ava
+
+    make_ava(tmp_path / "ava", n=12, seed=3)
+    rows = pd.read_parquet(shards / "meta").set_index("id")
+    scorer = Scorer.from_checkpoint(DATA / "stage2.pt", device="cpu", workers=1)
+    assert (scorer.geometry.round_to, scorer.geometry.min_side) == (8, 8)      # tiny: stride 8, minimum input 8
+    assert scorer.jpeg == (95, "4:2:0")
+    for split in ("test", "train", "val"):
+        evaluation = evaluate_checkpoint(DATA / "stage2.pt", shards, split=split, workers=0, device="cpu")
+        photos = [tmp_path / "ava" / "images" / f"{i}.jpg" for i in evaluation.ids]
+        results = {r.id: r for r in scorer.score_many(photos)}
+        for image_id, mean in zip(evaluation.ids, evaluation.pred_mean):
+            row = rows.loc[image_id]
+            assert results[image_id].box == (row.x0, row.y0, row.x1, row.y1), image_id
+            assert abs(results[image_id].mean - mean) <= 1e-5, image_id
+
+
 # ----------------------------------------------------------------------------- newer formats are refused
 
 def test_newer_formats_are_refused_naming_both_versions_and_round_trips(shards, tmp_path):
     readable = ", ".join(map(str, READABLE_FORMATS))
-    assert readable == "1, 2" and MANIFEST_FORMAT == 2
+    assert readable == "1, 2, 3" and MANIFEST_FORMAT == 3
     future = tmp_path / "future"
     shutil.copytree(shards, future)
     stored = json.loads((future / "manifest.json").read_text())
@@ -157,13 +185,16 @@ def test_newer_formats_are_refused_naming_both_versions_and_round_trips(shards, 
     assert back.format == MANIFEST_FORMAT and dataclasses.replace(back, format=1) == old
     assert Manifest.from_dict(back.to_dict(), "round trip") == back
 
-    # `gpf shards verify --write-manifest` rewrites a format-1 manifest as format 2, run fields kept
+    # `gpf shards verify --write-manifest` rewrites a format-1 manifest in the current format, run fields kept
+    # (those of later formats as the old shards were made: views by the legacy rule, features from pixels)
     rewritten = invoke(["shards", "verify", shards, "--write-manifest"])
     assert rewritten.exit_code == 0, rewritten.output
     new = read_manifest(shards)
     assert new.format == MANIFEST_FORMAT and new.run == old.run and new.shards == old.shards and new.complete
     on_disk = json.loads((shards / "manifest.json").read_text())
-    assert on_disk["format"] == 2 and on_disk["contrastive"] is False
+    assert on_disk["format"] == 3 and on_disk["contrastive"] is False
+    assert on_disk["view_round"] is None and on_disk["features_from"] == "pixels"
+    assert (on_disk["jpeg_quality"], on_disk["jpeg_subsampling"]) == (95, "4:2:0")
     assert on_disk["attention_model"] == old.run.attention_model and on_disk["attention_model"]["kind"] == "stage1"
     assert on_disk["split_spec"] == old.run.split_spec and on_disk["features_digest"] == old.run.features_digest
     stage2 = load_checkpoint(DATA / "stage2.pt", expect="stage2")

@@ -86,9 +86,30 @@ def test_shards_parquet_and_manifest_written(clean_run, stage1_ckpt):
     assert run.stage1_digest == digest and run.attention_digest == digest
     assert run.attention_model["kind"] == "stage1" and run.features_digest == digest
     assert run.split_spec
+    assert (run.view_round, run.view_min_side, run.view_fit) == (8, 1, "pad")      # the rule the views follow
+    assert (run.features_from, run.jpeg_quality, run.jpeg_subsampling) == ("jpeg", 95, "4:2:0")
     assert set(table["split"]) == {"train", "val", "test"}
     result = CliRunner().invoke(cli, ["shards", "verify", str(clean_run)])
     assert result.exit_code == 0, result.output
+
+
+def test_stored_features_are_those_of_the_decoded_jpeg_view(clean_run, stage1_ckpt):
+    """pfeat.npy = the stage-1 trunk's pooled features of periph.jpg as the shard reader decodes it
+    (the reference computes them by hand), not of the pixels before the encode."""
+    from gpf.model.checkpoint import model_from_checkpoint
+    from gpf.shards.reader import decode_jpegs_uint8
+
+    model = model_from_checkpoint(stage1_ckpt)
+    closer = 0
+    for tar_path in sorted(clean_run.glob("*.tar"))[:2]:
+        for key, members in _samples(tar_path).items():
+            stored = np.load(io.BytesIO(members["pfeat.npy"]), allow_pickle=False).astype(np.float32)
+            decoded = decode_jpegs_uint8([members["periph.jpg"]], [key])[0][None]
+            with torch.no_grad():
+                expected = model.features(model.normalize(decoded)).mean(dim=(2, 3))[0].numpy()
+            np.testing.assert_allclose(stored, expected, rtol=1e-3, atol=1e-4)   # float16; pixels: 2e-3+ off
+            closer += 1
+    assert closer >= 5
 
 
 def test_members_decode_and_boxes_hold_tau(clean_run):
@@ -246,3 +267,26 @@ def test_missing_attention_model_is_a_clear_error(tmp_path, ava_root):
     result = CliRunner().invoke(cli, ["preprocess", "ava", str(ava_root), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0
     assert "--stage1" in result.output and "Traceback" not in result.output
+
+
+def test_the_view_size_comes_from_the_stage1_model_and_another_is_refused(tmp_path, ava_root):
+    """As a new user met it: stage 1 trained at 96 px, the preprocess command it suggests has no
+    --view-size. The shards get 96 px views; --view-size 224 is refused naming both values and the fix."""
+    torch.manual_seed(0)
+    path = tmp_path / "s1" / "best.pt"
+    payload = stage1_checkpoint(PeripheralNet("tiny", num_classes=2), view_size=96, threshold=5.0,
+                                scores=list(range(1, 11)))
+    payload.dataset = {"name": "ava", "split_spec": load_ava(ava_root).split_spec}
+    save_checkpoint(path, payload)
+    common = ["preprocess", "ava", str(ava_root), "--stage1", str(path.parent), "--limit", "2", "--workers", "1",
+              "--device", "cpu", "--quiet"]
+    made = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "shards")])
+    assert made.exit_code == 0, made.output
+    assert read_manifest(tmp_path / "shards").run.view_size == 96
+    refused = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "other"), "--view-size", "224"])
+    assert refused.exit_code == 1
+    text = " ".join(refused.output.split())
+    assert "--view-size 224 differs from the view size 96" in text and str(path) in text
+    assert "Drop --view-size (preprocess takes 96 from the checkpoint)" in text
+    assert "retrain stage 1 with --view-size 224" in text
+    assert not (tmp_path / "other").exists()

@@ -193,7 +193,14 @@ def photonet_shards(world):
 
 @pytest.fixture(scope="module")
 def shards32(world):
-    return _preprocess("ava", world["ava"], world["base"] / "shards32", world["stage1"], "--view-size", 32)
+    """Shards of 32 px views, made by the same attention weights recorded as trained at 32 px (preprocess
+    refuses a view size other than the stage-1 model's)."""
+    from gpf.model.checkpoint import load_checkpoint, save_checkpoint
+
+    stage1 = load_checkpoint(world["stage1"])
+    stage1.model_config["view_size"] = 32
+    stage1_32 = save_checkpoint(world["base"] / "stage1-32.pt", stage1)
+    return _preprocess("ava", world["ava"], world["base"] / "shards32", stage1_32, "--view-size", 32)
 
 
 def test_a_ten_bucket_checkpoint_on_seven_bucket_photonet_shards_is_refused(world, photonet_shards):

@@ -44,7 +44,7 @@ def test_yaml_that_is_not_a_mapping_is_refused(tmp_path):
 @pytest.mark.parametrize("key,value,message", [
     ("batch_size", 0, "batch_size must be a positive integer"),
     ("lr", -1.0, "lr must be a number >= 0"),
-    ("variant", "gated", "variant must be one of single, random, pf, gpf; got 'gated'"),
+    ("variant", "gated", "variant must be one of single, single-periph, single-frozen, random, random-frozen, pf, gpf; got 'gated'"),
     ("use_features", "maybe", "use_features must be one of auto, yes, no"),
     ("epochs", True, "epochs must be a positive integer"),
 ])

@@ -48,6 +48,7 @@ def test_stage1_trains_and_writes_the_checkpoint_preprocess_takes(ava, tmp_path)
     assert (config_of["view_size"], config_of["threshold"], config_of["num_classes"]) == (32, 5.0, 2)
     assert (ckpt.view_size, ckpt.threshold, ckpt.num_classes) == (32, 5.0, 2)
     assert config_of["scores"] == [float(s) for s in range(1, 11)]
+    assert ckpt.view_geometry == {"view_size": 32, "view_round": 8, "view_min_side": 1, "view_fit": "pad"}
     assert ckpt.train["epoch"] == result.best_epoch
     model = model_from_checkpoint(ckpt)                 # what preprocess rebuilds
     assert type(model).__name__ == "PeripheralNet"
@@ -186,3 +187,39 @@ def test_header_probe_matches_the_decoded_view_for_rotated_and_large_jpegs(tmp_p
         assert error is None
         assert tensor.dtype == torch.uint8 and tuple(tensor.shape) == (3, *item.shape)
     assert items[0].shape == (32, 16) and items[1].shape == (16, 32)
+
+
+@pytest.mark.parametrize("mode, shape", [("pad", (15, 32)), ("enlarge", (15, 60))])
+def test_a_panorama_view_is_fitted_to_the_backbones_minimum_input(tmp_path, mode, shape):
+    """A 5:1 photo's 32x8 view (short side rounded to 8) is below tiny_inception's minimum input 15: the probe
+    and the decoded view both have the fitted shape (pad: 32x15; enlarge: 60x15, aspect kept)."""
+    from gpf.model.backbones import get_spec
+    from gpf.train.distributed import DistContext
+    from gpf.train.stage1 import PeripheralViews, probe_images
+
+    write_ava(tmp_path, n=8, n_test=2, sizes=((250, 50),))
+    dataset = open_dataset("ava", tmp_path, val_size=2)
+    spec = get_spec("tiny_inception")
+    items, skipped = probe_images(dataset.split("train"), dataset, 32, 8, 1, None, DistContext(), threads=1,
+                                  fit_spec=spec, fit=mode)
+    assert not skipped and len(items) == 4 and {item.shape for item in items} == {shape}
+    _, tensor, error = PeripheralViews(items, 32, 8, 1, None, fit_spec=spec, fit=mode)[0]
+    assert error is None and tuple(tensor.shape) == (3, *shape)
+
+
+def test_a_run_resumes_with_the_view_rule_it_started_with(tmp_path):
+    """A stage-1 checkpoint written before gpf recorded the rule (tests/data/format1) resumes on views rounded to
+    its backbone's stride and at least its minimum input; a recorded rule is kept; a new run takes today's."""
+    from pathlib import Path
+
+    from gpf.model.backbones import get_spec
+    from gpf.model.geometry import ViewGeometry
+    from gpf.train.stage1 import stage1_geometry
+
+    old = load_checkpoint(Path(__file__).parent / "data" / "format1" / "stage1.pt")
+    vgg = get_spec("vgg16")
+    assert "view_round" not in old.model_config
+    assert stage1_geometry(config(tmp_path, None, view_size=224), vgg, old) == ViewGeometry(224, 32, 32)
+    old.model_config.update(view_round=8, view_min_side=1)
+    assert stage1_geometry(config(tmp_path, None, view_size=224), vgg, old) == ViewGeometry(224, 8, 1)
+    assert stage1_geometry(config(tmp_path, None, view_size=224), vgg, None) == ViewGeometry(224, 8, 1)

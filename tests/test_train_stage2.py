@@ -42,6 +42,7 @@ def test_gpf_trains_loss_goes_down_and_checkpoint_embeds_attention(data, tmp_pat
     assert ckpt.scores == tuple(float(s) for s in range(1, 11))
     assert ckpt.config["lr"] == 0.3 and ckpt.train["epoch"] == result.best_epoch
     assert ckpt.shards["features_used"] is True     # matching pfeat.npy were used
+    assert ckpt.view_fit == "pad" == ckpt.model_config["view_fit"]    # evaluate and predict fit views alike
 
     header, *rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
     assert header.split(",")[:12] == ["epoch", "train_loss", "val_loss", "accuracy", "srcc", "lcc", "mae",
@@ -90,6 +91,24 @@ def test_random_frozen_variant_needs_stored_random_crops(data, tmp_path):
 def test_use_features_yes_refused_when_shards_have_none(data, tmp_path):
     with pytest.raises(Stage2Error, match="no peripheral features"):
         train_stage2(stage2_config(data, tmp_path / "a", shards=str(data["plain"]), use_features="yes"))
+
+
+def test_features_from_pixels_or_another_fit_are_not_used(data, tmp_path):
+    """pfeat.npy of shards made before format 3 came from the views before their JPEG encode: not what
+    evaluate sees, so stage 2 decodes the views instead (and refuses --use-features yes, saying why)."""
+    import json
+
+    old = tmp_path / "old"
+    shutil.copytree(data["shards"], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest.update(format=2, features_from=None)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Stage2Error, match=r"before their JPEG encode \(manifest format 2\)"):
+        train_stage2(stage2_config(data, tmp_path / "a", shards=str(old), use_features="yes"))
+    result = train_stage2(stage2_config(data, tmp_path / "b", shards=str(old), epochs=1))
+    assert load_checkpoint(result.last_checkpoint).shards["features_used"] is False
+    with pytest.raises(Stage2Error, match="fitted by 'pad', this run fits by 'enlarge'"):
+        train_stage2(stage2_config(data, tmp_path / "c", use_features="yes", view_fit="enlarge"))
 
 
 def test_stage1_checkpoint_that_did_not_make_the_shards_is_refused(data, tmp_path):

@@ -65,6 +65,7 @@ class Stage1Config(TrainConfig):
     dataset_options: dict = field(default_factory=dict)   # open_dataset keywords (val_size, seed, ...)
     view_size: int = vocabulary.VIEW_SIZE  # longest side of the peripheral view (paper IV-B)
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, as every command
+    view_fit: str = vocabulary.VIEW_FIT   # internal: views below the backbone's minimum input: pad | enlarge
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Stage2Config(TrainConfig):
     fusion_width: int = 4096          # FC of Table II
     gif_width: int | list | None = None   # GIF W1: one for both branches or [peripheral, foveal] (default: each subnet's)
     dropout: float = 0.5              # after each hidden FC layer (the paper does not say; VGG uses 0.5)
+    view_fit: str = vocabulary.VIEW_FIT   # internal: views below a column's minimum input: pad | enlarge
     cache_dir: str | None = None      # shards at a URL: local folder keeping verified tars for later epochs
     cache_max_gb: float = 20.0        # size bound of cache_dir (least recently used tars are removed first)
 
@@ -184,6 +186,9 @@ def validate(cfg: TrainConfig) -> None:
         need(isinstance(getattr(cfg, name), bool), f"{name} must be true or false, got {getattr(cfg, name)!r}")
     need(isinstance(cfg.device, str) and bool(cfg.device), f"device must be {DEVICE_HELP}, got {cfg.device!r}")
     need(cfg.backbone is None or isinstance(cfg.backbone, str), f"backbone must be a name, got {cfg.backbone!r}")
+    if isinstance(cfg, (Stage1Config, Stage2Config)):
+        need(cfg.view_fit in vocabulary.VIEW_FITS,
+             f"view_fit must be one of {', '.join(vocabulary.VIEW_FITS)}; got {cfg.view_fit!r}")
     if isinstance(cfg, Stage1Config):
         need(cfg.dataset in ("ava", "photonet", "folder"),
              f"dataset must be one of ava, photonet, folder; got {cfg.dataset!r}")
@@ -235,9 +240,14 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
+#: Keys added after runs were saved without them, and the value that gives what those runs computed.
+LATER_KEYS = {"view_fit": vocabulary.VIEW_FIT}   # gpf 0.3.0; older runs never fitted a view (none was too small)
+
+
 def check_resume_compatible(saved: Mapping[str, Any], cfg: TrainConfig, run: str | Path) -> None:
     """Refuse to resume ``run`` with a config that changes what the run computes."""
-    diffs = config_differences(saved, to_dict(cfg))
+    current = to_dict(cfg)
+    diffs = config_differences({**{k: v for k, v in LATER_KEYS.items() if k in current}, **saved}, current)
     if diffs:
         raise ConfigError(
             f"cannot resume {run}: the config differs from the one it was started with "

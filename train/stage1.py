@@ -6,11 +6,15 @@ subnet with softmax loss to classify the images into high or low category."
 An image is *high* when its mean score is above the dataset's threshold (AVA: 5).
 
 Input is the raw photos, seen as preprocessing sees them: the peripheral view
-(aspect kept, longest side = view size, short side rounded to the backbone's
-stride; ``gpf.pipeline.images.peripheral_view``), decoded reduced where the file
-allows (JPEG draft mode). Before training, every image's header is read once
-(in threads) to know its view shape; batches are then formed per shape (no
-padding, no distortion) in an order that depends only on (seed, epoch).
+(aspect kept, longest side = view size, short side rounded to 8;
+:class:`gpf.model.geometry.ViewGeometry`, ``gpf.pipeline.images.peripheral_view``)
+fitted to the backbone where it is below its minimum input
+(:func:`gpf.model.geometry.fit_to_backbone`), decoded reduced where the file
+allows (JPEG draft mode). A run started before gpf 0.3.0 resumes with the rule
+it started with (rounded to the backbone's stride, at least its minimum input).
+Before training, every image's header is read once (in threads) to know its
+view shape; batches are then formed per shape (no padding, no distortion) in an
+order that depends only on (seed, epoch).
 Missing or unreadable images are counted, listed in ``skipped_images.csv`` and
 left out; they never stop the run, unless not one image file of the training and
 validation splits exists (then the error names an example path as resolved and
@@ -18,8 +22,10 @@ the rule that resolved it). Unusable label rows are listed in
 ``label_problems.csv``, the first few printed as ``file:line: problem``.
 
 The checkpoint is the one ``gpf preprocess --stage1`` takes: format
-``gpf-stage1`` with view size, threshold, score scale and the dataset's
-``split_spec`` (so preprocessing can refuse a different split).
+``gpf-stage1`` with the view rule (``view_size``, ``view_round``,
+``view_min_side``, ``view_fit``: preprocess takes them from it), threshold,
+score scale and the dataset's ``split_spec`` (so preprocessing can refuse a
+different split).
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import vocabulary
 from ..errors import GPFError
 from ..model.checkpoint import Checkpoint
 from .config import Stage1Config
@@ -122,13 +129,16 @@ def _classify_failure(path: str, max_pixels: int | None, exc: Exception) -> tupl
 
 
 def probe_images(records, dataset, view_size: int, stride: int, min_side: int, max_pixels: int | None,
-                 ctx: DistContext, threads: int | None = None) -> tuple[list[ImageItem], list[Skipped]]:
+                 ctx: DistContext, threads: int | None = None, *, fit_spec=None,
+                 fit: str = vocabulary.VIEW_FIT) -> tuple[list[ImageItem], list[Skipped]]:
     """Header pass over ``records``: view shapes of the usable ones, the rest as :class:`Skipped`.
 
-    Under DDP each rank reads a share and the results are gathered, so every
-    rank ends with the same lists in record order.
+    The shape is that of the peripheral view (``stride``: its rounding unit)
+    fitted to ``fit_spec``'s minimum input (None: not fitted). Under DDP each
+    rank reads a share and the results are gathered, so every rank ends with
+    the same lists in record order.
     """
-    from ..model.geometry import peripheral_size
+    from ..model.geometry import fitted_size, peripheral_size
 
     means = mean_scores(np.array([r.votes for r in records], dtype=np.float64), dataset.scores) \
         if records else np.zeros(0)
@@ -139,6 +149,8 @@ def probe_images(records, dataset, view_size: int, stride: int, min_side: int, m
         try:
             width, height = upright_size(path, max_pixels)
             pw, ph = peripheral_size(width, height, view_size, stride, min_side)
+            if fit_spec is not None:
+                pw, ph = fitted_size(pw, ph, fit_spec.min_input, fit)
         except Exception as exc:
             status, message = _classify_failure(path, max_pixels, exc)
             return position, Skipped(record.image_id, record.split, path, status, message)
@@ -200,9 +212,10 @@ class PeripheralViews(torch.utils.data.Dataset):
     """Decodes one image to its uint8 peripheral view; failures come back as values, not exceptions."""
 
     def __init__(self, items: Sequence[ImageItem], view_size: int, stride: int, min_side: int,
-                 max_pixels: int | None):
+                 max_pixels: int | None, *, fit_spec=None, fit: str = vocabulary.VIEW_FIT):
         self.items = list(items)
         self.view_size, self.stride, self.min_side, self.max_pixels = view_size, stride, min_side, max_pixels
+        self.fit_spec, self.fit = fit_spec, fit      # the view is fitted to fit_spec's minimum input (None: not)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -217,6 +230,10 @@ class PeripheralViews(torch.utils.data.Dataset):
             view = peripheral_view(decoded.image, self.view_size, self.stride, self.min_side,
                                    original_size=decoded.original_size)
             tensor = to_uint8_tensor(view)
+            if self.fit_spec is not None:
+                from ..model.geometry import fit_to_backbone
+
+                tensor = fit_to_backbone(tensor, self.fit_spec, self.fit)
             if tuple(tensor.shape[1:]) != item.shape:
                 raise ImageError(item.path, "decode_error",
                                  f"the decoded view is {tuple(tensor.shape[1:])}, the header promised "
@@ -294,7 +311,7 @@ class Stage1Task(Task):
     name = "stage1"
 
     def __init__(self, cfg: Stage1Config, ctx: DistContext, dataset, model, train_items: list[ImageItem],
-                 val_items: list[ImageItem], skipped: list[Skipped], run_dir: Path, log):
+                 val_items: list[ImageItem], skipped: list[Skipped], run_dir: Path, log, geometry=None):
         self.cfg, self.ctx, self.dataset, self.model = cfg, ctx, dataset, model
         self.train_items, self.val_items = train_items, val_items
         self.skipped = {(s.split, s.image_id): s for s in skipped}
@@ -302,7 +319,7 @@ class Stage1Task(Task):
         self.run_dir, self.log = run_dir, log
         self.rank_batch = per_rank_batch_size(cfg.batch_size, ctx.world_size)
         self.normalize = model.normalize          # uint8 -> the backbone's normalised float, on the device
-        self.stride, self.min_side = model.spec.stride, model.spec.min_input
+        self.geometry = geometry or stage1_geometry(cfg, model.spec, None)   # the rule probe_images used
         self.channels_last = ctx.device.type == "cuda"
         self.workers = cfg.workers if cfg.workers is not None else min(4, max(1, (os.cpu_count() or 1) - 1))
         self.train_samples = len(train_items)
@@ -313,7 +330,9 @@ class Stage1Task(Task):
 
     # -- data
     def _loader(self, items: list[ImageItem], batches: list[list[int]]):
-        dataset = PeripheralViews(items, self.cfg.view_size, self.stride, self.min_side, self.cfg.max_pixels)
+        geometry = self.geometry
+        dataset = PeripheralViews(items, geometry.view_size, geometry.round_to, geometry.min_side, self.cfg.max_pixels,
+                                  fit_spec=self.model.spec, fit=self.cfg.view_fit)
         return torch.utils.data.DataLoader(
             dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=CollateViews(items),
             pin_memory=self.ctx.device.type == "cuda",
@@ -377,8 +396,11 @@ class Stage1Task(Task):
         from ..model.checkpoint import stage1_checkpoint
 
         ds = self.dataset
+        view_rule = {"view_round": self.geometry.round_to, "view_min_side": self.geometry.min_side,
+                     "view_fit": self.cfg.view_fit}
         checkpoint = stage1_checkpoint(self.model, view_size=self.cfg.view_size, threshold=float(ds.threshold),
-                                       scores=[float(s) for s in ds.scores], extra_config={"dataset": ds.name})
+                                       scores=[float(s) for s in ds.scores],
+                                       extra_config={"dataset": ds.name, **view_rule})
         checkpoint.dataset = {"name": ds.name, "root": str(ds.root), "scores": [float(s) for s in ds.scores],
                               "threshold": float(ds.threshold), "split_spec": ds.split_spec,
                               "options": dict(self.cfg.dataset_options),
@@ -453,10 +475,12 @@ def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
         model.to(ctx.device)
         if ctx.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
-        train_items, skipped = probe_images(dataset.split("train"), dataset, cfg.view_size, spec.stride,
-                                            spec.min_input, cfg.max_pixels, ctx)
-        val_items, val_skipped = probe_images(dataset.split("val"), dataset, cfg.view_size, spec.stride,
-                                              spec.min_input, cfg.max_pixels, ctx)
+        geometry = stage1_geometry(cfg, spec, run.resume_state)
+        views = dict(fit_spec=spec, fit=cfg.view_fit)
+        train_items, skipped = probe_images(dataset.split("train"), dataset, geometry.view_size, geometry.round_to,
+                                            geometry.min_side, cfg.max_pixels, ctx, **views)
+        val_items, val_skipped = probe_images(dataset.split("val"), dataset, geometry.view_size, geometry.round_to,
+                                              geometry.min_side, cfg.max_pixels, ctx, **views)
         skipped += val_skipped
         _report_inputs(log, dataset, train_items, val_items, skipped, run.run_dir)
         if ctx.is_main:
@@ -467,11 +491,24 @@ def train_stage1(cfg: Stage1Config, hooks=None) -> RunResult:
         if not val_items:
             raise Stage1Error(f"no usable validation image in {cfg.root}: early stopping needs a validation "
                               "split (raise --val-size)")
-        task = Stage1Task(cfg, ctx, dataset, model, train_items, val_items, skipped, run.run_dir, log)
+        task = Stage1Task(cfg, ctx, dataset, model, train_items, val_items, skipped, run.run_dir, log, geometry)
         result = Trainer(task, cfg, ctx, run.run_dir, hooks=hooks, log=log,
                          resume_state=run.resume_state).fit()
         result.notes.append(f"skipped images: {len(task.skipped)} (listed in {run.run_dir / SKIPPED})")
         return result
+
+
+def stage1_geometry(cfg: Stage1Config, spec, resume_state: Checkpoint | None):
+    """The view rule of a stage-1 run: the current one (:data:`~gpf.vocabulary.VIEW_ROUND`), or, resuming a run
+    whose checkpoint records none (started before gpf 0.3.0), the rule it started with."""
+    from ..model.geometry import ViewGeometry
+
+    if resume_state is not None and resume_state.model_config.get("view_round") is None:
+        return ViewGeometry.legacy(cfg.view_size, spec.stride, spec.min_input)
+    if resume_state is not None:
+        config = resume_state.model_config
+        return ViewGeometry(cfg.view_size, int(config["view_round"]), int(config.get("view_min_side") or 1))
+    return ViewGeometry(cfg.view_size, vocabulary.VIEW_ROUND, 1)
 
 
 def _check_same_split(state: Checkpoint, dataset) -> None:

@@ -17,9 +17,13 @@ with r = 2 (section III-C).
   (stage-1 weights whose digest must equal the manifest's, tau, EB layer,
   contrastive flag, view size) and the score scale, threshold and N, so
   ``gpf predict`` reproduces the crops.
-* When the shards hold the peripheral's pooled descriptors (``pfeat.npy``) and
+* When the shards hold the peripheral's pooled descriptors (``pfeat.npy``), computed
+  from the JPEG-decoded views (manifest format 3) with the same view fit, and
   the frozen peripheral equals the network that computed them, the peripheral
   forward is skipped and the shards' JPEG peripheral views are not even decoded.
+* Views below a column's minimum input side are fitted to it at load
+  (:func:`gpf.model.geometry.fit_to_backbone`, ``view_fit``, recorded in the
+  checkpoint), as ``gpf evaluate`` and ``gpf predict`` fit them.
 * The Table I baselines as the paper ran them (section IV-C) fine-tune their
   first column from ``--weights`` instead: ``single`` on the whole photo warped
   to a view-size square (``warp.jpg``; ``single-periph`` on the aspect-kept
@@ -334,15 +338,19 @@ class Stage2Task(Task):
 
     # -- model
     def _forward(self, forward, batch):
-        device, model = self.ctx.device, self.model
+        from ..model.geometry import fit_to_backbone
+
+        device, model, fit = self.ctx.device, self.model, self.cfg.view_fit
         periph = feat = fovea = None
         if self.use_features:
             feat = batch["pfeat"].to(device, non_blocking=True)
         else:
-            periph = images_to_device(batch[self.first], device, model.normalize_peripheral, self.channels_last)
+            periph = images_to_device(fit_to_backbone(batch[self.first], model.peripheral_spec, fit), device,
+                                      model.normalize_peripheral, self.channels_last)
         if self.second is not None:
             second = batch["patch"][:, 0] if self.second == "patch" else batch[self.second]
-            fovea = images_to_device(second, device, model.normalize_foveal, self.channels_last)
+            fovea = images_to_device(fit_to_backbone(second, model.foveal_spec, fit), device,
+                                     model.normalize_foveal, self.channels_last)
         logits = forward(periph=periph, fovea=fovea, periph_feat=feat)
         votes = batch["votes"].to(device, non_blocking=True)
         target = votes / votes.sum(dim=1, keepdim=True)
@@ -381,7 +389,7 @@ class Stage2Task(Task):
         facts = self.facts
         checkpoint = stage2_checkpoint(self.model, self.attention.block, view_size=facts.view_size,
                                        threshold=facts.threshold, scores=list(facts.scores),
-                                       extra_config={"dataset": facts.dataset})
+                                       extra_config={"dataset": facts.dataset, "view_fit": self.cfg.view_fit})
         checkpoint.dataset = {"name": facts.dataset, "scores": list(facts.scores), "threshold": facts.threshold,
                               "num_classes": facts.num_classes, "split_spec": facts.run.split_spec}
         folder = as_location(self.cfg.shards)
@@ -402,6 +410,13 @@ def _decide_features(cfg: Stage2Config, facts: ShardFacts, model, attention: Att
         reasons.append(f"the {cfg.variant!r} variant fine-tunes its first column")
     elif cfg.train_peripheral:
         reasons.append("--train-peripheral changes the peripheral, so stored features go stale")
+    elif facts.run.features_from != "jpeg":
+        reasons.append("the stored features were computed from the peripheral views before their JPEG encode "
+                       f"(manifest format {facts.manifest.format}), not from the views `gpf evaluate` decodes; "
+                       "re-run `gpf preprocess --store-features` to store them from the decoded views")
+    elif facts.run.view_fit != cfg.view_fit:
+        reasons.append(f"the stored features were computed from views fitted by {facts.run.view_fit!r}, "
+                       f"this run fits by {cfg.view_fit!r}")
     elif facts.run.features_digest and facts.run.features_digest != attention.block.stage1_digest:
         reasons.append("the stored features were computed by another network than the shards' attention model")
     elif model.peripheral_spec.name != attention.block.stage1_config.get("backbone"):

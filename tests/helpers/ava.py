@@ -25,15 +25,16 @@ def ava_line(index: int, image_id: str, counts, tags=(0, 0), challenge: int = 1)
 
 
 def make_ava(root: Path, n: int = 24, seed: int = 0, test_every: int = 4, start_id: int = 1000,
-             categories: dict[str, list[str]] | None = None) -> list[str]:
-    """Write ``root/AVA.txt``, ``images/{id}.jpg`` and ``aesthetics_image_lists/generic_test.jpgl``."""
+             categories: dict[str, list[str]] | None = None, sizes=SIZES) -> list[str]:
+    """Write ``root/AVA.txt``, ``images/{id}.jpg`` and ``aesthetics_image_lists/generic_test.jpgl``
+    (image ``i`` is ``sizes[i % len(sizes)]``, (width, height))."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "aesthetics_image_lists").mkdir(exist_ok=True)
     ids, lines = [], []
     for i in range(n):
         image_id = str(start_id + i)
-        w, h = SIZES[i % len(SIZES)]
+        w, h = sizes[i % len(sizes)]
         Image.fromarray(photo_like(w, h, rng)).save(root / "images" / f"{image_id}.jpg", quality=90)
         counts = rng.integers(0, 25, 10)
         counts[rng.integers(0, 10)] += 5

@@ -141,7 +141,9 @@ def write_shards(out: Path, stage1_path: Path, *, random_crops: int = 2, feature
                     attention_model={"kind": "stage1", "path": str(stage1_path), "digest": digest,
                                      "backbone": model.spec.name},
                     features_digest=digest if features else None, config=config,
-                    environment={"torch": str(torch.__version__)})
+                    environment={"torch": str(torch.__version__)}, view_round=8, view_min_side=1,
+                    view_fit="pad", features_from="jpeg" if features else None, jpeg_quality=90,
+                    jpeg_subsampling="4:2:0")
     write_manifest(out, run)
     return truth
 
