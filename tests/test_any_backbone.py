@@ -11,12 +11,12 @@ stored JPEG views); ``gpf predict`` on the raw photo must give it within 1e-4.
 """
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from helpers.ava import make_ava
+from helpers.evaluation import predict_results_of
 
 pytestmark = pytest.mark.slow
 
@@ -77,10 +77,4 @@ def test_every_backbone_trains_on_the_same_shards_and_predict_equals_evaluate(sh
     assert len(evaluation.ids) == 6
     scorer = Scorer.from_checkpoint(checkpoint, device="cpu", workers=1)
     assert scorer.describe()["backbone"] == backbone and scorer.describe()["peripheral_backbone"] == "tiny"
-    paths = [shards["ava"] / "images" / f"{image_id}.jpg" for image_id in evaluation.ids]
-    results = {r.id: r for r in scorer.score_many(paths, batch_size=4)}
-    for k, image_id in enumerate(evaluation.ids):
-        result = results[image_id]
-        assert result.ok, result.error
-        assert abs(result.mean - evaluation.pred_mean[k]) <= TOLERANCE, (backbone, image_id)
-        np.testing.assert_allclose(result.distribution, evaluation.pred_dist[k], atol=TOLERANCE)
+    predict_results_of(scorer, evaluation, shards["ava"] / "images", TOLERANCE)

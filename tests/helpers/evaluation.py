@@ -120,3 +120,16 @@ def build_eval_data(tmp_path_factory) -> dict:
         make_stage2(data[key], data["stage1"], variant, eb_layer=eb_layer)
     (base / "done").write_text("ok")
     return data
+
+
+def predict_results_of(scorer, evaluation, images: Path, tolerance: float, batch_size: int = 4) -> dict:
+    """``scorer``'s results on the photos ``images/{id}.jpg`` of an ``EvaluationResult``, each checked to
+    equal evaluate's mean score and distribution within ``tolerance``; id -> result."""
+    paths = [images / f"{image_id}.jpg" for image_id in evaluation.ids]
+    results = {r.id: r for r in scorer.score_many(paths, batch_size=batch_size)}
+    for k, image_id in enumerate(evaluation.ids):
+        result = results[image_id]
+        assert result.ok, (image_id, result.error)
+        assert abs(result.mean - evaluation.pred_mean[k]) <= tolerance, (image_id, result.mean, evaluation.pred_mean[k])
+        np.testing.assert_allclose(result.distribution, evaluation.pred_dist[k], atol=tolerance)
+    return results
