@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 
 import click
@@ -165,6 +166,10 @@ def pop_engine_options(kw: dict):
         ("--ray-task-cpus", options.task_cpus, config_default(RayOptions, "task_cpus"))) if value != default]
     if engine != "ray" and given:
         raise click.UsageError(f"{', '.join(given)} apply to --engine ray only")
+    if engine == "ray":       # before anything is written: ray.init would retry an unreachable head for minutes
+        from ..pipeline.raycluster import check_reachable
+
+        check_reachable(options.address or os.environ.get("RAY_ADDRESS"))
     return engine, options
 
 

@@ -100,6 +100,25 @@ def import_ray():
     return ray
 
 
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Refuse, in one line and in bounded time, a ``host:port`` cluster address nothing listens on
+    (``ray.init`` would retry for minutes). ``None``, ``auto`` and ``local`` are not probed."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayEngineError(f"--ray-address {address!r} is not host:port (the head's address from "
+                             "`ray start --head`, e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RayEngineError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); check "
+                             "--ray-address or RAY_ADDRESS and that `ray start --head` runs there") from None
+
+
 @contextmanager
 def ray_session(address: str | None = None) -> Iterator[Any]:
     """Ray, connected: to ``address``, else ``$RAY_ADDRESS``, else to a local Ray started here.
@@ -125,6 +144,7 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ConnectionError as exc:

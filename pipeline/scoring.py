@@ -395,7 +395,7 @@ class Scorer:
                  threshold: float | None, device, random_crops: int = DEFAULT_RANDOM_CROPS, seed: int = 0,
                  max_pixels: int | None = None, workers: int = 0, source: str | None = None,
                  geometry: ViewGeometry | None = None, jpeg: tuple[int, str] = (JPEG_QUALITY, JPEG_CHROMA_SUBSAMPLING),
-                 view_fit: str = VIEW_FIT):
+                 view_fit: str = VIEW_FIT, ids_seed_crops: bool = False):
         from ..vocabulary import DEFAULT_MAX_PIXELS
 
         if not isinstance(random_crops, int) or isinstance(random_crops, bool) or random_crops < 1:
@@ -422,6 +422,9 @@ class Scorer:
             raise ScoringError(f"view geometry for {self.geometry.view_size} px views, but view_size is "
                                f"{self.view_size}")
         self.jpeg = (int(jpeg[0]), str(jpeg[1]))
+        # A folder dataset's ids come from its CSV, not from file names: there the id a photo is given
+        # (NamedImage, image_id=; `gpf predict`: its path below the folder given) seeds its crops.
+        self.ids_seed_crops = bool(ids_seed_crops)
         self.jpeg_quality = self.jpeg[0]         # warp.jpg / orig.jpg round trips (the baselines' members)
         self.view_fit = view_fit
         self.fovea_source = model.fovea_source
@@ -461,7 +464,13 @@ class Scorer:
                    random_crops=random_crops or DEFAULT_RANDOM_CROPS, seed=ckpt.shards_seed,
                    max_pixels=max_pixels, workers=workers, source=source,
                    geometry=shard_geometry(run, ckpt.view_size, attention.spec), jpeg=shard_jpeg(run),
-                   view_fit=ckpt.view_fit)
+                   view_fit=ckpt.view_fit, ids_seed_crops=run is not None and run.dataset == "folder")
+
+    def _new_work(self, item, index: int = 0) -> _Work:
+        work = _new_work(item, index)
+        if self.ids_seed_crops and isinstance(item, NamedImage):
+            work.key = item.id
+        return work
 
     # -- properties
     @property
@@ -506,9 +515,11 @@ class Scorer:
         """Score one photo (path or PIL image). Raises ImageError when it cannot be decoded.
 
         ``image_id`` is the id reported (default :func:`image_id_of`); the random
-        crops are seeded by the file's stem whatever it is.
+        crops are seeded by the file's stem (AVA, Photo.net: the dataset id), or by
+        ``image_id`` when the checkpoint was trained on a folder dataset, whose ids
+        its CSV gives.
         """
-        work = self._decode(_new_work(NamedImage(image_id, image) if image_id else image), keep_error=True)
+        work = self._decode(self._new_work(NamedImage(image_id, image) if image_id else image), keep_error=True)
         self._score_batch([work])
         return self._result(work)
 
@@ -516,7 +527,7 @@ class Scorer:
         """Score one photo and return the attention panels (for ``gpf attention``)."""
         from .images import foveal_view
 
-        work = self._decode(_new_work(NamedImage(image_id, image) if image_id else image), keep_error=True)
+        work = self._decode(self._new_work(NamedImage(image_id, image) if image_id else image), keep_error=True)
         full_image, periph = work.image, work.periph
         attended = attend_views(self.attention, [periph], [full_image.size])[0]
         self._score_batch([work], attended=[attended])
@@ -554,7 +565,7 @@ class Scorer:
     def _submit(self, pool: cf.Executor, chunk) -> list[cf.Future]:
         if not chunk:
             return []
-        works = [_new_work(src, i) for i, src in chunk]
+        works = [self._new_work(src, i) for i, src in chunk]
         return [pool.submit(self._decode, w) for w in works]
 
     def _decode(self, work: _Work, keep_error: bool = False) -> _Work:

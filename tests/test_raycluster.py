@@ -14,7 +14,7 @@ import pytest
 from helpers.ray_cluster import RAY_TEST_ENV, cli_env
 from gpf.errors import GPFError
 from gpf.pipeline.raycluster import (ActorPlan, ClusterProgress, RayEngineError, RayOptions, UnitResult,
-                                     WorkerEnvironmentError, check_same_environment, check_same_weights,
+                                     WorkerEnvironmentError, check_reachable, check_same_environment, check_same_weights,
                                      plan_actors, run_units, task_slots)
 
 ENV = {"gpf": "0.2.0", "python": "3.11.7", "torch": "2.14.1", "torchvision": "0.29.1", "numpy": "2.4.6",
@@ -148,3 +148,25 @@ def test_gpfs_own_local_ray_listens_on_127_0_0_1_only_with_a_token_in_no_file(tm
     assert auth == "token 64" and answer == "42"             # token authentication on, and it works
     assert after == "[]"                                     # the driver's environment is given back
     assert not (home / ".ray").exists(), "nothing may be written under ~/.ray"
+
+
+def test_an_unreachable_cluster_address_is_one_line_in_bounded_time_before_anything_is_written(tmp_path):
+    import socket
+
+    from helpers.cli import refused
+
+    with socket.socket() as probe:          # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(RayEngineError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}", timeout_s=2)
+    with pytest.raises(RayEngineError, match="is not host:port"):
+        check_reachable("headnode")
+    check_reachable(None)
+    check_reachable("auto")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    out = tmp_path / "scores"
+    refused(["predict", photos, "--checkpoint", tmp_path, "--out", out, "--engine", "ray",
+             "--ray-address", f"127.0.0.1:{port}"], f"127.0.0.1:{port}")
+    assert not out.exists()

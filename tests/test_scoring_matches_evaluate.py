@@ -10,6 +10,7 @@ the boxes are the ones the shards' Parquet rows record.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -87,3 +88,50 @@ def test_predict_equals_evaluate_with_enlarged_views(tmp_path):
 
     assert read_manifest(run["shards"]).run.view_fit == "enlarge"
     assert _assert_predict_equals_evaluate(run, _stage2(run, "gpf", "enlarge"), splits=("test",)) == 8
+
+
+def test_random_on_a_folder_dataset_seeds_predicts_patches_by_the_csv_id_as_evaluate_does(tmp_path):
+    """A folder dataset's ids are its CSV's paths (``photos/p03.jpg``), not file stems: `gpf predict ROOT`
+    reports them as ids, and the ``random`` variant's fixed test patches must be seeded by them."""
+    from PIL import Image
+
+    from gpf.model.checkpoint import save_checkpoint, stage1_checkpoint
+    from gpf.model.gpf import PeripheralNet
+    from gpf.pipeline.evaluation import evaluate_checkpoint
+    from gpf.pipeline.preprocess import PreprocessConfig, run_preprocess
+    from gpf.pipeline.scoring import Scorer, named_image_files
+    from helpers.ava import photo_like
+
+    root = tmp_path / "own"
+    (root / "photos").mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    lines = ["path,c1,c2,c3,c4,c5,split"]
+    for i in range(12):
+        w, h = SIZES[i % len(SIZES)]
+        Image.fromarray(photo_like(w, h, rng)).save(root / "photos" / f"p{i:02d}.jpg", quality=90)
+        split = "test" if i % 2 else ("val" if i < 4 else "train")
+        lines.append(",".join([f"photos/p{i:02d}.jpg", *map(str, rng.integers(1, 9, 5)), split]))
+    (root / "votes.csv").write_text("\n".join(lines) + "\n")
+    torch.manual_seed(0)
+    stage1 = save_checkpoint(tmp_path / "stage1.pt", stage1_checkpoint(
+        PeripheralNet("tiny"), view_size=VIEW, threshold=3.0, scores=[1.0, 2.0, 3.0, 4.0, 5.0],
+        extra_config={"view_round": 8, "view_min_side": 1, "view_fit": "pad"}))
+    run = {"shards": tmp_path / "shards", "base": tmp_path}
+    run_preprocess(PreprocessConfig(dataset="folder", root=str(root / "votes.csv"), out=str(run["shards"]),
+                                    stage1=str(stage1), samples_per_shard=4, store_warped=True, store_original=True,
+                                    workers=1, batch_size=4, progress=False))
+    from gpf.train.config import Stage2Config
+    from gpf.train.stage2 import train_stage2
+
+    out = tmp_path / "random"
+    train_stage2(Stage2Config(out=str(out), shards=str(run["shards"]), backbone="tiny", weights="none",
+                              variant="random", epochs=1, batch_size=2, workers=0, progress=False, tensorboard=False,
+                              branch_width=8, fusion_width=8, dropout=0.0, limit_train_batches=1, device="cpu"))
+    evaluation = evaluate_checkpoint(out / "last.pt", run["shards"], split="test", workers=0, device="cpu")
+    assert sorted(evaluation.ids) == [f"photos/p{i:02d}.jpg" for i in range(1, 12, 2)]
+    scorer = Scorer.from_checkpoint(out / "last.pt", device="cpu", workers=1)
+    wanted = set(evaluation.ids)
+    results = {r.id: r for r in scorer.score_many([n for n in named_image_files([root]) if n.id in wanted])}
+    for k, image_id in enumerate(evaluation.ids):
+        assert results[image_id].ok, results[image_id].error
+        assert abs(results[image_id].mean - evaluation.pred_mean[k]) <= TOLERANCE, image_id

@@ -47,6 +47,8 @@ def test_yaml_that_is_not_a_mapping_is_refused(tmp_path):
     ("variant", "gated", "variant must be one of single, single-periph, single-frozen, random, random-frozen, pf, gpf; got 'gated'"),
     ("use_features", "maybe", "use_features must be one of auto, yes, no"),
     ("epochs", True, "epochs must be a positive integer"),
+    ("out", "s3://bkt/runs/x", r"out s3://bkt/runs/x is a URL, but the run folder and the cache are local"),
+    ("cache_dir", "gs://bkt/cache", r"cache_dir gs://bkt/cache is a URL"),
 ])
 def test_bad_values_are_named(key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -186,6 +186,13 @@ def validate(cfg: TrainConfig) -> None:
         need(isinstance(getattr(cfg, name), bool), f"{name} must be true or false, got {getattr(cfg, name)!r}")
     need(isinstance(cfg.device, str) and bool(cfg.device), f"device must be {DEVICE_HELP}, got {cfg.device!r}")
     need(cfg.backbone is None or isinstance(cfg.backbone, str), f"backbone must be a name, got {cfg.backbone!r}")
+    from ..shards.storage import is_url, public_location_text
+
+    for name in ("out", "resume", "cache_dir"):
+        value = getattr(cfg, name, None)
+        need(not is_url(value), f"{name} {public_location_text(value)} is a URL, but the run folder and the cache "
+             "are local (checkpoints are written with fsync + rename): train into a local folder and copy it to the "
+             "store afterwards (gpf evaluate/predict read a checkpoint at a URL)")
     if isinstance(cfg, (Stage1Config, Stage2Config)):
         need(cfg.view_fit in vocabulary.VIEW_FITS,
              f"view_fit must be one of {', '.join(vocabulary.VIEW_FITS)}; got {cfg.view_fit!r}")
