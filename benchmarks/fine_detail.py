@@ -11,12 +11,27 @@ the peripheral view, visible in a crop of the panel's size) and, less, on the
 panel's colour (visible at any scale: what teaches stage 1 where to look).
 
 For each task and seed: generate the dataset -> train stage 1 -> preprocess
-(attention crops, random crops) -> train stage 2 for ``single``, ``random``,
-``pf`` and ``gpf`` -> evaluate on the test split (``gpf.workflows.experiment``).
-Reported per variant: the paper's six metrics, mean ± sample std over seeds;
-per task: the pointing-game hit rate of the attention boxes (a box covering
->= 50 % of the panel and small enough for the fovea to resolve the plaid) next
-to the rate of random boxes of the same sizes.
+(attention crops, the warped photo and the original-resolution photo for the
+baselines) -> train stage 2 for the paper's variants as the paper ran them
+(section IV-C, Table I): ``single`` (the backbone fine-tuned on the whole photo
+warped to a square), ``random`` (warped photo + a fresh original-resolution patch
+at a random place each time a sample is seen), ``pf`` and ``gpf``
+(``gpf.workflows.experiment``); ``--variants`` picks others too, e.g. the frozen ones
+(``single-frozen``, ``random-frozen``) or ``single-periph``. Two rows are added
+on each seed's stage-1 model (``gpf.workflows.experiment.run_extra``):
+
+* ``gpf + NAME foveal``: gpf with the timm backbone ``--timm-foveal`` (random
+  init; ImageNet weights are not downloaded) as the foveal subnet, the stage-1
+  network as the peripheral, on the same shards;
+* ``gpf (contrastive EB)``: the same stage-1 model's attention made again with
+  contrastive EB into new shards, gpf trained on them (``single`` does not read
+  the crop, so its run is shared; ``--no-contrastive`` leaves this out).
+
+Reported per row: the paper's six metrics, mean ± sample std over seeds; per
+task: the pointing-game hit rate of the attention boxes (a box covering >= 50 %
+of the panel and small enough for the fovea to resolve the plaid) next to the
+rate of random boxes of the same sizes, and per EB form (plain, contrastive)
+that hit rate with the gpf - single gap.
 
 * ``detail`` task: the plaid carries the score; ``pf``/``gpf`` should beat
   ``single`` (and ``random``), and the hit rate should be far above chance.
@@ -29,8 +44,9 @@ Full mode: 640x480 photos, 224 px views (the paper's view size, plaid period
 scale: pointing game 35 %), 4,000 photos, 30 epochs per stage; meant for a GPU
 (``--device cuda``). Not yet measured at full size; a CPU check with
 ``--images 1000 --epochs 25 --seeds 0 --tasks detail --variants single,gpf``
-(4 min) gave gpf 68.0 % / SRCC 0.622 vs single 63.0 % / 0.497, pointing game
-45.5 % vs 2.1 % for random boxes.
+(4 min, with ``single`` then a head over the frozen stage-1 descriptor, today's
+``single-frozen``) gave gpf 68.0 % / SRCC 0.622 vs single 63.0 % / 0.497,
+pointing game 45.5 % vs 2.1 % for random boxes.
 """
 from __future__ import annotations
 
@@ -56,6 +72,12 @@ DEFAULT_OUT = REPO / "docs" / "bench" / "fine_detail.md"
 TASKS = ("detail", "control")
 VARIANTS = VARIANT_NAMES
 METRICS = ("accuracy", "srcc", "lcc", "mae", "rmse", "emd")
+CONTRASTIVE_ROW = "gpf (contrastive EB)"
+#: The row whose gap to ``single`` is reported per EB form.
+EB_ROWS = {"plain": "gpf", "contrastive": CONTRASTIVE_ROW}
+EB_KEYS = ("hit", "random", "gpf_acc", "gpf_srcc", "gap_acc", "gap_srcc")
+DEFAULT_VARIANTS = ("single", "random", "pf", "gpf")
+DEFAULT_TIMM_FOVEAL = "timm:resnet10t"
 TITLES = {"accuracy": "accuracy %", "srcc": "SRCC", "lcc": "LCC", "mae": "MAE", "rmse": "RMSE", "emd": "EMD"}
 
 
@@ -86,10 +108,35 @@ FULL = Mode("full", n_images=4000, width=640, height=480, view_size=224, backbon
 
 # ----------------------------------------------------------------------------- running
 
+@dataclass
+class SeedResult:
+    """One task and seed: every row's VariantResult (the variants, then the extra rows) and the
+    pointing game per EB form (``plain``; ``contrastive`` when it was run)."""
+    variants: dict
+    hit_rates: object
+    eb_hits: dict = field(default_factory=dict)
+
+
+def extra_runs(timm_foveal: str | None, contrastive: bool) -> list:
+    """The rows added on each seed's stage-1 model: gpf with a timm foveal subnet, gpf on contrastive-EB shards."""
+    from gpf.workflows.experiment import ExtraRun
+
+    runs = []
+    if timm_foveal:
+        runs.append(ExtraRun(timm_row(timm_foveal), "gpf", backbone=timm_foveal))
+    if contrastive:
+        runs.append(ExtraRun(CONTRASTIVE_ROW, "gpf", preprocess={"contrastive": True}))
+    return runs
+
+
+def timm_row(name: str) -> str:
+    return f"gpf + {name} foveal"
+
+
 def run_one(mode: Mode, task: str, seed: int, variants, work: Path, device: str, threads: int | None,
-            echo):
-    """Dataset, stage 1, preprocess, stage 2 for ``variants``, evaluation: one ExperimentResult."""
-    from gpf.workflows.experiment import ExperimentConfig, SyntheticSpec, run_synthetic_experiment
+            echo, extras=()) -> SeedResult:
+    """Dataset, stage 1, preprocess, stage 2 for ``variants`` and ``extras``, evaluation."""
+    from gpf.workflows.experiment import ExperimentConfig, SyntheticSpec, run_extra, run_synthetic_experiment
 
     folder = work / f"{task}-seed{seed}"
     spec = SyntheticSpec(n_images=mode.n_images, seed=seed, width=mode.width, height=mode.height,
@@ -100,7 +147,14 @@ def run_one(mode: Mode, task: str, seed: int, variants, work: Path, device: str,
                            view_size=mode.view_size, variants=tuple(variants), seed=seed, device=device,
                            threads=threads, random_crops=mode.random_crops, stage1={**mode.stage1, **fit},
                            stage2={**mode.stage2, **fit}, plots=False, attention_picture=False, progress=False)
-    return run_synthetic_experiment(spec, cfg, echo=echo, data_workers=mode.data_workers)
+    experiment = run_synthetic_experiment(spec, cfg, echo=echo, data_workers=mode.data_workers)
+    seed_result = SeedResult(dict(experiment.variants), experiment.hit_rates, {"plain": experiment.hit_rates})
+    for extra in extras:
+        done = run_extra(cfg, experiment, extra, echo=echo)
+        seed_result.variants[extra.name] = done.result
+        if extra.preprocess.get("contrastive"):
+            seed_result.eb_hits["contrastive"] = done.hit_rates
+    return seed_result
 
 
 def declared_backbone(name: str, min_input: int) -> str:
@@ -119,14 +173,14 @@ def declared_backbone(name: str, min_input: int) -> str:
 
 
 def run_benchmark(mode: Mode, seeds, tasks, variants, work: Path, device: str = "auto",
-                  threads: int | None = 1, echo=print) -> dict:
-    """``{(task, seed): ExperimentResult}`` for every task and seed, in that order."""
+                  threads: int | None = 1, echo=print, extras=()) -> dict:
+    """``{(task, seed): SeedResult}`` for every task and seed, in that order."""
     results = {}
     for task in tasks:
         for seed in seeds:
             started = time.perf_counter()
             echo(f"[fine_detail] task {task}, seed {seed}")
-            results[(task, seed)] = run_one(mode, task, seed, variants, work, device, threads, echo)
+            results[(task, seed)] = run_one(mode, task, seed, variants, work, device, threads, echo, extras)
             echo(f"[fine_detail] task {task}, seed {seed}: {time.perf_counter() - started:.0f} s")
     return results
 
@@ -141,13 +195,33 @@ def mean_std(values) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def row_order(name: str) -> int:
+    """Table I order for the variants; the extra rows after them (a stable sort keeps theirs)."""
+    return VARIANTS.index(name) if name in VARIANTS else len(VARIANTS)
+
+
+def eb_values(result, form: str) -> dict | None:
+    """Pointing game and the gpf - single gap of one seed for the EB ``form`` (None if not run)."""
+    hits = getattr(result, "eb_hits", None) or {"plain": result.hit_rates}
+    rates, row = hits.get(form), EB_ROWS[form]
+    if rates is None and row not in result.variants:
+        return None
+    values = {"hit": None if rates is None else rates.hit, "random": None if rates is None else rates.random}
+    if row in result.variants and "single" in result.variants:
+        gpf, single = result.variants[row].metrics, result.variants["single"].metrics
+        values.update(gpf_acc=gpf["accuracy"], gpf_srcc=gpf["srcc"],
+                      gap_acc=gpf["accuracy"] - single["accuracy"], gap_srcc=gpf["srcc"] - single["srcc"])
+    return values
+
+
 def summarise(results: dict) -> dict:
-    """Per task: per variant ``{metric: (mean, std)}``, the hit rates ``(mean, std)``, the seeds
-    and ``per_seed`` rows ``(seed, {variant: (accuracy, srcc)}, hit, random)``."""
+    """Per task: per row ``{metric: (mean, std)}``, the hit rates ``(mean, std)``, the seeds,
+    ``per_seed`` rows ``(seed, {row: (accuracy, srcc)}, hit, random)`` and ``eb``: per EB form
+    (plain, contrastive) the pointing game and the gpf - single gap, ``(mean, std)`` each, and per seed."""
     summary: dict = {}
     for (task, seed), result in results.items():
         entry = summary.setdefault(task, {"seeds": [], "variants": {}, "hit": [], "random": [], "n": set(),
-                                          "per_seed": []})
+                                          "per_seed": [], "eb": {}})
         entry["seeds"].append(seed)
         for name, variant in result.variants.items():
             per = entry["variants"].setdefault(name, {m: [] for m in METRICS})
@@ -161,11 +235,17 @@ def summarise(results: dict) -> dict:
         entry["per_seed"].append((seed, {name: (v.metrics["accuracy"], v.metrics["srcc"])
                                          for name, v in result.variants.items()},
                                   None if rates is None else rates.hit, None if rates is None else rates.random))
+        for form in EB_ROWS:
+            values = eb_values(result, form)
+            if values is not None:
+                entry["eb"].setdefault(form, []).append({"seed": seed, **values})
     for entry in summary.values():
         entry["variants"] = {name: {m: mean_std(values) for m, values in per.items()}
-                             for name, per in sorted(entry["variants"].items(), key=lambda kv: VARIANTS.index(kv[0]))}
+                             for name, per in sorted(entry["variants"].items(), key=lambda kv: row_order(kv[0]))}
         entry["hit"], entry["random"] = mean_std(entry["hit"]), mean_std(entry["random"])
         entry["n"] = sorted(entry["n"])
+        entry["eb"] = {form: {"per_seed": rows, **{key: mean_std(r.get(key) for r in rows) for key in EB_KEYS}}
+                       for form, rows in entry["eb"].items()}
     return summary
 
 
@@ -207,6 +287,39 @@ def hit_line(entry: dict) -> str:
             f"**{100 * chance[0]:.1f} ± {100 * chance[1]:.1f} %**.")
 
 
+def eb_table(entry: dict) -> list[str]:
+    """Plain vs contrastive EB: pointing game, the gpf row and its gap to ``single``; mean ± std, then per seed."""
+    if not entry["eb"]:
+        return []
+    kinds = {"hit": "accuracy", "random": "accuracy", "gpf_acc": "accuracy", "gpf_srcc": "srcc",
+             "gap_acc": "accuracy", "gap_srcc": "srcc"}
+    lines = ["| EB | row | pointing game % | random boxes % | gpf accuracy % | gpf SRCC | gpf − single accuracy "
+             "(points) | gpf − single SRCC |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for form, stats in entry["eb"].items():
+        lines.append(f"| {form} | {EB_ROWS[form]} | " + " | ".join(cell(kinds[k], stats[k]) for k in EB_KEYS) + " |")
+    lines += ["", "| EB | seed | " + " | ".join(["hit %", "random-box %", "gpf acc %", "gpf SRCC",
+                                                "gap acc (points)", "gap SRCC"]) + " |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for form, stats in entry["eb"].items():
+        for row in stats["per_seed"]:
+            cells = [("n/a" if row.get(k) is None else
+                      f"{100 * row[k]:.1f}" if kinds[k] == "accuracy" else f"{row[k]:.3f}") for k in EB_KEYS]
+            lines.append(f"| {form} | {row['seed']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def stored_members(variants, random_crops: int) -> str:
+    """What the shards hold besides the two views, for the variants run (", warped photo, ...")."""
+    from gpf.vocabulary import get_variant
+
+    chosen = [get_variant(v) for v in variants]
+    parts = [text for needed, text in ((any(v.needs_warped for v in chosen), "warped photo"),
+                                       (any(v.needs_original for v in chosen), "original-resolution photo"),
+                                       (any(v.needs_random_crops for v in chosen), f"{random_crops} random crops"))
+             if needed]
+    return "".join(f", {p}" for p in parts)
+
+
 def resolved_device(device: str) -> str:
     """``auto`` spelled out as the device it picks."""
     if device != "auto":
@@ -216,7 +329,8 @@ def resolved_device(device: str) -> str:
     return f"auto = {'cuda' if torch.cuda.is_available() else 'cpu'}"
 
 
-def markdown(summary: dict, mode: Mode, command: str, seconds: float, device: str, variants) -> str:
+def markdown(summary: dict, mode: Mode, command: str, seconds: float, device: str, variants,
+             timm_foveal: str | None = None) -> str:
     lines = ["# Benchmark: fine-detail evidence (attention crops vs a single low-resolution column)", "",
              f"Command (from the repository root): `{command}`", "",
              f"Machine: {machine_line()}; device {resolved_device(device)}; load average before/after below; "
@@ -225,17 +339,28 @@ def markdown(summary: dict, mode: Mode, command: str, seconds: float, device: st
              f"(`gpf.workflows.synthetic`, 20 % test), {mode.view_size} px views, backbone `{mode.backbone}`"
              + (f" declared with minimum input {mode.min_input}" if mode.min_input else "")
              + f" from scratch, views below its minimum input fitted by `{mode.view_fit}`; stage 1 -> preprocess "
-             f"(EB, tau = 0.7, {mode.random_crops} random crops) -> stage 2 ({', '.join(variants)}) -> test split. "
-             "Cells: mean ± sample std over the seeds.", ""]
+             f"(EB, tau = 0.7{stored_members(variants, mode.random_crops)}) -> stage 2 ({', '.join(variants)}) "
+             "-> test split. "
+             "Cells: mean ± sample std over the seeds."
+             + (f" Row `{timm_row(timm_foveal)}`: gpf with `{timm_foveal}` (random init: ImageNet weights cannot "
+                f"be downloaded here) as the foveal subnet and the `{mode.backbone}` stage-1 network as the "
+                "peripheral, trained on the same shards." if timm_foveal else "")
+             + (f" Row `{CONTRASTIVE_ROW}`: gpf on shards made again from the same stage-1 model with "
+                "contrastive EB (only gpf is trained on them; `single` does not read the crop)."
+                if any("contrastive" in e["eb"] for e in summary.values()) else ""), ""]
     for task, entry in summary.items():
         seeds = ", ".join(str(s) for s in entry["seeds"])
         lines += [f"## Task `{task}` (seeds {seeds}; {'/'.join(str(n) for n in entry['n'])} test images each)",
                   "", *task_table(entry), "", hit_line(entry), "", "Per seed:", "", *per_seed_table(entry), ""]
+        if entry["eb"]:
+            lines += [f"### EB: plain vs contrastive (task `{task}`)", "", *eb_table(entry), ""]
     lines += ["`detail`: the plaid (visible only in a foveal crop on the carrier) moves the score by 2 points, "
               "the carrier colour by up to 3; `control`: same images, the plaid replaced by a hidden bit "
-              "nobody can see, so the variants should tie. `random` sees view-size crops of the "
-              "full-resolution photo at random places (Table I's Random-VGG16): the plaid only when one "
-              "lands on the carrier. See docs/synthetic.md and docs/demo.md.", ""]
+              "nobody can see, so the variants should tie. `single` is the backbone fine-tuned on the photo "
+              "warped to a view-size square (Table I's VGG16 as the paper ran it); `random` adds a column "
+              "fine-tuned on a fresh view-size patch of the original-resolution photo at a random place "
+              "each time a sample is seen (Table I's Random-VGG16; fixed seeded patches at test time): the "
+              "plaid only when one lands on the carrier. See docs/synthetic.md and docs/demo.md.", ""]
     return "\n".join(lines)
 
 
@@ -247,7 +372,9 @@ def to_json(summary: dict) -> dict:
                    "variants": {name: {m: plain(s) for m, s in stats.items()} for name, stats in e["variants"].items()},
                    "per_seed": [{"seed": seed, "hit": hit, "random": chance,
                                  "variants": {n: {"accuracy": a, "srcc": r} for n, (a, r) in values.items()}}
-                                for seed, values, hit, chance in e["per_seed"]]}
+                                for seed, values, hit, chance in e["per_seed"]],
+                   "eb": {form: {**{k: plain(stats[k]) for k in EB_KEYS}, "per_seed": stats["per_seed"]}
+                          for form, stats in e["eb"].items()}}
             for task, e in summary.items()}
 
 
@@ -260,7 +387,15 @@ def parse_args(argv):
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seeds", default="0,1,2", help="Comma-separated dataset/training seeds (default 0,1,2).")
     parser.add_argument("--tasks", default=",".join(TASKS), help="Comma-separated: detail, control.")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated stage-2 variants.")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"Comma-separated stage-2 variants among {', '.join(VARIANTS)} "
+                             f"(default {','.join(DEFAULT_VARIANTS)}).")
+    parser.add_argument("--timm-foveal", default=DEFAULT_TIMM_FOVEAL,
+                        help="Extra row: gpf with this foveal backbone (random init) on the same shards; "
+                             f"'none' leaves it out (default {DEFAULT_TIMM_FOVEAL}).")
+    parser.add_argument("--no-contrastive", dest="contrastive", action="store_false",
+                        help="Leave out the contrastive-EB comparison (shards made again with contrastive EB, "
+                             "gpf trained on them).")
     parser.add_argument("--images", type=int, default=None, help="Images per dataset (default: the mode's).")
     parser.add_argument("--epochs", type=int, default=None,
                         help="Epochs of both stages (default: the mode's); lr steps at 2/3.")
@@ -281,6 +416,7 @@ def parse_args(argv):
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.timm_foveal = None if args.timm_foveal.strip().lower() in ("", "none") else args.timm_foveal.strip()
     bad = [t for t in args.tasks if t not in TASKS] + [v for v in args.variants if v not in VARIANTS]
     if bad or not args.seeds or not args.tasks or not args.variants:
         parser.error(f"tasks must be among {', '.join(TASKS)} and variants among {', '.join(VARIANTS)}, "
@@ -315,13 +451,14 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         results = run_benchmark(mode, args.seeds, args.tasks, args.variants, work, args.device, threads,
-                                echo=lambda line: print(line, file=sys.stderr, flush=True))
+                                echo=lambda line: print(line, file=sys.stderr, flush=True),
+                                extras=extra_runs(args.timm_foveal, args.contrastive))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started
     summary = summarise(results)
-    text = markdown(summary, mode, command, seconds, args.device, args.variants)
+    text = markdown(summary, mode, command, seconds, args.device, args.variants, args.timm_foveal)
     text += f"Load average (1, 5, 15 min): before {load_before}; after {load_average()}.\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

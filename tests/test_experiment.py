@@ -140,6 +140,42 @@ def test_rerun_resumes_without_retraining(demo_run):
     assert result.variants["gpf"].metrics == pytest.approx(metrics)
 
 
+def test_extra_runs_reuse_the_stage1_model_for_contrastive_shards_and_a_timm_foveal(demo_run):
+    """run_extra: contrastive EB makes new shards from the same stage-1 model (pointing game by brute force
+    on their boxes); a timm foveal subnet trains on the experiment's own shards with the stage-1 peripheral."""
+    import pyarrow.parquet as pq
+
+    from gpf.model.checkpoint import load_checkpoint
+    from gpf.shards.manifest import read_manifest
+    from gpf.workflows.experiment import ExtraRun, run_extra
+
+    out, _ = demo_run
+    _, cfg = tiny_plan(out)
+    cfg.attention_picture = cfg.plots = False
+    experiment = run_experiment(cfg, echo=lambda line: None)
+    contrastive = run_extra(cfg, experiment, ExtraRun("gpf (contrastive EB)", preprocess={"contrastive": True}),
+                            echo=lambda line: None)
+    assert contrastive.shards == out / "extra" / "gpf-contrastive-EB" / "shards"
+    assert read_manifest(contrastive.shards).run.contrastive is True
+    assert read_manifest(out / "shards").run.contrastive is False
+    assert load_checkpoint(contrastive.result.checkpoint).shards["run"]["contrastive"] is True
+    rows = [r for r in pq.read_table(contrastive.shards / "meta").to_pylist() if r["split"] == "test"]
+    info = json.loads((out / "data" / "synthetic_info.json").read_text())
+    max_side = info["geometry"]["period"] * 96 / 2
+    assert contrastive.hit_rates.hit == pytest.approx(
+        _brute_force_hits(rows, out / "data/synthetic_truth.csv", max_side))
+    assert contrastive.result.n == len(rows)
+
+    foveal = run_extra(cfg, experiment, ExtraRun("timm", backbone="timm:resnet10t"), echo=lambda line: None)
+    assert foveal.shards == out / "shards" and foveal.hit_rates == experiment.hit_rates
+    config = load_checkpoint(foveal.result.checkpoint).model_config
+    assert (config["backbone"], config["peripheral_backbone"]) == ("timm:resnet10t", "tiny")
+    before = foveal.result.checkpoint.read_bytes()
+    again = run_extra(cfg, experiment, ExtraRun("timm", backbone="timm:resnet10t"), echo=lambda line: None)
+    assert again.result.checkpoint.read_bytes() == before                       # resumed, not retrained
+    assert again.result.metrics == pytest.approx(foveal.result.metrics)
+
+
 def test_another_config_in_the_same_folder_is_refused_unless_fresh(demo_run, tmp_path):
     out, _ = demo_run
     _, cfg = tiny_plan(out)

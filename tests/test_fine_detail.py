@@ -1,7 +1,9 @@
 """benchmarks/fine_detail.py: the summary it reports, and its quick mode on a reduced dataset.
 
-The slow test runs the benchmark's own entry point in quick mode, reduced to one
-seed, the detail task and single vs gpf (about 1.5 min on 2 cores) and checks the
+A tiny run (60 photos, one epoch) covers every row, the timm foveal and the
+contrastive-EB ones included. The slow test runs the benchmark's own entry point in
+quick mode, reduced to one seed, the detail task and single vs gpf (about 1.5 min
+on 2 cores) and checks the
 paper's claim where the answer is known: GPF-CNN beats the single low-resolution
 column, and its crop boxes find the planted detail far more often than chance.
 """
@@ -44,10 +46,14 @@ def _metrics(accuracy: float) -> dict:
             "rmse": 1.5 - accuracy, "emd": 0.1}
 
 
-def _fake_run(accuracy: dict, hit: float, chance: float, n: int = 200):
-    """What summarise reads from an ExperimentResult: per-variant metrics and n, the hit rates."""
-    return SimpleNamespace(variants={v: SimpleNamespace(metrics=_metrics(a), n=n) for v, a in accuracy.items()},
-                           hit_rates=SimpleNamespace(hit=hit, random=chance))
+def _fake_run(accuracy: dict, hit: float, chance: float, n: int = 200, contrastive=None):
+    """What summarise reads from a SeedResult: per-row metrics and n, the hit rates per EB form."""
+    rates = SimpleNamespace(hit=hit, random=chance)
+    eb = {"plain": rates}
+    if contrastive is not None:
+        eb["contrastive"] = SimpleNamespace(hit=contrastive[0], random=contrastive[1])
+    return fd.SeedResult(variants={v: SimpleNamespace(metrics=_metrics(a), n=n) for v, a in accuracy.items()},
+                         hit_rates=rates, eb_hits=eb)
 
 
 def test_summary_and_markdown_report_every_task_variant_and_the_hit_rates():
@@ -73,6 +79,58 @@ def test_summary_and_markdown_report_every_task_variant_and_the_hit_rates():
                                                            "single": {"accuracy": 0.6, "srcc": 0.3}}}
 
 
+def test_extra_rows_follow_the_variants_and_eb_forms_report_the_gpf_minus_single_gap():
+    timm, eb = fd.timm_row("timm:resnet10t"), fd.CONTRASTIVE_ROW
+    results = {("detail", 0): _fake_run({"gpf": 0.8, "single": 0.6, timm: 0.7, eb: 0.75, "random": 0.62},
+                                        0.5, 0.05, contrastive=(0.6, 0.04)),
+               ("detail", 1): _fake_run({"gpf": 0.9, "single": 0.7, timm: 0.72, eb: 0.8, "random": 0.64},
+                                        0.7, 0.03, contrastive=(0.4, 0.06))}
+    entry = fd.summarise(results)["detail"]
+    assert list(entry["variants"]) == ["single", "random", "gpf", timm, eb]
+    plain, contrastive = entry["eb"]["plain"], entry["eb"]["contrastive"]
+    assert plain["gap_acc"] == pytest.approx((0.2, 0.0))                       # 0.8 - 0.6, 0.9 - 0.7
+    assert contrastive["gap_acc"] == pytest.approx((0.125, math.sqrt(2 * 0.025 ** 2)))   # 0.15, 0.10
+    assert contrastive["gap_srcc"][0] == pytest.approx(0.0625)                 # srcc = accuracy / 2
+    assert contrastive["hit"] == pytest.approx((0.5, math.sqrt(0.02)))
+    assert plain["per_seed"][1] == pytest.approx({"seed": 1, "hit": 0.7, "random": 0.03, "gpf_acc": 0.9,
+                                                  "gpf_srcc": 0.45, "gap_acc": 0.2, "gap_srcc": 0.1})
+    text = fd.markdown({"detail": entry}, fd.QUICK, "cmd", 60.0, "cpu", ["single", "random", "gpf"],
+                       "timm:resnet10t")
+    assert "| contrastive | gpf (contrastive EB) | 50.00 ± 14.14 | 5.00 ± 1.41 | 77.50 ± 3.54 |" in text
+    assert "| 12.50 ± 3.54 | 0.0625 ± 0.0177 |" in text
+    assert "| plain | 0 | 50.0 | 5.0 | 80.0 | 0.400 | 20.0 | 0.100 |" in text
+    assert f"| {timm} | 71.00 ± 1.41 |" in text and "random init" in text
+    plain_json = json.loads(json.dumps(fd.to_json({"detail": entry})))["detail"]["eb"]
+    assert plain_json["contrastive"]["hit"] == pytest.approx([0.5, math.sqrt(0.02)])
+
+
+def test_default_rows_are_the_papers_baselines_a_timm_foveal_and_contrastive_eb():
+    args = fd.parse_args(["--quick"])
+    assert args.variants == ["single", "random", "pf", "gpf"] and args.contrastive
+    assert [e.name for e in fd.extra_runs(args.timm_foveal, args.contrastive)] == \
+        [fd.timm_row(fd.DEFAULT_TIMM_FOVEAL), fd.CONTRASTIVE_ROW]
+    args = fd.parse_args(["--timm-foveal", "none", "--no-contrastive", "--variants", "single-frozen,gpf"])
+    assert fd.extra_runs(args.timm_foveal, args.contrastive) == [] and args.variants == ["single-frozen", "gpf"]
+
+
+def test_tiny_run_reports_every_row_and_both_eb_forms(tmp_path, torch_threads):
+    """The whole benchmark on 60 photos and one epoch: the extra rows are trained, the gap is gpf - single."""
+    out, summary_file = tmp_path / "fine_detail.md", tmp_path / "summary.json"
+    assert fd.main(["--quick", "--images", "60", "--epochs", "1", "--seeds", "0", "--tasks", "detail",
+                    "--variants", "single,gpf", "--work", str(tmp_path / "work"), "--out", str(out),
+                    "--json", str(summary_file)]) == 0
+    detail = json.loads(summary_file.read_text())["detail"]
+    timm = fd.timm_row(fd.DEFAULT_TIMM_FOVEAL)
+    assert list(detail["variants"]) == ["single", "gpf", timm, fd.CONTRASTIVE_ROW]
+    rows = detail["per_seed"][0]["variants"]
+    for form, row in (("plain", "gpf"), ("contrastive", fd.CONTRASTIVE_ROW)):
+        assert detail["eb"][form]["per_seed"][0]["gap_acc"] == pytest.approx(
+            rows[row]["accuracy"] - rows["single"]["accuracy"])
+        assert 0 <= detail["eb"][form]["hit"][0] <= 1
+    assert (tmp_path / "work/detail-seed0/extra/gpf-contrastive-EB/shards/manifest.json").is_file()
+    assert "### EB: plain vs contrastive" in out.read_text()
+
+
 def test_bad_tasks_and_variants_are_refused(capsys):
     with pytest.raises(SystemExit):
         fd.parse_args(["--tasks", "detial"])
@@ -95,6 +153,7 @@ def test_quick_mode_sizes_the_detail_for_the_views():
 def test_quick_mode_gpf_beats_single_where_the_detail_decides(tmp_path, torch_threads):
     out, summary_file = tmp_path / "fine_detail.md", tmp_path / "summary.json"
     code = fd.main(["--quick", "--seeds", "0", "--tasks", "detail", "--variants", "single,gpf",
+                    "--timm-foveal", "none", "--no-contrastive",
                     "--work", str(tmp_path / "work"), "--out", str(out), "--json", str(summary_file)])
     assert code == 0 and "## Task `detail`" in out.read_text()
     detail = json.loads(summary_file.read_text())["detail"]

@@ -18,6 +18,9 @@ Steps and the folders they write under ``out``:
    the ``random`` variant is asked for and the pooled peripheral descriptors;
 3. ``stage2/{variant}/``: each variant trained on the same shards
    (:func:`gpf.train.train_stage2`);
+   :func:`run_extra` adds runs on the same stage-1 model under ``extra/{name}/``
+   (another foveal backbone, or shards made again with other attention
+   settings such as contrastive EB);
 4. the evaluation split scored with :func:`gpf.pipeline.evaluation.evaluate_checkpoint`
    (the paper's Table I metrics); ``plots/{variant}/`` (best/worst
    distributions, mean-score scatter, EMD histogram), ``attention.png`` (paper
@@ -42,6 +45,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import shutil
 import statistics
 import sys
@@ -59,8 +63,9 @@ STAGE1_DIR = "stage1"
 SHARDS_DIR = "shards"
 STAGE2_DIR = "stage2"
 PLOTS_DIR = "plots"
+EXTRA_DIR = "extra"
 ATTENTION_FILE = "attention.png"
-OWNED = (STAGE1_DIR, SHARDS_DIR, STAGE2_DIR, PLOTS_DIR, ATTENTION_FILE, RESULTS_FILE, EXPERIMENT_FILE)
+OWNED = (STAGE1_DIR, SHARDS_DIR, STAGE2_DIR, PLOTS_DIR, EXTRA_DIR, ATTENTION_FILE, RESULTS_FILE, EXPERIMENT_FILE)
 VARIANT_ORDER = VARIANT_NAMES
 #: The variant whose checkpoint draws the attention picture, in order of preference.
 ATTENTION_PREFERENCE = ("gpf", "pf", "random", "single")
@@ -442,6 +447,86 @@ def _attention_picture(checkpoint: Path, image: str, path: Path, device: str) ->
     explanation = explain_photo(checkpoint, image, device)
     return save_attention_figure(explanation.view, path, explanation.title(Path(image).stem), explanation.tau,
                                  variant=explanation.variant, crop_boxes=explanation.crop_boxes)
+
+
+# ----------------------------------------------------------------------------- extra runs
+
+@dataclass(frozen=True)
+class ExtraRun:
+    """One more stage-2 run on a finished experiment's stage-1 model (:func:`run_extra`).
+
+    ``backbone``: the foveal subnet (None: the experiment's; the peripheral stays
+    the stage-1 network). ``preprocess``: settings over the experiment's
+    ``preprocess`` (e.g. ``{"contrastive": True}``); when given, the same stage-1
+    model's attention is computed again into ``extra/{name}/shards``, otherwise
+    the run reads the experiment's shards.
+    """
+    name: str
+    variant: str = "gpf"
+    backbone: str | None = None
+    preprocess: dict = field(default_factory=dict)
+
+    @property
+    def folder(self) -> str:
+        """``name`` as a folder name: runs of other characters become ``-``."""
+        return re.sub(r"[^A-Za-z0-9_.]+", "-", self.name).strip("-") or "extra"
+
+
+@dataclass
+class ExtraResult:
+    run: ExtraRun
+    result: VariantResult
+    shards: Path
+    hit_rates: HitRates | None                  # pointing game of ``shards`` (synthetic datasets only)
+
+
+def _older(path: Path, than: Path) -> bool:
+    return not path.exists() or path.stat().st_mtime < than.stat().st_mtime
+
+
+def run_extra(cfg: ExperimentConfig, experiment: ExperimentResult, extra: ExtraRun, *,
+              echo: Callable[[str], None] = _stderr) -> ExtraResult:
+    """Train and evaluate ``extra`` after :func:`run_experiment` ``cfg`` returned ``experiment``.
+
+    Resumes like the experiment: shards older than the stage-1 checkpoint are made
+    again, a stage-2 run older than its shards starts afresh.
+    """
+    from ..pipeline.evaluation import evaluate_checkpoint
+    from ..shards.layout import MANIFEST_NAME
+    from ..train import Stage2Config
+    from ..train.loop import LAST
+
+    variant_cfg = dataclasses.replace(cfg, variants=(extra.variant,),
+                                      preprocess={**cfg.preprocess, **extra.preprocess})
+    check_config(variant_cfg)
+    folder = Path(experiment.out) / EXTRA_DIR / extra.folder
+    shards, hit_rates = experiment.shards, experiment.hit_rates
+    with torch_threads(cfg.threads):
+        if extra.preprocess:
+            shards = folder / SHARDS_DIR
+            echo(f"\n== [extra {extra.name}] preprocess with {extra.preprocess} -> {shards}")
+            stale = _older(shards / MANIFEST_NAME, experiment.stage1_checkpoint)
+            for line in _preprocess(variant_cfg, experiment.stage1_checkpoint, shards, overwrite=stale).lines():
+                echo(f"  {line}")
+            hit_rates = crop_hit_rates(shards, cfg.root, cfg.eval_split, view_size=cfg.view_size, seed=cfg.seed)
+            if hit_rates is not None:
+                for line in hit_rate_lines(hit_rates):
+                    echo(f"  {line.strip()}")
+        run_dir = folder / STAGE2_DIR
+        echo(f"\n== [extra {extra.name}] stage 2: variant {extra.variant!r} ({extra.backbone or cfg.backbone})")
+        values = _stage2_values(cfg, extra.variant, shards, experiment.stage1_checkpoint)
+        if extra.backbone is not None:
+            values.update(backbone=extra.backbone, peripheral_backbone=cfg.backbone)
+        restart = _older(run_dir / LAST, shards / MANIFEST_NAME)
+        run, checkpoint, _ = _train("stage2", Stage2Config, values, run_dir, restart=restart, echo=echo)
+        evaluation = evaluate_checkpoint(checkpoint, shards, cfg.eval_split, workers=0, device=cfg.device,
+                                         progress=cfg.progress)
+    result = VariantResult(extra.variant, run.run_dir, checkpoint, evaluation.n, dict(evaluation.metrics),
+                           run.epochs_completed, run.best_epoch)
+    m = result.metrics
+    echo(f"  {extra.name}: {cfg.eval_split} accuracy {100 * m['accuracy']:.2f} %, SRCC {m['srcc']:.4f}, "
+         f"EMD {m['emd']:.4f} ({evaluation.n} images)")
+    return ExtraResult(extra, result, shards, hit_rates)
 
 
 # ----------------------------------------------------------------------------- synthetic data
