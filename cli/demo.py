@@ -24,7 +24,7 @@ from ..vocabulary import DEVICE, DEVICE_CHOICES
 @friendly_errors
 def demo(out, quick, seed, device, threads, fresh):
     """Generate a small fine-detail dataset in the AVA format, then run train stage1 -> preprocess ->
-    train stage2 (single and gpf) -> evaluate, and print the comparison.
+    train stage2 (single-frozen and gpf) -> evaluate, and print the comparison.
 
     The score of each generated photo depends on the colour of one framed
     panel (visible at any scale) and on a fine plaid on it (invisible in the

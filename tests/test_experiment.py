@@ -232,7 +232,7 @@ def test_demo_plan_uses_images_whose_detail_hides_from_the_peripheral_view(tmp_p
     spec, cfg = ex.demo_plan(tmp_path)
     period = spec.expected_params()["geometry"]["period"]
     assert period * cfg.view_size / max(spec.width, spec.height) <= 0.9   # gone in the peripheral view
-    assert cfg.variants == ("single", "gpf") and cfg.view_size == spec.view_size
+    assert cfg.variants == ("single-frozen", "gpf") and cfg.view_size == spec.view_size
     assert Path(cfg.root) == tmp_path / "data" and Path(cfg.out) == tmp_path
     # the carrier's colour must decide the high/low label often enough for stage 1 to learn where to look
     assert spec.coarse_weight > spec.detail_weight > 0

@@ -638,7 +638,7 @@ def demo_plan(out: str | Path, *, quick: bool = False, seed: int = 0, device: st
     out = Path(out)
     spec = SyntheticSpec(n_images=1000 if quick else 1500, seed=seed)
     cfg = ExperimentConfig(root=str(out / DEMO_DATA_DIR), out=str(out), backbone="tiny", weights="none",
-                           view_size=spec.view_size, variants=("single", "gpf"), seed=seed, device=device,
+                           view_size=spec.view_size, variants=("single-frozen", "gpf"), seed=seed, device=device,
                            threads=threads, stage2={"epochs": 20, "lr_step": 14} if quick else {})
     return spec, cfg
 
