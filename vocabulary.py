@@ -79,11 +79,6 @@ class Variant:
         return {"fovea": "fovea", "random": "rand", "patch": "patch", None: None}[self.second_view]
 
     @property
-    def first_member(self) -> str:
-        """The batch entry the first column reads: ``periph`` or ``warp``."""
-        return self.first_view
-
-    @property
     def needs_attention(self) -> bool:
         """Whether the second view is the attention crop (so the attention model must match)."""
         return self.second_view == "fovea"

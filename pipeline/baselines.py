@@ -9,18 +9,6 @@ the same tensors in both, and a photo's score agrees to float precision.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from ..vocabulary import JPEG_QUALITY
-
-
-def shards_jpeg_quality(checkpoint) -> int:
-    """The JPEG quality of the shards a stage-2 checkpoint was trained on (its record; else the default)."""
-    run = checkpoint.shards_run
-    config = run[0].get("config") if run else None
-    quality = config.get("jpeg_quality") if isinstance(config, Mapping) else None
-    return quality if isinstance(quality, int) and not isinstance(quality, bool) else JPEG_QUALITY
-
 
 def jpeg_round_trip(image, quality: int):
     """``uint8 [3, H, W]`` of a PIL image after the shards' encode (:func:`encode_jpeg`) and decode."""

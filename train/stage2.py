@@ -300,7 +300,7 @@ class Stage2Task(Task):
         self.rank_batch = per_rank_batch_size(cfg.batch_size, ctx.world_size)
         self.channels_last = ctx.device.type == "cuda"
         table = get_variant(cfg.variant)
-        self.first, self.second = table.first_member, table.member
+        self.first, self.second = table.first_view, table.member
         members = [] if use_features else [self.first]
         if self.second == "fovea":
             members.append("fovea")
